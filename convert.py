@@ -1,0 +1,392 @@
+"""Convert Label Studio text-span annotations into doccano JSONL records.
+
+The output is the doccano "relation" JSONL layout that PaddleNLP's UIE
+``doccano.py`` reads::
+
+    {"id": 1, "text": "...",
+     "entities": [{"id": 0, "label": "name", "start_offset": 0, "end_offset": 5}],
+     "relations": [{"id": 0, "from_id": 0, "to_id": 1, "type": "works for"}]}
+
+Offsets are Python ``str`` indices (code points) into the task text, taken
+exactly as Label Studio reports them: nothing is stripped or shifted.
+
+Pure standard library; safe to import without paddle / paddlenlp.
+
+CLI::
+
+    python convert.py --label_studio_file export.json --doccano_file out.jsonl [--text_key KEY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "select_annotation",
+    "task_to_doccano",
+    "label_studio_to_doccano",
+    "load_tasks",
+    "write_jsonl",
+    "read_jsonl",
+    "main",
+]
+
+
+# --------------------------------------------------------------------------
+# annotation choice
+# --------------------------------------------------------------------------
+def _parse_time(value: Any) -> datetime | None:
+    """Parse a Label Studio ISO timestamp; None when missing or unparsable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _recency_key(annotation: dict) -> tuple:
+    """Sort key: newer annotations compare greater (updated_at, created_at, id)."""
+    updated = _parse_time(annotation.get("updated_at"))
+    created = _parse_time(annotation.get("created_at"))
+    ann_id = annotation.get("id")
+    id_key = (1, ann_id) if isinstance(ann_id, (int, float)) and not isinstance(ann_id, bool) else (0, 0)
+    return (
+        updated is not None,
+        updated or _EPOCH,
+        created is not None,
+        created or _EPOCH,
+        id_key,
+    )
+
+
+def select_annotation(task: dict) -> dict | None:
+    """Return the annotation to train on: ground truth first, else the newest.
+
+    Cancelled (skipped) annotations never count, and neither do drafts.
+    Returns None when the task has no usable annotation.
+    """
+    annotations = task.get("annotations") if isinstance(task, dict) else None
+    if not isinstance(annotations, list):
+        return None
+    usable = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+    if not usable:
+        return None
+    ground_truth = [a for a in usable if a.get("ground_truth") is True]
+    pool = ground_truth or usable
+    return max(pool, key=_recency_key)
+
+
+# --------------------------------------------------------------------------
+# one task -> one doccano record
+# --------------------------------------------------------------------------
+def _task_text(task: dict, text_key: str | None) -> str | None:
+    """Find the task text: data[text_key], the only string in data, or data['text']."""
+    data = task.get("data")
+    if not isinstance(data, dict):
+        return None
+    if text_key is not None:
+        value = data.get(text_key)
+        return value if isinstance(value, str) else None
+    strings = [v for v in data.values() if isinstance(v, str)]
+    if len(strings) == 1:
+        return strings[0]
+    value = data.get("text")
+    return value if isinstance(value, str) else None
+
+
+def task_to_doccano(
+    task: dict,
+    text_key: str | None = None,
+    from_names: set[str] | None = None,
+) -> dict | None:
+    """Convert one Label Studio task into a doccano record, or None if unusable."""
+    if not isinstance(task, dict):
+        logger.warning("Skipping a task that is not a JSON object: %r", type(task).__name__)
+        return None
+    task_id = task.get("id")
+    annotation = select_annotation(task)
+    if annotation is None:
+        return None
+    text = _task_text(task, text_key)
+    if text is None:
+        logger.warning(
+            "Task %s: no text found (text_key=%r, data keys=%s); skipped",
+            task_id,
+            text_key,
+            sorted(task.get("data", {}) or {}) if isinstance(task.get("data"), dict) else None,
+        )
+        return None
+
+    result = annotation.get("result") or []
+    if not isinstance(result, list):
+        logger.warning("Task %s: annotation result is not a list; skipped", task_id)
+        return None
+
+    entities: list[dict] = []
+    seen: dict[tuple, int] = {}  # (label, start, end) -> entity id
+    region_entities: dict[Any, list[int]] = {}  # Label Studio region id -> entity ids
+
+    for item in result:
+        if not isinstance(item, dict) or item.get("type") != "labels":
+            continue
+        if from_names is not None and item.get("from_name") not in from_names:
+            continue
+        value = item.get("value") or {}
+        start, end = value.get("start"), value.get("end")
+        labels = value.get("labels") or []
+        if isinstance(labels, str):
+            labels = [labels]
+        if not labels:
+            logger.warning("Task %s: region %s has no label; skipped", task_id, item.get("id"))
+            continue
+        if (
+            not isinstance(start, int)
+            or not isinstance(end, int)
+            or isinstance(start, bool)
+            or isinstance(end, bool)
+            or start < 0
+            or end > len(text)
+            or start >= end
+        ):
+            logger.warning(
+                "Task %s: span [%r, %r) is out of range for a text of %d characters; skipped",
+                task_id,
+                start,
+                end,
+                len(text),
+            )
+            continue
+        span_text = value.get("text")
+        if isinstance(span_text, str) and span_text != text[start:end]:
+            logger.warning(
+                "Task %s: region text %r differs from text[%d:%d]=%r; using the offsets",
+                task_id,
+                span_text,
+                start,
+                end,
+                text[start:end],
+            )
+        ids = region_entities.setdefault(item.get("id"), []) if item.get("id") is not None else []
+        for label in labels:
+            key = (str(label), start, end)
+            if key in seen:
+                ent_id = seen[key]
+            else:
+                ent_id = len(entities)
+                seen[key] = ent_id
+                entities.append(
+                    {"id": ent_id, "label": str(label), "start_offset": start, "end_offset": end}
+                )
+            if ent_id not in ids:
+                ids.append(ent_id)
+
+    relations: list[dict] = []
+    seen_rel: set[tuple] = set()
+    for item in result:
+        if not isinstance(item, dict) or item.get("type") != "relation":
+            continue
+        src = region_entities.get(item.get("from_id"))
+        dst = region_entities.get(item.get("to_id"))
+        if not src or not dst:
+            logger.warning(
+                "Task %s: relation %s -> %s refers to a region that is not an entity; skipped",
+                task_id,
+                item.get("from_id"),
+                item.get("to_id"),
+            )
+            continue
+        direction = item.get("direction", "right")
+        pairs = [(src, dst)]
+        if direction == "left":
+            pairs = [(dst, src)]
+        elif direction == "bi":
+            pairs = [(src, dst), (dst, src)]
+        labels = item.get("labels") or [""]
+        if isinstance(labels, str):
+            labels = [labels]
+        for heads, tails in pairs:
+            for head in heads:
+                for tail in tails:
+                    for label in labels:
+                        key = (head, tail, str(label))
+                        if key in seen_rel:
+                            continue
+                        seen_rel.add(key)
+                        relations.append(
+                            {"id": len(relations), "from_id": head, "to_id": tail, "type": str(label)}
+                        )
+
+    return {"id": task_id, "text": text, "entities": entities, "relations": relations}
+
+
+def label_studio_to_doccano(
+    tasks: Iterable[dict],
+    text_key: str | None = None,
+    from_names: set[str] | None = None,
+) -> list[dict]:
+    """Convert many tasks, dropping those without a usable annotation."""
+    records = []
+    for task in tasks:
+        record = task_to_doccano(task, text_key=text_key, from_names=from_names)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+# --------------------------------------------------------------------------
+# file helpers
+# --------------------------------------------------------------------------
+def _normalize_tasks(obj: Any, source: str) -> list[dict]:
+    """Turn any accepted top-level JSON shape into a list of task dicts."""
+    # A recorded HTTP request ({"method", "path", "body"}): use its body.
+    if isinstance(obj, dict) and isinstance(obj.get("body"), dict) and "method" in obj:
+        obj = obj["body"]
+    if isinstance(obj, dict):
+        if "data" in obj:  # a single task
+            tasks = [obj]
+        elif isinstance(obj.get("task"), dict) and isinstance(obj.get("annotation"), dict):
+            # ANNOTATION_CREATED / ANNOTATION_UPDATED webhook body
+            task = dict(obj["task"])
+            task["annotations"] = [obj["annotation"]]
+            tasks = [task]
+        elif isinstance(obj.get("annotations"), list):  # legacy /train body
+            tasks = obj["annotations"]
+        elif isinstance(obj.get("tasks"), list):
+            tasks = obj["tasks"]
+        else:
+            raise ValueError(
+                f"{source}: a JSON object must be a task (with 'data') or a /train body "
+                f"(with an 'annotations' list of tasks); found keys {sorted(obj)[:10]}"
+            )
+    elif isinstance(obj, list):
+        tasks = obj
+    else:
+        raise ValueError(f"{source}: expected a list of Label Studio tasks, got {type(obj).__name__}")
+    for index, task in enumerate(tasks):
+        if not isinstance(task, dict) or "data" not in task:
+            raise ValueError(
+                f"{source}: item {index} is not a Label Studio task (a JSON object with 'data')"
+            )
+    return list(tasks)
+
+
+def load_tasks(path) -> list[dict]:
+    """Load Label Studio tasks from a JSON export, /train body, single task or JSONL file."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    if not raw.strip():
+        raise ValueError(f"{path}: file is empty")
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as whole_error:
+        # Maybe JSON Lines: one task per line.
+        tasks = []
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                tasks.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if lineno == 1:
+                    raise ValueError(
+                        f"{path}: not valid JSON (line {whole_error.lineno}, column "
+                        f"{whole_error.colno}: {whole_error.msg})"
+                    ) from None
+                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+        return _normalize_tasks(tasks, str(path))
+    return _normalize_tasks(obj, str(path))
+
+
+def write_jsonl(records: Iterable[dict], path) -> int:
+    """Write records as UTF-8 JSON Lines; return how many were written."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path) -> list[dict]:
+    """Read UTF-8 JSON Lines; blank lines are ignored. ValueError names a bad line."""
+    path = Path(path)
+    records = []
+    with path.open("r", encoding="utf-8-sig", newline="") as handle:
+        # Split on "\n" only: str.splitlines() would also split on \r, \x1c, \u2028 ...
+        # that may legitimately sit inside a JSON string.
+        for lineno, line in enumerate(handle.read().split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+    return records
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
+    parser = argparse.ArgumentParser(description="Convert a Label Studio export to doccano JSONL.")
+    parser.add_argument("--label_studio_file", required=True, help="Label Studio JSON/JSONL export")
+    parser.add_argument("--doccano_file", default="./data/doccano_ext.jsonl", help="output JSONL")
+    parser.add_argument("--text_key", default=None, help="key of the text in task['data']")
+    parser.add_argument(
+        "--from_name",
+        action="append",
+        default=None,
+        help="only use Labels control(s) with this name (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+    try:
+        tasks = load_tasks(args.label_studio_file)
+        records = label_studio_to_doccano(
+            tasks,
+            text_key=args.text_key,
+            from_names=set(args.from_name) if args.from_name else None,
+        )
+        written = write_jsonl(records, args.doccano_file)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"Wrote {written} records to {args.doccano_file} "
+        f"({len(tasks) - written} of {len(tasks)} tasks skipped)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

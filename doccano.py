@@ -1,0 +1,532 @@
+"""Turn doccano JSONL records into UIE training examples (PaddleNLP semantics).
+
+This mirrors PaddleNLP's ``model_zoo/uie/doccano.py`` (and the
+``convert_ext_examples`` logic it uses) without importing paddle/paddlenlp:
+
+* entity examples: one per (record, entity label) holding every span of the
+  label, ``prompt`` = the label;
+* relation examples: one per (record, relation prompt); the prompt is
+  ``subject + "的" + type`` (``schema_lang="ch"``) or ``type + " of " + subject``
+  (``schema_lang="en"``), the result is the object span;
+* entity-level classification (label ``"X##正向"`` with ``separator="##"``):
+  an extra example with prompt ``"<span>的情感倾向[正向,负向]"``; as in PaddleNLP its
+  result offsets are *negative* and index the prompt, not the content;
+* negatives (examples with an empty ``result_list``): for the train split they
+  are sampled as PaddleNLP does (at most ``negative_ratio`` per positive), for
+  dev/test every candidate negative is kept.
+
+Entity labels and relation types that make up the schema are collected over all
+records given; entity names used to build relation negatives come from the
+split's own records (so dev/test names never leak into train prompts).
+All randomness comes from one ``random.Random(seed)``.
+
+Examples: ``{"content": str, "result_list": [{"text", "start", "end"}], "prompt": str}``.
+
+CLI (PaddleNLP's flags)::
+
+    python doccano.py --doccano_file ./data/doccano_ext.jsonl --task_type ext \\
+        --save_dir ./data --splits 0.8 0.1 0.1 --negative_ratio 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["convert_doccano", "write_splits", "read_doccano", "main"]
+
+# PaddleNLP conventions: entities with these labels only serve as relation
+# objects (no entity example of their own) ...
+IGNORED_ENTITY_LABELS = ("属性值", "object")
+# ... and opinion words get positives but are never used as entity negatives.
+NO_NEGATIVE_LABELS = ("观点词",)
+
+
+# --------------------------------------------------------------------------
+# parsing doccano records
+# --------------------------------------------------------------------------
+def _describe(record: dict, index: int) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"record {index}" + (f" (id={rid})" if rid is not None else "")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_ext_record(record: Any, index: int) -> tuple[str, list[dict], list[dict]]:
+    """Return (text, entities, relations) of a doccano record; ValueError if malformed."""
+    if not isinstance(record, dict):
+        raise ValueError(f"record {index} is not a JSON object")
+    where = _describe(record, index)
+    text = record.get("text", record.get("data"))
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: missing string 'text'")
+
+    entities: list[dict] = []
+    relations: list[dict] = []
+    label = record.get("label")
+    if "entities" in record or "relations" in record:
+        entities = record.get("entities") or []
+        relations = record.get("relations") or []
+    elif isinstance(label, dict):  # old doccano relation export
+        entities = label.get("entities") or []
+        relations = label.get("relations") or []
+    elif isinstance(label, list):  # [[start, end, label], ...]
+        for k, item in enumerate(label):
+            if not isinstance(item, (list, tuple)) or len(item) < 3:
+                raise ValueError(f"{where}: label {k} is not [start, end, label]")
+            entities.append({"id": k, "start_offset": item[0], "end_offset": item[1], "label": item[2]})
+    if not isinstance(entities, list) or not isinstance(relations, list):
+        raise ValueError(f"{where}: 'entities' and 'relations' must be lists")
+
+    for ent in entities:
+        if not isinstance(ent, dict):
+            raise ValueError(f"{where}: an entity is not a JSON object")
+        start, end, lab = ent.get("start_offset"), ent.get("end_offset"), ent.get("label")
+        if not _is_int(start) or not _is_int(end) or not 0 <= start < end <= len(text):
+            raise ValueError(
+                f"{where}: entity {ent.get('id')!r} has offsets [{start!r}, {end!r}) outside "
+                f"a text of {len(text)} characters"
+            )
+        if not isinstance(lab, str) or not lab:
+            raise ValueError(f"{where}: entity {ent.get('id')!r} has no label")
+    ids = {ent.get("id") for ent in entities}
+    for rel in relations:
+        if not isinstance(rel, dict):
+            raise ValueError(f"{where}: a relation is not a JSON object")
+        if rel.get("from_id") not in ids or rel.get("to_id") not in ids:
+            raise ValueError(
+                f"{where}: relation {rel.get('id')!r} refers to an unknown entity id "
+                f"({rel.get('from_id')!r} -> {rel.get('to_id')!r})"
+            )
+    return text, entities, relations
+
+
+def _split_cls_label(label: str, separator: str) -> tuple[str, list[str] | None]:
+    parts = label.split(separator) if separator else [label]
+    if len(parts) == 1:
+        return parts[0], None
+    return parts[0], parts[1:]
+
+
+def _cls_example(text, labels, prompt_prefix, options, rng: random.Random, where: str) -> dict:
+    """A classification example: prompt 'prefix[opt1,opt2]', offsets index the prompt (negative)."""
+    opts = list(options)
+    rng.shuffle(opts)
+    prompt = f"{prompt_prefix}[{','.join(opts)}]"
+    result_list = []
+    for label in labels:
+        if label not in opts:
+            raise ValueError(f"{where}: class label {label!r} is not one of the options {list(options)}")
+        start = prompt.rfind(label) - len(prompt) - 1
+        result_list.append({"text": label, "start": start, "end": start + len(label)})
+    return {"content": text, "result_list": result_list, "prompt": prompt}
+
+
+class _Record:
+    """Positive examples and negative-sampling material of one doccano record."""
+
+    def __init__(self, record, index, schema_lang, separator, prompt_prefix):
+        text, entities, relations = _parse_ext_record(record, index)
+        self.where = _describe(record, index)
+        self.text = text
+        self.entity_examples: dict[str, dict] = {}
+        self.entity_labels: set[str] = set()
+        self.entity_names: list[str] = []
+        self.cls_items: list[tuple[list[str], str]] = []  # (class labels, prompt prefix)
+        self.relation_examples: dict[str, dict] = {}
+        self.subjects: list[str] = []
+        self.inverse_prompts: list[str] = []
+        self.predicates: list[str] = []
+        self.schema_lang = schema_lang
+
+        by_id = {}
+        for ent in entities:
+            start, end = ent["start_offset"], ent["end_offset"]
+            name = text[start:end]
+            by_id[ent.get("id")] = (name, start, end)
+            if ent["label"] in IGNORED_ENTITY_LABELS:
+                continue
+            label, cls_labels = _split_cls_label(ent["label"], separator)
+            if cls_labels is not None:
+                if schema_lang == "ch":
+                    cls_prefix = name + "的" + prompt_prefix
+                else:
+                    cls_prefix = prompt_prefix + " of " + name
+                self.cls_items.append((cls_labels, cls_prefix))
+            self._add(self.entity_examples, label, {"text": name, "start": start, "end": end})
+            self.entity_labels.add(label)
+            if name not in self.entity_names:
+                self.entity_names.append(name)
+
+        for rel in relations:
+            predicate = rel.get("type")
+            if not isinstance(predicate, str) or not predicate:
+                logger.warning("%s: relation %r has no type; skipped", self.where, rel.get("id"))
+                continue
+            subj = by_id[rel["from_id"]]
+            obj = by_id[rel["to_id"]]
+            prompt = self.relation_prompt(subj[0], predicate)
+            self._add(self.relation_examples, prompt, {"text": obj[0], "start": obj[1], "end": obj[2]})
+            if subj[0] not in self.subjects:
+                self.subjects.append(subj[0])
+            self.inverse_prompts.append(self.relation_prompt(obj[0], predicate))
+            self.predicates.append(predicate)
+
+    def relation_prompt(self, subject: str, predicate: str) -> str:
+        if self.schema_lang == "ch":
+            return subject + "的" + predicate
+        return predicate + " of " + subject
+
+    def _add(self, table: dict, prompt: str, result: dict) -> None:
+        example = table.get(prompt)
+        if example is None:
+            table[prompt] = {"content": self.text, "result_list": [result], "prompt": prompt}
+        elif not any(
+            r["start"] == result["start"] and r["end"] == result["end"] for r in example["result_list"]
+        ):
+            example["result_list"].append(result)
+
+    def negative(self, prompt: str) -> dict:
+        return {"content": self.text, "result_list": [], "prompt": prompt}
+
+
+# --------------------------------------------------------------------------
+# negatives
+# --------------------------------------------------------------------------
+def _sample_indices(n_candidates, n_positive, ratio, rng) -> list[int]:
+    """PaddleNLP's rule: keep all when within ratio (or ratio == -1), else sample ratio*positives."""
+    if n_positive == 0:
+        return list(range(n_candidates))
+    if ratio == -1 or math.ceil(n_candidates / n_positive) <= ratio:
+        return list(range(n_candidates))
+    return rng.sample(range(n_candidates), min(n_candidates, max(ratio, 0) * n_positive))
+
+
+def _unique(items, exclude=()) -> list[str]:
+    seen, out = set(exclude), []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def _build_split(
+    recs: list[_Record],
+    *,
+    is_train: bool,
+    negative_ratio: int,
+    label_set: list[str],
+    predicate_set: list[str],
+    prompt_prefix: str,
+    options: Sequence[str],
+    rng: random.Random,
+) -> list[dict]:
+    ratio = negative_ratio if is_train else -1
+    entity_pos, entity_neg = [], []
+    for rec in recs:
+        candidates = [label for label in label_set if label not in rec.entity_labels]
+        idxs = _sample_indices(len(candidates), len(rec.entity_examples), ratio, rng)
+        entity_pos.extend(rec.entity_examples.values())
+        entity_neg.extend(rec.negative(candidates[i]) for i in idxs)
+
+    relation_pos, relation_neg = [], []
+    if predicate_set:
+        split_names = _unique(name for rec in recs for name in rec.entity_names)
+        for rec in recs:
+            positives = list(rec.relation_examples.values())
+            relation_pos.extend(positives)
+            taken = set(rec.relation_examples)
+            if not is_train:
+                # PaddleNLP keeps dev/test relation negatives next to their record's positives.
+                for subject in rec.subjects:
+                    for predicate in predicate_set:
+                        prompt = rec.relation_prompt(subject, predicate)
+                        if prompt not in taken:
+                            taken.add(prompt)
+                            relation_pos.append(rec.negative(prompt))
+                continue
+            # train: PaddleNLP's three candidate pools, each sampled at ratio // 3,
+            # then topped up from the leftovers to ratio * positives.
+            num_positive = len(positives)
+            pools = [_unique(rec.inverse_prompts, taken)]
+            if rec.predicates:
+                names = [n for n in split_names if n not in rec.subjects]
+                names.sort()
+                pools.append(
+                    _unique(
+                        (rec.relation_prompt(n, rec.predicates[rng.randrange(len(rec.predicates))]) for n in names),
+                        taken,
+                    )
+                )
+            if rec.subjects:
+                labels = sorted(label for label in label_set if label not in rec.entity_labels)
+                pools.append(
+                    _unique(
+                        (rec.relation_prompt(rec.subjects[rng.randrange(len(rec.subjects))], lab) for lab in labels),
+                        taken,
+                    )
+                )
+            chosen: list[str] = []
+            rest: list[str] = []
+            per_pool = negative_ratio // 3
+            for pool in pools:
+                pool = [p for p in pool if p not in chosen and p not in rest]
+                idxs = _sample_indices(len(pool), num_positive, per_pool, rng)
+                picked = set(idxs)
+                chosen.extend(pool[i] for i in idxs)
+                rest.extend(p for k, p in enumerate(pool) if k not in picked)
+            missing = num_positive * negative_ratio - len(chosen)
+            if missing > 0 and rest:
+                if missing >= len(rest):
+                    chosen.extend(rest)
+                else:
+                    chosen.extend(rest[i] for i in rng.sample(range(len(rest)), missing))
+            relation_neg.extend(rec.negative(p) for p in chosen)
+
+    cls_examples = [
+        _cls_example(rec.text, labels, prefix, options, rng, rec.where)
+        for rec in recs
+        for labels, prefix in rec.cls_items
+    ]
+    return entity_pos + entity_neg + relation_pos + relation_neg + cls_examples
+
+
+# --------------------------------------------------------------------------
+# splitting
+# --------------------------------------------------------------------------
+def _check_splits(splits: Sequence[float]) -> list[Decimal]:
+    """Validate splits ([], [train, dev] or [train, dev, test], summing to 1)."""
+    splits = list(splits)
+    if len(splits) == 0:
+        return [Decimal(1), Decimal(0), Decimal(0)]
+    if len(splits) not in (2, 3):
+        raise ValueError(
+            f"splits must be 2 or 3 numbers ([train, dev] or [train, dev, test]), got {splits}"
+        )
+    try:
+        parts = [Decimal(str(float(x))) for x in splits]
+    except (TypeError, ValueError, InvalidOperation):
+        raise ValueError(f"splits must be numbers, got {splits}") from None
+    if any(p < 0 or not p.is_finite() for p in parts):
+        raise ValueError(f"splits must be non-negative, got {splits}")
+    if abs(sum(parts) - 1) > Decimal("1e-9"):
+        raise ValueError(f"splits must sum to 1, got {splits} (sum {float(sum(parts))})")
+    while len(parts) < 3:
+        parts.append(Decimal(0))
+    return parts
+
+
+def _cut(n: int, parts: list[Decimal]) -> tuple[int, int]:
+    p1 = int(n * parts[0])
+    p2 = n if parts[2] == 0 else int(n * (parts[0] + parts[1]))
+    return min(p1, n), min(max(p2, p1), n)
+
+
+def _split_sizes_ok(n: int, parts: list[Decimal]) -> bool:
+    p1, p2 = _cut(n, parts)
+    sizes = (p1, p2 - p1, n - p2)
+    return all(size > 0 for size, part in zip(sizes, parts) if part > 0)
+
+
+def _split_records(n: int, parts: list[Decimal]) -> tuple[int, int]:
+    """Cut points; ValueError when a split with a nonzero ratio would be empty."""
+    if n == 0:
+        raise ValueError("no doccano records to convert")
+    p1, p2 = _cut(n, parts)
+    sizes = {"train": p1, "dev": p2 - p1, "test": n - p2}
+    empty = [name for (name, size), part in zip(sizes.items(), parts) if part > 0 and size == 0]
+    if empty:
+        needed = next((m for m in range(n + 1, 100_001) if _split_sizes_ok(m, parts)), None)
+        ratios = ", ".join(f"{name} {float(part):g}" for name, part in zip(sizes, parts))
+        hint = f"; at least {needed} records are needed" if needed else ""
+        raise ValueError(
+            f"too few records: {n} record(s) cannot fill splits ({ratios}): the "
+            f"{' and '.join(empty)} split would get 0 records{hint} "
+            f"(or set that ratio to 0)"
+        )
+    return p1, p2
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def convert_doccano(
+    records: list[dict],
+    task_type: str = "ext",
+    splits: Sequence[float] = (0.8, 0.1, 0.1),
+    negative_ratio: int = 5,
+    schema_lang: str = "ch",
+    seed: int = 1000,
+    is_shuffle: bool = True,
+    separator: str = "##",
+    prompt_prefix: str = "情感倾向",
+    options: Sequence[str] = ("正向", "负向"),
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Convert doccano records into (train, dev, test) UIE examples, split by record."""
+    if schema_lang not in ("ch", "en"):
+        raise ValueError(f"schema_lang must be 'ch' or 'en', got {schema_lang!r}")
+    if not _is_int(negative_ratio) or negative_ratio < -1:
+        raise ValueError(f"negative_ratio must be an integer >= -1, got {negative_ratio!r}")
+    if task_type not in ("ext", "cls"):
+        raise ValueError(f"task_type must be 'ext' or 'cls', got {task_type!r}")
+    parts = _check_splits(splits)
+    records = list(records)
+    rng = random.Random(seed)
+    order = list(range(len(records)))
+    p1, p2 = _split_records(len(records), parts)
+    if is_shuffle:
+        rng.shuffle(order)
+    chunks = [order[:p1], order[p1:p2], order[p2:]]
+
+    if task_type == "cls":
+        return tuple(_cls_split([(records[i], i) for i in chunk], prompt_prefix, options, rng) for chunk in chunks)
+
+    recs = [_Record(records[i], i, schema_lang, separator, prompt_prefix) for i in range(len(records))]
+    label_set = sorted(
+        {lab for rec in recs for lab in rec.entity_labels if lab not in NO_NEGATIVE_LABELS}
+    )
+    predicate_set = _unique(p for rec in recs for p in rec.predicates)
+    if not any(rec.entity_examples or rec.relation_examples for rec in recs):
+        raise ValueError(
+            f"none of the {len(recs)} records has an entity: there is nothing to train on"
+        )
+    common = dict(
+        negative_ratio=negative_ratio,
+        label_set=label_set,
+        predicate_set=predicate_set,
+        prompt_prefix=prompt_prefix,
+        options=options,
+        rng=rng,
+    )
+    train = _build_split([recs[i] for i in chunks[0]], is_train=True, **common)
+    if is_shuffle:
+        rng.shuffle(train)
+    dev = _build_split([recs[i] for i in chunks[1]], is_train=False, **common)
+    test = _build_split([recs[i] for i in chunks[2]], is_train=False, **common)
+    return train, dev, test
+
+
+def _cls_split(items, prompt_prefix, options, rng) -> list[dict]:
+    """Sentence-level classification examples ({"text", "label": [...]} records)."""
+    examples = []
+    for record, index in items:
+        if not isinstance(record, dict):
+            raise ValueError(f"record {index} is not a JSON object")
+        where = _describe(record, index)
+        text = record.get("text", record.get("data"))
+        labels = record.get("label")
+        if isinstance(labels, str):
+            labels = [labels]
+        if not isinstance(text, str) or not isinstance(labels, list) or not labels:
+            raise ValueError(f"{where}: a cls record needs a string 'text' and a 'label' list")
+        examples.append(_cls_example(text, labels, prompt_prefix, options, rng, where))
+    return examples
+
+
+def read_doccano(path) -> list[dict]:
+    """Read a doccano JSONL file; ValueError names the first malformed line."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    records = []
+    for lineno, line in enumerate(raw.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: line {lineno} is not a JSON object")
+        records.append(obj)
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def write_splits(train: list[dict], dev: list[dict], test: list[dict], save_dir) -> dict[str, str]:
+    """Write train.txt / dev.txt / test.txt (JSONL) under save_dir; return their paths."""
+    os.makedirs(save_dir, exist_ok=True)
+    paths = {}
+    for name, examples in (("train", train), ("dev", dev), ("test", test)):
+        path = os.path.join(save_dir, f"{name}.txt")
+        with open(path, "w", encoding="utf-8", newline="\n") as handle:
+            for example in examples:
+                handle.write(json.dumps(example, ensure_ascii=False) + "\n")
+        paths[name] = path
+    return paths
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+def _str2bool(value: str) -> bool:
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "t", "yes", "y", "1"):
+        return True
+    if lowered in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (PaddleNLP doccano.py flags); returns the exit code."""
+    parser = argparse.ArgumentParser(description="Convert doccano JSONL into UIE train/dev/test files.")
+    parser.add_argument("--doccano_file", default="./data/doccano.json", type=str)
+    parser.add_argument("--save_dir", default="./data", type=str)
+    parser.add_argument("--negative_ratio", default=5, type=int)
+    parser.add_argument("--splits", default=[0.8, 0.1, 0.1], type=float, nargs="*")
+    parser.add_argument("--task_type", choices=["ext", "cls"], default="ext", type=str)
+    parser.add_argument("--options", default=["正向", "负向"], type=str, nargs="+")
+    parser.add_argument("--prompt_prefix", default="情感倾向", type=str)
+    parser.add_argument("--is_shuffle", default="True", type=_str2bool)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--separator", type=str, default="##")
+    parser.add_argument("--schema_lang", choices=["ch", "en"], default="ch")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+    try:
+        records = read_doccano(args.doccano_file)
+        train, dev, test = convert_doccano(
+            records,
+            task_type=args.task_type,
+            splits=args.splits,
+            negative_ratio=args.negative_ratio,
+            schema_lang=args.schema_lang,
+            seed=args.seed,
+            is_shuffle=args.is_shuffle,
+            separator=args.separator,
+            prompt_prefix=args.prompt_prefix,
+            options=args.options,
+        )
+        paths = write_splits(train, dev, test, args.save_dir)
+    except (ValueError, NotImplementedError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, examples in (("train", train), ("dev", dev), ("test", test)):
+        print(f"Saved {len(examples)} examples to {paths[name]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Span precision / recall / F1 of a UIE checkpoint on UIE examples.
+
+    python evaluate.py --model_path checkpoint/model_best --test_path data/dev.txt [--debug]
+
+Examples are the lines ``doccano.py`` writes: ``{"content", "result_list":
+[{"text", "start", "end"}], "prompt"}``. A predicted span counts when its
+start and end equal a gold span of the same example (PaddleNLP's rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """An examples file is missing or malformed."""
+
+
+def read_examples(path) -> list[dict]:
+    """UIE examples from a JSONL file, checked line by line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not (isinstance(ex, dict) and isinstance(ex.get("content"), str)
+                    and isinstance(ex.get("prompt"), str) and isinstance(ex.get("result_list"), list)):
+                raise DataError(f"{path}:{n}: expected an object with 'content', 'prompt' and 'result_list'")
+            for r in ex["result_list"]:
+                if not (isinstance(r, dict) and isinstance(r.get("start"), int)
+                        and isinstance(r.get("end"), int)
+                        and 0 <= r["start"] < r["end"] <= len(ex["content"])):
+                    raise DataError(f"{path}:{n}: bad span {r!r}")
+            examples.append(ex)
+    return examples
+
+
+def _prf(tp, n_pred, n_gold):
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 5), "recall": round(r, 5), "f1": round(f, 5),
+            "tp": tp, "predicted": n_pred, "gold": n_gold}
+
+
+def evaluate_examples(predictor, examples, per_label=False) -> dict:
+    """Micro P/R/F1 (and per prompt with ``per_label``) of ``predictor`` on ``examples``."""
+    found = predictor.extract([(ex["content"], [ex["prompt"]]) for ex in examples])
+    counts = defaultdict(lambda: [0, 0, 0])
+    for ex, spans in zip(examples, found):
+        gold = {(r["start"], r["end"]) for r in ex["result_list"]}
+        pred = {(s.start, s.end) for s in spans[ex["prompt"]]}
+        for key in ("all", ex["prompt"]) if per_label else ("all",):
+            counts[key][0] += len(gold & pred)
+            counts[key][1] += len(pred)
+            counts[key][2] += len(gold)
+    metrics = _prf(*counts.pop("all", [0, 0, 0]))
+    metrics["examples"] = len(examples)
+    if per_label:
+        metrics["per_label"] = {k: _prf(*v) for k, v in sorted(counts.items())}
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_path", required=True, help="checkpoint directory (e.g. checkpoint/model_best)")
+    parser.add_argument("--test_path", required=True, help="UIE examples (doccano.py output)")
+    parser.add_argument("--max_seq_len", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--debug", action="store_true", help="also print metrics per label (prompt)")
+    parser.add_argument("--output_json", help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+
+    import uie_model
+
+    try:
+        examples = read_examples(args.test_path)
+        device = uie_model.select_device(args.device)
+        predictor = uie_model.UIEPredictor.from_dir(args.model_path, device=device,
+                                                    max_seq_len=args.max_seq_len,
+                                                    batch_size=args.batch_size)
+    except (DataError, uie_model.ModelLoadError) as exc:
+        print(f"evaluate.py: error: {exc}", file=sys.stderr)
+        return 2
+    metrics = evaluate_examples(predictor, examples, per_label=args.debug)
+    print(f"Evaluation on {len(examples)} examples")
+    print(f"Precision: {metrics['precision']:.5f} | Recall: {metrics['recall']:.5f} | F1: {metrics['f1']:.5f}")
+    if args.debug:
+        for label, m in metrics["per_label"].items():
+            print(f"  {label}: Precision: {m['precision']:.5f} | Recall: {m['recall']:.5f} | "
+                  f"F1: {m['f1']:.5f} (gold {m['gold']})")
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(metrics, ensure_ascii=False, indent=2),
+                                          encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Fine-tune UIE on UIE examples; keep the best model by dev span F1.
+
+    python finetune.py --train_path data/train.txt --dev_path data/dev.txt \\
+        --save_dir checkpoint --model uie-base --num_epochs 20
+
+The flags are those of PaddleNLP's UIE ``finetune.py``. ``--model`` takes a
+PaddleNLP name, a checkpoint directory or ``scratch`` (a fresh character
+model). ``save_dir/model_best/`` is what ``Taskflow(task_path=...)``, the
+server and ``evaluate.py`` load; ``save_dir/metrics.json`` says how it scored.
+Batches are padded to their longest example, not to ``--max_seq_len``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evaluate import DataError, evaluate_examples, read_examples
+
+log = logging.getLogger("finetune")
+
+# Defaults per model kind: a scratch model has no pretrained weights to keep,
+# so it takes a far higher learning rate and more epochs than a pretrained one.
+DEFAULTS = {
+    "scratch": {"learning_rate": 1e-3, "num_epochs": 60, "pos_weight": 5.0},
+    "pretrained": {"learning_rate": 1e-5, "num_epochs": 20, "pos_weight": 1.0},
+}
+
+
+def model_kind(model_dir) -> str:
+    """``scratch`` for models built on the built-in char vocabulary, else ``pretrained``."""
+    import uie_model
+
+    return "scratch" if uie_model.is_scratch_model(model_dir) else "pretrained"
+
+
+def token_span(t_starts, t_ends, start, end):
+    """Token indices (first, last) covering characters ``start:end``, or None."""
+    first = bisect.bisect_right(t_ends, start)
+    last = bisect.bisect_left(t_starts, end) - 1
+    return (first, last) if first <= last else None
+
+
+def encode_examples(examples, tokenizer, max_seq_len):
+    """Model inputs with start/end targets: ``[(ids, c0, start_idx, end_idx)]``.
+
+    Long contents are split into the same overlapping windows prediction
+    uses; a window is trained on the spans it holds whole.
+    """
+    import uie_model
+
+    cache, out, dropped = {}, [], 0
+    for ex in examples:
+        content = ex["content"]
+        if content not in cache:
+            cache[content] = tokenizer.tokenize(content)
+        ids, t_starts, t_ends = cache[content]
+        p_ids = tokenizer.encode(ex["prompt"])[: max_seq_len // 2]
+        spans = []
+        for r in ex["result_list"]:
+            ts = token_span(t_starts, t_ends, r["start"], r["end"])
+            if ts is None:
+                dropped += 1
+            else:
+                spans.append(ts)
+        if not ids:
+            continue
+        budget = max_seq_len - 3 - len(p_ids)
+        c0 = len(p_ids) + 2
+        for lo, hi, _, _ in uie_model.windows(len(ids), budget):
+            seq = [tokenizer.cls_id, *p_ids, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id]
+            inside = [(s, e) for s, e in spans if lo <= s and e < hi]
+            out.append((seq, c0, [c0 + s - lo for s, _ in inside], [c0 + e - lo for _, e in inside]))
+    if dropped:
+        log.warning("%d gold spans cover no token (only whitespace?) and were skipped", dropped)
+    return out
+
+
+def batches(encoded, batch_size, rng):
+    """Length-bucketed batches in random order (little padding, still shuffled)."""
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    result = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c: c + chunk], key=lambda k: len(encoded[k][0]))
+        result += [part[b: b + batch_size] for b in range(0, len(part), batch_size)]
+    rng.shuffle(result)
+    return result
+
+
+def to_tensors(items, pad_id):
+    import paddle
+
+    width = max(len(x[0]) for x in items)
+    n = len(items)
+    ids = np.full((n, width), pad_id, dtype="int64")
+    types = np.zeros((n, width), dtype="int64")
+    mask = np.zeros((n, width), dtype="float32")
+    start = np.zeros((n, width), dtype="float32")
+    end = np.zeros((n, width), dtype="float32")
+    for r, (seq, c0, s_idx, e_idx) in enumerate(items):
+        ids[r, : len(seq)] = seq
+        types[r, c0: len(seq)] = 1
+        mask[r, : len(seq)] = 1
+        start[r, s_idx] = 1
+        end[r, e_idx] = 1
+    pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype="int64"), (n, width)))
+    t = paddle.to_tensor
+    return t(ids), t(types), t(pos), t(mask), t(start), t(end)
+
+
+def save_best(model, model_dir, save_dir, metrics):
+    """Write ``save_dir/model_best`` whole (temporary directory, then rename)."""
+    import uie_model
+
+    save_dir = Path(save_dir)
+    tmp = save_dir / ".model_best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    uie_model.save_model(model, tmp, tokenizer_src=model_dir)
+    (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    best = save_dir / "model_best"
+    old = save_dir / ".model_best.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.rename(best, old)
+    os.rename(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate=None,
+             num_epochs=None, batch_size=16, max_seq_len=128, seed=1000, logging_steps=10,
+             valid_steps=100, device="cpu", patience=5, weight_decay=0.01,
+             warmup_proportion=0.06, init_from_ckpt=None, max_seconds=None,
+             pos_weight=None) -> dict:
+    """Train the UIE in ``model_dir`` and save the best one to ``save_dir/model_best``.
+
+    Returns the metrics of the saved model (also written to ``save_dir/metrics.json``).
+    """
+    import paddle
+
+    import uie_model
+
+    if not train_examples:
+        raise DataError("the training set is empty")
+    kind = model_kind(model_dir)
+    learning_rate = learning_rate or DEFAULTS[kind]["learning_rate"]
+    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"]
+    pos_weight = pos_weight or DEFAULTS[kind]["pos_weight"]
+    dev_examples = dev_examples or train_examples
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+    paddle.set_device(device)
+    model = uie_model.load_uie(model_dir)
+    if init_from_ckpt:
+        state_path = Path(init_from_ckpt)
+        state_path = state_path / "model_state.pdparams" if state_path.is_dir() else state_path
+        model.set_state_dict(paddle.load(str(state_path)))
+    tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
+    max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
+    encoded = encode_examples(train_examples, tokenizer, max_seq_len)
+    if not encoded:
+        raise DataError("no training example has any token")
+    predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
+                                       batch_size=max(batch_size, 32))
+    steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    total_steps = steps_per_epoch * num_epochs
+    warmup = max(1, int(total_steps * warmup_proportion))
+    schedule = paddle.optimizer.lr.LambdaDecay(
+        learning_rate, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+    decay_params = [p.name for n, p in model.named_parameters()
+                    if not any(k in n for k in ("bias", "norm"))]
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule, parameters=model.parameters(), weight_decay=weight_decay,
+        apply_decay_param_fun=lambda name: name in decay_params,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    log.info("model %s (%s), %d train examples -> %d inputs, %d dev examples, lr %g, "
+             "%d epochs x %d steps, batch %d, device %s", model_dir, kind, len(train_examples),
+             len(encoded), len(dev_examples), learning_rate, num_epochs, steps_per_epoch,
+             batch_size, device)
+
+    best, bad_evals, step, seen = None, 0, 0, 0
+    started = time.time()
+    history = []
+
+    def run_eval(epoch):
+        nonlocal best, bad_evals
+        model.eval()
+        metrics = evaluate_examples(predictor, dev_examples)
+        model.train()
+        metrics.update(epoch=epoch, step=step, seconds=round(time.time() - started, 1))
+        history.append(metrics)
+        log.info("eval epoch %d step %d: precision %.4f recall %.4f f1 %.4f", epoch, step,
+                 metrics["precision"], metrics["recall"], metrics["f1"])
+        if best is None or metrics["f1"] > best["f1"]:
+            best, bad_evals = metrics, 0
+            save_best(model, model_dir, save_dir, metrics)
+            log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
+        elif best["f1"] > 0:    # a model that has found nothing yet is not "stuck"
+            bad_evals += 1
+        return metrics["f1"] >= 1.0 or bad_evals >= patience or (
+            max_seconds is not None and time.time() - started > max_seconds)
+
+    model.train()
+    stop = False
+    loss_sum, loss_n, tick = 0.0, 0, time.time()
+    for epoch in range(1, num_epochs + 1):
+        for batch in batches(encoded, batch_size, rng):
+            ids, types, pos, mask, start_t, end_t = to_tensors([encoded[k] for k in batch], tokenizer.pad_id)
+            start_p, end_p = model(input_ids=ids, token_type_ids=types, position_ids=pos,
+                                   attention_mask=mask)
+            bce = paddle.nn.functional.binary_cross_entropy
+            w_start = mask * (1 + (pos_weight - 1) * start_t)
+            w_end = mask * (1 + (pos_weight - 1) * end_t)
+            loss = (bce(start_p, start_t, weight=w_start, reduction="sum")
+                    + bce(end_p, end_t, weight=w_end, reduction="sum")) / (2 * mask.sum())
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.clear_grad()
+            step += 1
+            seen += len(batch)
+            loss_sum += float(loss)
+            loss_n += 1
+            if step % logging_steps == 0:
+                now = time.time()
+                log.info("epoch %d/%d step %d/%d loss %.5f lr %.2e %.1f examples/s", epoch,
+                         num_epochs, step, total_steps, loss_sum / loss_n, schedule.get_lr(),
+                         seen / max(now - started, 1e-9))
+                loss_sum, loss_n, tick = 0.0, 0, now
+            if valid_steps and step % valid_steps == 0 and run_eval(epoch):
+                stop = True
+                break
+        if stop or run_eval(epoch):
+            break
+    elapsed = time.time() - started
+    result = dict(best, train_examples=len(train_examples), train_inputs=len(encoded),
+                  dev_examples=len(dev_examples), epochs_run=epoch, steps=step,
+                  train_seconds=round(elapsed, 1),
+                  examples_per_second=round(seen / max(elapsed, 1e-9), 2),
+                  learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
+                  model=str(model_dir), kind=kind, history=history)
+    (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def _str2bool(v):
+    return str(v).lower() in ("1", "true", "yes", "y")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train_path", required=True, help="UIE examples to train on (doccano.py's train.txt)")
+    parser.add_argument("--dev_path", help="UIE examples to pick the best model by (default: the training set)")
+    parser.add_argument("--save_dir", default="./checkpoint")
+    parser.add_argument("--model", default="uie-base", help="PaddleNLP name, checkpoint directory or 'scratch'")
+    parser.add_argument("--model_cache_dir", default=None, help="where named/scratch base models are kept (default: save_dir/_base)")
+    parser.add_argument("--init_from_ckpt", default=None, help="model_state.pdparams (or its directory) to start from")
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: 1e-3 for scratch, 1e-5 for pretrained")
+    parser.add_argument("--num_epochs", type=int, default=None, help="default: 60 for scratch, 20 for pretrained")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_seq_len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--logging_steps", type=int, default=10)
+    parser.add_argument("--valid_steps", type=int, default=100, help="evaluate every N steps (and after every epoch)")
+    parser.add_argument("--early_stopping_patience", type=int, default=5, help="stop after N evaluations without a better dev F1")
+    parser.add_argument("--max_seconds", type=float, default=None, help="stop after this much training time")
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--warmup_proportion", type=float, default=0.06)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    args = parser.parse_args(argv)
+
+    import uie_model
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(message)s", force=True)
+
+    try:
+        train = read_examples(args.train_path)
+        dev = read_examples(args.dev_path) if args.dev_path else None
+        if not train:
+            raise DataError(f"{args.train_path}: the training set is empty")
+        if dev is not None and not dev:
+            log.warning("%s is empty: selecting the best model on the training set", args.dev_path)
+        cache = args.model_cache_dir or Path(args.save_dir) / "_base"
+        source = uie_model.resolve_model(args.model, cache)
+        device = uie_model.select_device(args.device)
+        metrics = finetune(
+            train, dev, source.path, args.save_dir, learning_rate=args.learning_rate,
+            num_epochs=args.num_epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+            seed=args.seed, logging_steps=args.logging_steps, valid_steps=args.valid_steps,
+            device=device, patience=args.early_stopping_patience, weight_decay=args.weight_decay,
+            warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
+            max_seconds=args.max_seconds)
+    except (DataError, uie_model.ModelLoadError, FileNotFoundError) as exc:
+        print(f"finetune.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Best dev: Precision: {metrics['precision']:.5f} | Recall: {metrics['recall']:.5f} | "
+          f"F1: {metrics['f1']:.5f} -> {Path(args.save_dir) / 'model_best'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

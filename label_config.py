@@ -1,0 +1,77 @@
+"""Read a Label Studio label config: which ``<Labels>`` tag UIE fills, on which text.
+
+Only ``<Labels>`` controls bound (``toName``) to a ``<Text>`` object are
+used; a config may hold several. A label's UIE prompts are its ``value``, or
+the comma-separated words of its ``predicted_values`` attribute when present.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+
+class LabelConfigError(ValueError):
+    """The label config is not XML or has nothing UIE can predict."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ``<Labels>`` control bound to one ``<Text>`` object."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[tuple[str, tuple[str, ...]], ...]   # (label, prompts)
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(dict.fromkeys(p for _, prompts in self.labels for p in prompts))
+
+    def labels_for(self, prompt: str) -> list[str]:
+        return [label for label, prompts in self.labels if prompt in prompts]
+
+
+def _tag(element) -> str:
+    return element.tag.rsplit("}", 1)[-1]
+
+
+def parse_label_config(xml: str) -> list[Control]:
+    """All Labels→Text controls of ``xml``; ``LabelConfigError`` if there are none."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("label config is missing or empty")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+    texts = {}
+    for element in root.iter():
+        if _tag(element) == "Text" and element.get("name"):
+            value = element.get("value", "")
+            if value.startswith("$") and len(value) > 1:
+                texts[element.get("name")] = value[1:]
+    controls = []
+    for element in root.iter():
+        if _tag(element) != "Labels" or not element.get("name"):
+            continue
+        labels = []
+        for child in element.iter():
+            if _tag(child) != "Label":
+                continue
+            value = child.get("value") or child.get("alias")
+            if not value:
+                continue
+            predicted = child.get("predicted_values")
+            prompts = [p.strip() for p in predicted.split(",")] if predicted else [value]
+            prompts = tuple(dict.fromkeys(p for p in prompts if p))
+            if prompts:
+                labels.append((value, prompts))
+        for to_name in (element.get("toName") or "").split(","):
+            to_name = to_name.strip()
+            if to_name in texts and labels:
+                controls.append(Control(element.get("name"), to_name, texts[to_name], tuple(labels)))
+    if not controls:
+        raise LabelConfigError(
+            "label config has no <Labels> control with <Label> values bound (toName) to a "
+            "<Text> object with value=\"$key\"; UIE can only pre-annotate text spans")
+    return controls

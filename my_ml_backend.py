@@ -1,0 +1,118 @@
+"""The model class Label Studio talks to: ``setup``, ``predict``, ``fit``.
+
+It has the shape of label-studio-ml's ``LabelStudioMLBase`` without depending
+on it: one cheap instance per request, for one project and label config; the
+heavy parts (loaded models, training jobs) live in the process-wide
+``ModelStore`` and ``JobRunner`` it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from label_config import Control, parse_label_config
+from model_store import LiveModel, ModelStore
+
+log = logging.getLogger(__name__)
+
+
+class UIEBackend:
+    """UIE pre-annotation and training for one Label Studio project."""
+
+    def __init__(self, store: ModelStore, project: str, label_config: str | None = None,
+                 jobs=None):
+        self.store = store
+        self.settings = store.settings
+        self.project = project
+        self.label_config = label_config
+        self.jobs = jobs
+        self._controls = None
+
+    @property
+    def controls(self) -> list[Control]:
+        """The Labels→Text pairs of the label config (``LabelConfigError`` if none)."""
+        if self._controls is None:
+            self._controls = parse_label_config(self.label_config)
+        return self._controls
+
+    # -- LabelStudioMLBase-like API ----------------------------------------
+    def setup(self) -> str:
+        """Validate the label config and return the version ``predict`` will stamp."""
+        if self.label_config:
+            self.controls  # noqa: B018  (raises on a config UIE cannot serve)
+        return self.model_version
+
+    @property
+    def model_version(self) -> str:
+        return self.store.live(self.project).version
+
+    def predict(self, tasks: list[dict], context=None, **kwargs) -> list[dict]:
+        """One prediction per task, in task order, also when nothing was found."""
+        live = self.store.live(self.project)
+        controls = self.controls
+        jobs, where = [], []          # one extraction job per (task, control) with a text
+        for t, task in enumerate(tasks):
+            for control in controls:
+                text = self._task_text(task, control)
+                if text is not None:
+                    jobs.append((text, control.prompts))
+                    where.append((t, control, text))
+        extracted = live.predictor.extract(jobs) if jobs else []
+        regions = [[] for _ in tasks]
+        for (t, control, text), by_prompt in zip(where, extracted):
+            regions[t].extend(self._regions(control, text, by_prompt))
+        return [self._prediction(r, live) for r in regions]
+
+    def fit(self, event: str, data: dict | None = None, **kwargs) -> dict:
+        """Queue a training job for this project (never trains in the request)."""
+        if self.jobs is None:
+            raise RuntimeError("training is not available in this process")
+        return self.jobs.trigger(self.project, reason=event, label_config=self.label_config,
+                                 tasks=(data or {}).get("tasks"))
+
+    # -- helpers ----------------------------------------------------------
+    def _task_text(self, task, control: Control) -> str | None:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        data = task.get("data") if isinstance(task, dict) else None
+        text = data.get(control.data_key) if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text:
+            log.warning("task %s: data.%s is missing, empty or not a string; empty prediction",
+                        task_id, control.data_key)
+            return None
+        if len(text) > self.settings.max_text_chars:
+            log.warning("task %s: text of %d characters is longer than MAX_TEXT_CHARS=%d; "
+                        "empty prediction", task_id, len(text), self.settings.max_text_chars)
+            return None
+        return text
+
+    @staticmethod
+    def _regions(control: Control, text: str, by_prompt) -> list[dict]:
+        best = {}   # (label, start, end) -> score, over all prompts of a label
+        for prompt, spans in by_prompt.items():
+            for label in control.labels_for(prompt):
+                for span in spans:
+                    key = (label, span.start, span.end)
+                    best[key] = max(best.get(key, 0.0), span.score)
+        out = []
+        for (label, start, end), score in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+            region_id = hashlib.sha1(f"{control.from_name}|{label}|{start}|{end}".encode()).hexdigest()[:10]
+            out.append({
+                "id": region_id,
+                "from_name": control.from_name,
+                "to_name": control.to_name,
+                "type": "labels",
+                "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
+                "score": round(score, 6),
+            })
+        return out
+
+    def _prediction(self, regions: list[dict], live: LiveModel) -> dict:
+        scores = [r["score"] for r in regions]
+        if not scores:
+            score = 0.0
+        elif self.settings.task_score == "mean":
+            score = sum(scores) / len(scores)
+        else:
+            score = min(scores)
+        return {"result": regions, "score": round(score, 6), "model_version": live.version}

@@ -1,0 +1,115 @@
+"""Configuration from the environment: one frozen ``Settings`` per process.
+
+Every variable is documented in the README's configuration table; the
+defaults below are the ones that table shows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the backend cannot use."""
+
+
+def _int(env, name, default, minimum=None):
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env, name, default):
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _choice(env, name, default, choices):
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def _auto_float(env, name):
+    """A float, or None for ``auto`` / unset (the model kind decides)."""
+    raw = (env.get(name) or "auto").strip().lower()
+    return None if raw == "auto" else _float({name: raw}, name, None)
+
+
+def _auto_int(env, name, minimum=1):
+    raw = (env.get(name) or "auto").strip().lower()
+    return None if raw == "auto" else _int({name: raw}, name, None, minimum)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    uie_model: str = "uie-base"
+    model_dir: str = "checkpoint"
+    device: str = "auto"
+    max_seq_len: int = 512
+    batch_size: int = 16
+    max_text_chars: int = 100_000
+    task_score: str = "min"
+    score_threshold: float = 0.5
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    log_level: str = "INFO"
+    workers: int = 1
+    threads: int = 4
+    # training
+    train_epochs: int | None = None          # None: chosen by model kind
+    train_learning_rate: float | None = None  # None: chosen by model kind
+    train_batch_size: int = 16
+    train_max_seq_len: int = 128
+    train_every_n: int = 0
+    train_min_dev_tasks: int = 50
+    label_studio_url: str = ""
+    label_studio_api_key: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        user, password = env.get("BASIC_AUTH_USER", ""), env.get("BASIC_AUTH_PASS", "")
+        if bool(user) != bool(password):
+            raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        return cls(
+            host=env.get("HOST") or cls.host,
+            port=_int(env, "PORT", cls.port, 1),
+            uie_model=(env.get("UIE_MODEL") or cls.uie_model).strip(),
+            model_dir=env.get("MODEL_DIR") or cls.model_dir,
+            device=_choice(env, "DEVICE", cls.device, ("auto", "cpu", "gpu")),
+            max_seq_len=_int(env, "MAX_SEQ_LEN", cls.max_seq_len, 16),
+            batch_size=_int(env, "BATCH_SIZE", cls.batch_size, 1),
+            max_text_chars=_int(env, "MAX_TEXT_CHARS", cls.max_text_chars, 1),
+            task_score=_choice(env, "TASK_SCORE", cls.task_score, ("min", "mean")),
+            score_threshold=_float(env, "SCORE_THRESHOLD", cls.score_threshold),
+            basic_auth_user=user,
+            basic_auth_pass=password,
+            log_level=(env.get("LOG_LEVEL") or cls.log_level).upper(),
+            workers=_int(env, "WORKERS", cls.workers, 1),
+            threads=_int(env, "THREADS", cls.threads, 1),
+            train_epochs=_auto_int(env, "TRAIN_EPOCHS"),
+            train_learning_rate=_auto_float(env, "TRAIN_LEARNING_RATE"),
+            train_batch_size=_int(env, "TRAIN_BATCH_SIZE", cls.train_batch_size, 1),
+            train_max_seq_len=_int(env, "TRAIN_MAX_SEQ_LEN", cls.train_max_seq_len, 16),
+            train_every_n=_int(env, "TRAIN_EVERY_N", cls.train_every_n, 0),
+            train_min_dev_tasks=_int(env, "TRAIN_MIN_DEV_TASKS", cls.train_min_dev_tasks, 2),
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or "",
+        )

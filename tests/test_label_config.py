@@ -1,0 +1,46 @@
+"""Label config parsing: which Labels→Text controls UIE fills, with which prompts."""
+
+import pytest
+
+from label_config import LabelConfigError, parse_label_config
+
+
+def test_tutorial_config_with_predicted_values():
+    controls = parse_label_config(
+        '<View><Text name="text" value="$text"/>'
+        '<Labels name="label" toName="text">'
+        '<Label value="PER" predicted_values="人名, person"/><Label value="地名"/>'
+        '</Labels></View>')
+    assert len(controls) == 1
+    c = controls[0]
+    assert (c.from_name, c.to_name, c.data_key) == ("label", "text", "text")
+    assert c.prompts == ["人名", "person", "地名"]
+    assert c.labels_for("person") == ["PER"] and c.labels_for("地名") == ["地名"]
+
+
+def test_several_controls_and_objects():
+    controls = parse_label_config(
+        '<View><Header value="x"/><Text name="title" value="$title"/>'
+        '<Text name="body" value="$content"/><Image name="img" value="$image"/>'
+        '<Labels name="t_ner" toName="title"><Label value="产品"/></Labels>'
+        '<View><Labels name="b_ner" toName="body"><Label value="时间" background="red"/>'
+        '<Label value="价格"/></Labels></View>'
+        '<RectangleLabels name="box" toName="img"><Label value="car"/></RectangleLabels>'
+        '<Choices name="c" toName="body"><Choice value="a"/></Choices></View>')
+    assert [(c.from_name, c.to_name, c.data_key) for c in controls] == [
+        ("t_ner", "title", "title"), ("b_ner", "body", "content")]
+    assert controls[1].prompts == ["时间", "价格"]
+
+
+@pytest.mark.parametrize("xml, message", [
+    ("", "missing"),
+    ("<View><Text", "not valid XML"),
+    ('<View><Text name="text" value="$text"/><Choices name="c" toName="text">'
+     '<Choice value="a"/></Choices></View>', "no <Labels>"),
+    ('<View><Image name="img" value="$image"/><Labels name="l" toName="img">'
+     '<Label value="a"/></Labels></View>', "no <Labels>"),
+    ('<View><Text name="text" value="$text"/><Labels name="l" toName="text"/></View>', "no <Labels>"),
+])
+def test_configs_uie_cannot_serve(xml, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_label_config(xml)

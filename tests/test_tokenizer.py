@@ -1,0 +1,65 @@
+"""OffsetTokenizer: ErnieTokenizer's tokens, with exact character offsets."""
+
+import random
+
+import pytest
+
+import uie_model
+
+
+@pytest.fixture(scope="module")
+def tokenizers(scratch_small):
+    from paddlenlp.transformers import ErnieTokenizer
+
+    return (uie_model.OffsetTokenizer.from_dir(scratch_small),
+            ErnieTokenizer(str(scratch_small / "vocab.txt")))
+
+
+ALPHABET = "ab Zé😀张三北京，。 \r\n\t\x00\u200bＡ１$€²µ-İ\u0308ßx9"
+
+
+def test_same_tokens_as_ernie_tokenizer(tokenizers):
+    ours, ernie = tokenizers
+    rng = random.Random(7)
+    for _ in range(2000):
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 24)))
+        ids, starts, ends = ours.tokenize(text)
+        assert ids == ernie.convert_tokens_to_ids(ernie.tokenize(text)), repr(text)
+        assert all(0 <= s < e <= len(text) for s, e in zip(starts, ends))
+        assert starts == sorted(starts)
+
+
+@pytest.mark.parametrize("text, pieces", [
+    ("😀 张三", ["😀", "张", "三"]),
+    ("  Ａb１\r\n北", ["Ａ", "b", "１", "北"]),
+    ("Héllo-world", ["H", "é", "l", "l", "o", "-", "w", "o", "r", "l", "d"]),
+    ("x\u200by", ["x", "y"]),          # dropped control char inside a word
+    ("a😀😀b", ["a", "😀", "😀", "b"]),
+])
+def test_offsets_point_at_the_original_characters(tokenizers, text, pieces):
+    ours, _ = tokenizers
+    _, starts, ends = ours.tokenize(text)
+    assert [text[s:e] for s, e in zip(starts, ends)] == pieces
+
+
+def test_windows_partition_ownership():
+    for n, budget in [(10, 20), (200, 50), (1000, 45), (61, 60)]:
+        ws = uie_model.windows(n, budget)
+        assert ws[0][0] == 0 and ws[-1][1] == n
+        assert all(hi - lo <= budget for lo, hi, _, _ in ws)
+        owned = [(a, b) for _, _, a, b in ws]
+        assert owned[0][0] == 0 and owned[-1][1] == n
+        assert all(owned[k][1] == owned[k + 1][0] for k in range(len(owned) - 1))
+        # every owned start has at least half the overlap of room to its window's end
+        for lo, hi, a, b in ws:
+            assert lo <= a and (b <= hi - min(budget // 3, 96) // 2 or hi == n)
+
+
+def test_pair_spans_follows_uie_decoding():
+    import numpy as np
+
+    start = np.array([0.9, 0.1, 0.8, 0.1, 0.1, 0.7])
+    end = np.array([0.1, 0.9, 0.1, 0.9, 0.1, 0.8])
+    spans = uie_model.pair_spans(start, end, 0.5)
+    assert [(s, e) for s, e, _ in spans] == [(0, 1), (2, 3), (5, 5)]
+    assert spans[0][2] == pytest.approx(0.81)

@@ -1,0 +1,598 @@
+"""UIE models: where they come from, how text becomes tokens, how spans come out.
+
+- ``resolve_model`` turns ``UIE_MODEL`` (a PaddleNLP name, a checkpoint
+  directory or ``scratch``) into a directory that ``Taskflow(task_path=...)``,
+  ``finetune.py`` and ``UIEPredictor.from_dir`` all load.
+- ``OffsetTokenizer`` tokenises like PaddleNLP's ``ErnieTokenizer`` but keeps,
+  for every token, the Python string indices of the characters it came from,
+  so spans map back to exactly the text Label Studio shows.
+- ``UIEPredictor`` extracts spans for many (text, prompts) jobs at once:
+  texts are tokenised once, long texts are split into overlapping windows,
+  every (window, prompt) input is batched by length and padded only to the
+  longest input of its batch.
+"""
+
+from __future__ import annotations
+
+import zlib  # noqa: F401  (must be imported before paddle, see README)
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _tune_cpu_env():
+    """Before Paddle loads MKL: take its fast code path on AMD CPUs, use every core."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            amd = "AuthenticAMD" in f.read(4096)
+    except OSError:
+        amd = False
+    if amd:
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+
+_tune_cpu_env()
+
+import paddle  # noqa: E402  (after the environment above)
+
+PRETRAINED_NAMES = (
+    "uie-base", "uie-medium", "uie-mini", "uie-micro", "uie-nano", "uie-base-en",
+    "uie-senta-base", "uie-senta-medium", "uie-senta-mini", "uie-senta-micro", "uie-senta-nano",
+)
+UNSUPPORTED_NAMES = ("uie-m-base", "uie-m-large", "uie-x-base")
+SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
+MODEL_FILES = ("config.json", "model_state.pdparams", "vocab.txt",
+               "special_tokens_map.json", "tokenizer_config.json")
+
+# Size of the built-in "scratch" UIE: small enough to train on a laptop CPU.
+SCRATCH_SHAPE = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=512)
+SCRATCH_SEED = 20240601
+SCRATCH_VOCAB_KIND = "uie-backend-scratch-char-v1"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found, downloaded or loaded."""
+
+
+class DownloadError(ModelLoadError):
+    """PaddleNLP could not download a pretrained model by name."""
+
+
+# --------------------------------------------------------------------------
+# Character classes (the rules of BERT/ERNIE's BasicTokenizer)
+
+def _is_whitespace(ch):
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch):
+    if ch in "\t\n\r":
+        return False
+    return unicodedata.category(ch).startswith("C")
+
+
+def _is_punctuation(ch):
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_symbol(ch):
+    return unicodedata.category(ch).startswith("S") or ord(ch) in (
+        0x00AD, 0x00B2, 0x00BA, 0x3007, 0x00B5, 0x00D8, 0x014B, 0x01B1)
+
+
+def _is_chinese_char(cp):
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
+            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def scratch_vocab() -> list[str]:
+    """The fixed character vocabulary of a scratch UIE: CJK, ASCII, punctuation."""
+    tokens = list(SPECIAL_TOKENS)
+    seen = set(tokens)
+
+    def add(tok):
+        if tok not in seen:
+            seen.add(tok)
+            tokens.append(tok)
+
+    word_chars = []
+    for cp in range(0x21, 0x7F):                       # printable ASCII
+        ch = chr(cp).lower()
+        add(ch)
+        if ch.isalnum():
+            word_chars.append(ch)
+    for cp in list(range(0xFF10, 0xFF1A)) + list(range(0xFF41, 0xFF5B)):  # full-width 0-9 a-z
+        add(chr(cp))
+        word_chars.append(chr(cp))
+    for ch in word_chars:
+        add("##" + ch)
+    for lo, hi in ((0x3000, 0x303F), (0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40),
+                   (0xFF5B, 0xFF65), (0x2010, 0x2027), (0x2030, 0x205E), (0x00A1, 0x00BF)):
+        for cp in range(lo, hi + 1):
+            ch = chr(cp)
+            if not _is_whitespace(ch) and not _is_control(ch):
+                add(ch)
+    for cp in range(0x4E00, 0xA000):                   # CJK unified ideographs
+        add(chr(cp))
+    return tokens
+
+
+# --------------------------------------------------------------------------
+# Tokenisation with exact offsets
+
+class OffsetTokenizer:
+    """WordPiece tokenisation (as ErnieTokenizer does it) with character offsets.
+
+    ``tokenize(text)`` returns ``(ids, starts, ends)``: token ``i`` came from
+    ``text[starts[i]:ends[i]]``. Characters the tokenizer drops (whitespace,
+    control characters) belong to no token; an unknown word is one ``[UNK]``
+    covering the whole word.
+    """
+
+    def __init__(self, vocab: dict[str, int], do_lower_case: bool = True):
+        self.vocab = vocab
+        self.do_lower_case = do_lower_case
+        self.unk_id = vocab["[UNK]"]
+        self.pad_id = vocab["[PAD]"]
+        self.cls_id = vocab["[CLS]"]
+        self.sep_id = vocab["[SEP]"]
+        self._wordpiece = lru_cache(maxsize=65536)(self._wordpiece_uncached)
+        self._norm = lru_cache(maxsize=65536)(self._norm_uncached)
+
+    @classmethod
+    def from_dir(cls, path) -> "OffsetTokenizer":
+        path = Path(path)
+        with open(path / "vocab.txt", encoding="utf-8") as f:
+            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        lower = True
+        cfg = path / "tokenizer_config.json"
+        if cfg.exists():
+            lower = bool(json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case", True))
+        for tok in SPECIAL_TOKENS:
+            if tok not in vocab:
+                raise ModelLoadError(f"{path / 'vocab.txt'} has no {tok} token")
+        return cls(vocab, lower)
+
+    def _norm_uncached(self, ch):
+        if not self.do_lower_case:
+            return ch
+        decomposed = unicodedata.normalize("NFD", ch.lower())
+        return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+
+    def _wordpiece_uncached(self, word):
+        """Greedy longest-match pieces of a normalised word: [(id, start, end)]."""
+        if len(word) > 100:
+            return ((self.unk_id, 0, len(word)),)
+        pieces, start, vocab = [], 0, self.vocab
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                sub = word[start:end] if start == 0 else "##" + word[start:end]
+                tid = vocab.get(sub)
+                if tid is not None:
+                    pieces.append((tid, start, end))
+                    break
+                end -= 1
+            else:
+                return ((self.unk_id, 0, len(word)),)
+            start = end
+        return tuple(pieces)
+
+    def tokenize(self, text: str):
+        ids, starts, ends = [], [], []
+        word, where = [], []   # normalised characters of the current word, their text index
+
+        def flush():
+            if not word:
+                return
+            joined = "".join(word)
+            # position in the normalised word -> index in text
+            index = [i for piece, i in zip(word, where) for _ in piece]
+            for tid, s, e in self._wordpiece(joined):
+                ids.append(tid)
+                starts.append(index[s])
+                ends.append(index[e - 1] + 1)
+            word.clear()
+            where.clear()
+
+        vocab = self.vocab
+        for i, ch in enumerate(text):
+            cp = ord(ch)
+            if cp == 0 or cp == 0xFFFD or _is_control(ch):
+                continue
+            if _is_whitespace(ch):
+                flush()
+                continue
+            if _is_chinese_char(cp) or _is_punctuation(ch) or _is_symbol(ch):
+                flush()
+                normed = self._norm(ch)
+                if normed:
+                    tid = vocab.get(normed)
+                    if tid is None:
+                        word.append(normed)
+                        where.append(i)
+                        flush()
+                    else:
+                        ids.append(tid)
+                        starts.append(i)
+                        ends.append(i + 1)
+                continue
+            normed = self._norm(ch)
+            if normed:
+                word.append(normed)
+                where.append(i)
+            elif not word:
+                continue
+        flush()
+        return ids, starts, ends
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenize(text)[0]
+
+
+# --------------------------------------------------------------------------
+# Span decoding
+
+def pair_spans(start_probs, end_probs, threshold):
+    """UIE decoding: each end token pairs with the nearest unused start at or before it.
+
+    Returns ``[(start_token, end_token, score)]`` with score = p_start * p_end.
+    """
+    starts = np.flatnonzero(start_probs > threshold)
+    ends = np.flatnonzero(end_probs > threshold)
+    spans, si, current = [], 0, None
+    for e in ends:
+        while si < len(starts) and starts[si] <= e:
+            current = starts[si]
+            si += 1
+        if current is not None:
+            spans.append((int(current), int(e), float(start_probs[current] * end_probs[e])))
+            current = None
+    return spans
+
+
+def windows(n_tokens: int, budget: int):
+    """Split ``n_tokens`` content tokens into overlapping windows of ``budget``.
+
+    Returns ``[(lo, hi, own_lo, own_hi)]``: the window covers tokens ``lo:hi``
+    and is the one that reports spans starting in ``own_lo:own_hi``. Windows
+    overlap by ``budget // 3`` (at most 96) tokens and ownership changes in
+    the middle of each overlap, so a span of up to half the overlap is always
+    seen whole by the window that owns it.
+    """
+    if n_tokens <= budget:
+        return [(0, n_tokens, 0, n_tokens)]
+    overlap = max(1, min(budget // 3, 96))
+    stride = budget - overlap
+    out, lo = [], 0
+    while True:
+        hi = min(lo + budget, n_tokens)
+        out.append([lo, hi, 0, 0])
+        if hi >= n_tokens:
+            break
+        lo += stride
+    for k, w in enumerate(out):
+        w[2] = 0 if k == 0 else out[k - 1][3]
+        w[3] = n_tokens if k == len(out) - 1 else out[k + 1][0] + overlap // 2
+    return [tuple(w) for w in out]
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    score: float
+
+
+# --------------------------------------------------------------------------
+# Model files
+
+def _hash_files(path: Path) -> str:
+    h = hashlib.sha1()
+    for name in ("config.json", "vocab.txt", "model_state.pdparams"):
+        with open(path / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:8]
+
+
+def is_model_dir(path) -> bool:
+    path = Path(path)
+    return all((path / name).is_file() for name in MODEL_FILES)
+
+
+def write_tokenizer_files(path, vocab_tokens, do_lower_case=True, vocab_kind=None):
+    path = Path(path)
+    (path / "vocab.txt").write_text("\n".join(vocab_tokens) + "\n", encoding="utf-8")
+    (path / "special_tokens_map.json").write_text(json.dumps({
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+        "cls_token": "[CLS]", "mask_token": "[MASK]"}), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "do_lower_case": do_lower_case, "tokenizer_class": "ErnieTokenizer",
+        "model_max_length": 2048, "vocab_kind": vocab_kind}), encoding="utf-8")
+
+
+def is_scratch_model(path) -> bool:
+    """True for models built by ``build_scratch`` (and those trained from one)."""
+    cfg = Path(path) / "tokenizer_config.json"
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("vocab_kind") == SCRATCH_VOCAB_KIND
+    except (OSError, ValueError):
+        return False
+
+
+def save_model(model, path, tokenizer_src):
+    """Save ``model`` into ``path`` with the tokenizer files of ``tokenizer_src``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    _ensure_architectures(path)
+    for name in ("vocab.txt", "special_tokens_map.json", "tokenizer_config.json"):
+        shutil.copyfile(Path(tokenizer_src) / name, path / name)
+
+
+def _ensure_architectures(path):
+    cfg_path = Path(path) / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("architectures") != ["UIE"]:
+        cfg["architectures"] = ["UIE"]
+        cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+
+
+def build_scratch(path, seed: int = SCRATCH_SEED, max_position: int = 2048, **shape):
+    """Write a fresh, randomly initialised UIE with the built-in char vocabulary."""
+    import paddle
+    from paddlenlp.transformers import UIE, ErnieConfig
+
+    vocab = scratch_vocab()
+    options = dict(vocab_size=len(vocab), max_position_embeddings=max_position, type_vocab_size=4,
+                   hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                   initializer_range=0.02, pad_token_id=0, use_task_id=False)
+    options.update(SCRATCH_SHAPE)
+    options.update(shape)
+    config = ErnieConfig(**options)
+    paddle.seed(seed)
+    np.random.seed(seed)
+    model = UIE(config)
+    # Start at the base rate of span boundaries (a few % of tokens) rather than
+    # at 0.5: the model then learns where spans are instead of first learning
+    # that most tokens are not boundaries.
+    for head in (model.linear_start, model.linear_end):
+        head.bias.set_value(np.full(head.bias.shape, -4.0, dtype="float32"))
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    _ensure_architectures(path)
+    write_tokenizer_files(path, vocab, vocab_kind=SCRATCH_VOCAB_KIND)
+    return path
+
+
+def _atomic_materialise(target: Path, build):
+    """Build a model directory into a temporary sibling, then rename it into place."""
+    if is_model_dir(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_model_dir(target):   # someone else won the race with a good copy?
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _download_pretrained(name, tmp):
+    from paddlenlp.transformers import UIE, ErnieTokenizer
+
+    model = UIE.from_pretrained(name)
+    tokenizer = ErnieTokenizer.from_pretrained(name)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    _ensure_architectures(tmp)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A loadable UIE directory and how it was chosen."""
+
+    path: str
+    kind: str        # "pretrained" | "checkpoint" | "scratch"
+    name: str        # what UIE_MODEL said
+    version: str     # stable identifier of these weights
+    fallback_reason: str = ""
+
+
+def looks_like_path(spec: str) -> bool:
+    """``UIE_MODEL`` values with a path separator, a leading dot or tilde, or that exist."""
+    return (os.sep in spec or spec.startswith((".", "~"))
+            or Path(spec).expanduser().exists())
+
+
+def resolve_model(spec: str, cache_dir) -> ModelSource:
+    """Turn ``UIE_MODEL`` into a model directory.
+
+    A PaddleNLP name is downloaded by PaddleNLP once and kept under
+    ``cache_dir/<name>``; ``scratch`` is built once (fixed seed) under
+    ``cache_dir/scratch``; a path must be an existing checkpoint directory
+    (or hold ``model_best/``). A name that cannot be downloaded raises
+    ``DownloadError``; every other failure ``ModelLoadError``.
+    """
+    cache_dir = Path(cache_dir)
+    spec = spec.strip()
+    if spec == "scratch":
+        path = _atomic_materialise(cache_dir / "scratch", build_scratch)
+        return ModelSource(str(path), "scratch", spec, "scratch-" + _hash_files(path))
+    candidate = Path(spec).expanduser()
+    if looks_like_path(spec):
+        if not candidate.is_dir():
+            raise ModelLoadError(f"UIE_MODEL={spec!r}: no such checkpoint directory")
+        for sub in ("", "model_best"):
+            if is_model_dir(candidate / sub):
+                path = (candidate / sub).resolve()
+                return ModelSource(str(path), "checkpoint", spec,
+                                   f"{path.name}-{_hash_files(path)}")
+        missing = [n for n in MODEL_FILES if not (candidate / n).is_file()]
+        raise ModelLoadError(f"UIE_MODEL={spec!r} is not a UIE checkpoint: missing {', '.join(missing)}")
+    if spec in UNSUPPORTED_NAMES:
+        raise ModelLoadError(f"UIE_MODEL={spec!r}: only ERNIE-based UIE models are supported "
+                             f"({', '.join(PRETRAINED_NAMES)})")
+    try:
+        path = _atomic_materialise(cache_dir / spec, lambda tmp: _download_pretrained(spec, tmp))
+    except Exception as exc:  # PaddleNLP raises OSError/ValueError/HTTP errors
+        raise DownloadError(f"could not download {spec!r} through PaddleNLP: {exc}") from exc
+    return ModelSource(str(path), "pretrained", spec, f"{spec}-{_hash_files(path)}")
+
+
+def select_device(device: str) -> str:
+    """``auto`` means the GPU when Paddle was built with CUDA and sees one."""
+    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if device == "auto":
+        return "gpu" if has_gpu else "cpu"
+    if device == "gpu" and not has_gpu:
+        raise ModelLoadError("DEVICE=gpu but Paddle sees no GPU (install requirements-gpu.txt)")
+    return device
+
+
+def load_uie(path):
+    """The ``UIE`` module stored in ``path`` (eval mode)."""
+    from paddlenlp.transformers import UIE
+
+    path = Path(path)
+    if not is_model_dir(path):
+        missing = [n for n in MODEL_FILES if not (path / n).is_file()]
+        raise ModelLoadError(f"{path} is not a UIE checkpoint: missing {', '.join(missing)}")
+    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if cfg.get("architectures", ["UIE"]) != ["UIE"]:
+        raise ModelLoadError(f"{path}: architecture {cfg.get('architectures')} is not supported (UIE only)")
+    try:
+        model = UIE.from_pretrained(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load weights: {exc}") from exc
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------
+# Prediction
+
+class UIEPredictor:
+    """Batched UIE span extraction over many texts and prompts."""
+
+    def __init__(self, model, tokenizer: OffsetTokenizer, device="cpu", max_seq_len=512,
+                 batch_size=16, threshold=0.5):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        max_pos = getattr(model.config, "max_position_embeddings", 512)
+        self.max_seq_len = min(max_seq_len, max_pos)
+        self.batch_size = batch_size
+        self.threshold = threshold
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_dir(cls, path, device="cpu", **kwargs) -> "UIEPredictor":
+        import paddle
+
+        paddle.set_device(device)
+        return cls(load_uie(path), OffsetTokenizer.from_dir(path), device=device, **kwargs)
+
+    def build_inputs(self, jobs):
+        """Tokenise ``jobs`` [(text, prompts)] into model inputs.
+
+        Returns ``(inputs, tokens)``: each input is ``(job, prompt, ids, lo,
+        own_lo, own_hi, c0)`` where ``c0`` is the position of the first
+        content token; ``tokens[job]`` is ``(ids, starts, ends)`` of its text.
+        """
+        tok = self.tokenizer
+        text_cache, prompt_cache = {}, {}
+        inputs, tokens = [], []
+        for j, (text, prompts) in enumerate(jobs):
+            if text not in text_cache:
+                text_cache[text] = tok.tokenize(text)
+            ids, starts, ends = text_cache[text]
+            tokens.append((ids, starts, ends))
+            p_ids = []
+            for prompt in prompts:
+                if prompt not in prompt_cache:
+                    prompt_cache[prompt] = tok.encode(prompt)[: self.max_seq_len // 2]
+                p_ids.append(prompt_cache[prompt])
+            if not ids or not prompts:
+                continue
+            budget = self.max_seq_len - 3 - max(len(p) for p in p_ids)
+            for lo, hi, own_lo, own_hi in windows(len(ids), budget):
+                content = ids[lo:hi]
+                for prompt, pid in zip(prompts, p_ids):
+                    seq = [tok.cls_id, *pid, tok.sep_id, *content, tok.sep_id]
+                    inputs.append((j, prompt, seq, lo, own_lo, own_hi, len(pid) + 2))
+        return inputs, tokens
+
+    def forward(self, batch_ids, segment_starts):
+        """Start/end probabilities for a batch of token id lists (padded here)."""
+        import paddle
+
+        width = max(len(s) for s in batch_ids)
+        n = len(batch_ids)
+        input_ids = np.full((n, width), self.tokenizer.pad_id, dtype="int64")
+        token_type = np.zeros((n, width), dtype="int64")
+        mask = np.zeros((n, width), dtype="int64")
+        for r, (seq, c0) in enumerate(zip(batch_ids, segment_starts)):
+            input_ids[r, : len(seq)] = seq
+            token_type[r, c0: len(seq)] = 1
+            mask[r, : len(seq)] = 1
+        position = np.broadcast_to(np.arange(width, dtype="int64"), (n, width))
+        with self._lock, paddle.no_grad():
+            paddle.set_device(self.device)
+            start, end = self.model(
+                input_ids=paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type),
+                position_ids=paddle.to_tensor(np.ascontiguousarray(position)),
+                attention_mask=paddle.to_tensor(mask))
+            return start.numpy(), end.numpy()
+
+    def extract(self, jobs) -> list[dict[str, list[Span]]]:
+        """Spans for every ``(text, prompts)`` job, as ``{prompt: [Span]}`` per job.
+
+        Span offsets are Python string indices into the job's text.
+        """
+        jobs = [(text, list(dict.fromkeys(prompts))) for text, prompts in jobs]
+        inputs, tokens = self.build_inputs(jobs)
+        results = [{p: {} for p in prompts} for _, prompts in jobs]
+        order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2]))
+        for b in range(0, len(order), self.batch_size):
+            batch = [inputs[k] for k in order[b: b + self.batch_size]]
+            start, end = self.forward([x[2] for x in batch], [x[6] for x in batch])
+            for row, (j, prompt, seq, lo, own_lo, own_hi, c0) in enumerate(batch):
+                n_content = len(seq) - c0 - 1
+                _, t_starts, t_ends = tokens[j]
+                found = results[j][prompt]
+                for s, e, score in pair_spans(start[row, c0: c0 + n_content],
+                                              end[row, c0: c0 + n_content], self.threshold):
+                    if not own_lo <= lo + s < own_hi:
+                        continue
+                    key = (t_starts[lo + s], t_ends[lo + e])
+                    if score > found.get(key, -1.0):
+                        found[key] = score
+        return [{p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
+                 for p, spans in res.items()} for res in results]
