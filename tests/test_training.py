@@ -1,0 +1,273 @@
+"""Training from Label Studio annotations, in the background, through HTTP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import SHARED, load_request
+
+CLUENER = SHARED / "data" / "cluener" / "train.json"
+CLUENER_LABELS = ["name", "address", "company", "organization", "government", "position",
+                  "game", "book", "movie", "scene"]
+CLUENER_CONFIG = ('<View><Labels name="label" toName="text">'
+                  + "".join(f'<Label value="{label}"/>' for label in CLUENER_LABELS)
+                  + '</Labels><Text name="text" value="$text"/></View>')
+
+
+def cluener_tasks(n, start=0):
+    """``n`` real CLUENER sentences as Label Studio tasks with one annotation each."""
+    tasks = []
+    with open(CLUENER, encoding="utf-8") as f:
+        lines = f.readlines()[start: start + n]
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        text = row["text"]
+        result = []
+        for label, entities in row["label"].items():
+            for spans in entities.values():
+                for s, e in spans:   # CLUENER's ends are inclusive
+                    result.append({"id": f"r{len(result)}", "from_name": "label", "to_name": "text",
+                                   "type": "labels",
+                                   "value": {"start": s, "end": e + 1, "text": text[s:e + 1],
+                                             "labels": [label]}})
+        task_id = 100 + start + i
+        tasks.append({"id": task_id, "data": {"text": text},
+                      "annotations": [{"id": 1000 + task_id, "result": result, "was_cancelled": False,
+                                       "ground_truth": False, "task": task_id,
+                                       "created_at": "2026-11-28T19:02:03.674275Z",
+                                       "updated_at": "2026-11-28T19:02:03.674322Z"}]})
+    return tasks
+
+
+def gold_spans(tasks):
+    return {(t["id"], r["value"]["labels"][0], r["value"]["start"], r["value"]["end"])
+            for t in tasks for r in t["annotations"][0]["result"]}
+
+
+def predicted_spans(predictions, tasks):
+    return {(t["id"], r["value"]["labels"][0], r["value"]["start"], r["value"]["end"])
+            for t, p in zip(tasks, predictions) for r in p["result"]}
+
+
+def webhook_body(action, task, annotation, project_id, label_config):
+    """The real ANNOTATION_CREATED body, carrying another task and annotation."""
+    body = copy.deepcopy(load_request("post_webhook_annotation_created.json")["body"])
+    body["action"] = action
+    body["annotation"].update(annotation)
+    body["annotation"]["task"] = task["id"]
+    body["task"].update({k: v for k, v in task.items() if k != "annotations"})
+    body["project"].update(id=project_id, label_config=label_config)
+    return body
+
+
+def start_training_body(project_id, label_config):
+    body = copy.deepcopy(load_request("post_webhook_start_training.json")["body"])
+    body["project"].update(id=project_id, label_config=label_config)
+    return body
+
+
+def wait_job(get, project, job_id, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        jobs = {j["id"]: j for j in get(f"/jobs?project={project}")["jobs"]}
+        job = jobs.get(job_id)
+        if job and job["state"] in ("done", "failed"):
+            return job
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {jobs}")
+
+
+def test_webhooks_start_training_new_version_reproduces_annotations(make_app, caplog):
+    """Default settings, UIE_MODEL=scratch: a dozen annotated tasks, START_TRAINING, predictions."""
+    app = make_app(uie_model="scratch", max_seq_len=512)   # the README's defaults otherwise
+    client = app.test_client()
+
+    def get(path):
+        return client.get(path).json
+
+    project, setup_body = 5, {"project": "5.1795892522", "schema": CLUENER_CONFIG}
+    base_version = client.post("/setup", json=setup_body).json["model_version"]
+    tasks = cluener_tasks(12)
+    for task in tasks:
+        ack = client.post("/webhook", json=webhook_body("ANNOTATION_CREATED", task, task["annotations"][0],
+                                                        project, CLUENER_CONFIG))
+        assert ack.status_code == 200 and ack.json["job"] is None
+    assert app.extensions["uie"]["annotations"].count("5") == 12
+
+    started = time.perf_counter()
+    ack = client.post("/webhook", json=start_training_body(project, CLUENER_CONFIG))
+    answered = time.perf_counter() - started
+    assert ack.status_code == 200 and ack.json["job"]["state"] == "queued"
+    assert answered < 5, f"START_TRAINING took {answered:.1f}s to answer"
+    # while it trains, predictions are served by the base model
+    during = client.post("/predict", json={"tasks": tasks[:1], "project": setup_body["project"],
+                                           "label_config": CLUENER_CONFIG}).json
+    assert during["results"][0]["model_version"] == base_version
+
+    job = wait_job(get, project, ack.json["job"]["id"])
+    elapsed = time.perf_counter() - started
+    assert job["state"] == "done", job
+    assert job["promoted"] and job["source"] == "webhooks" and job["annotated_tasks"] == 12
+    new_version = job["model_version"]
+    assert client.post("/setup", json=setup_body).json["model_version"] == new_version != base_version
+
+    predictions = client.post("/predict", json={"tasks": tasks, "project": setup_body["project"],
+                                                "label_config": CLUENER_CONFIG}).json["results"]
+    assert {p["model_version"] for p in predictions} == {new_version}
+    gold, found = gold_spans(tasks), predicted_spans(predictions, tasks)
+    reproduced = len(gold & found) / len(gold)
+    print(f"\nscratch, defaults: {len(gold)} annotated spans, {reproduced:.0%} reproduced, "
+          f"START_TRAINING -> new version in {elapsed:.0f}s")
+    assert reproduced >= 0.9
+
+    versions = get("/versions?project=5")
+    entry = versions["projects"]["5"]
+    assert entry["current"] == new_version
+    assert [v["model_version"] for v in entry["versions"]] == [new_version]
+    assert entry["versions"][0]["dev"]["f1"] > 0 and entry["versions"][0]["train_seconds"] > 0
+    assert entry["versions"][0]["metrics_on"] == "training annotations"
+    # another project is untouched: it still has the base model
+    assert client.post("/setup", json={"project": "6.1", "schema": CLUENER_CONFIG}).json[
+        "model_version"] == base_version
+
+
+@pytest.fixture
+def quick_app(make_app, scratch_small):
+    """A backend on the tiny scratch model with a few training epochs."""
+    return make_app(uie_model=str(scratch_small), train_epochs=2, train_max_seq_len=64)
+
+
+def test_legacy_train_body_trains_from_its_own_annotations(quick_app):
+    client = quick_app.test_client()
+    body = copy.deepcopy(load_request("post_train.json")["body"])
+    body["annotations"] = cluener_tasks(6)
+    body["label_config"] = CLUENER_CONFIG
+    started = time.perf_counter()
+    answer = client.post("/train", json=body)
+    assert answer.status_code == 201 and time.perf_counter() - started < 5
+    job = wait_job(lambda p: client.get(p).json, "1", answer.json["job"]["id"])
+    assert job["state"] == "done", job
+    assert job["source"] == "train request" and job["annotated_tasks"] == 6
+    assert client.post("/setup", json={"project": body["project"]}).json["model_version"] == job["model_version"]
+
+
+def test_annotation_store_honours_updates_and_deletions_and_survives_restart(tmp_path):
+    from annotation_store import AnnotationStore
+
+    store = AnnotationStore(tmp_path / "a.sqlite3")
+    created = load_request("post_webhook_annotation_created.json")["body"]
+    updated = load_request("post_webhook_annotation_updated.json")["body"]
+    store.upsert("1", created["task"], created["annotation"])
+    store.upsert("1", updated["task"], updated["annotation"])
+    store.upsert("2", created["task"], created["annotation"])
+    tasks = AnnotationStore(tmp_path / "a.sqlite3").tasks("1")   # a new process reads the same
+    assert len(tasks) == 1 and len(tasks[0]["annotations"]) == 1
+    assert [r["value"]["text"] for r in tasks[0]["annotations"][0]["result"]] == ["Alice", "Acme Corp"]
+    deleted = load_request("post_webhook_annotations_deleted.json")["body"]
+    store.delete("1", [a["id"] for a in deleted["annotations"]])
+    assert store.tasks("1") == [] and len(store.tasks("2")) == 1
+
+
+def test_every_n_annotation_changes_trigger_one_job(make_app, scratch_small):
+    app = make_app(uie_model=str(scratch_small), train_every_n=3, train_epochs=1, train_max_seq_len=64)
+    client = app.test_client()
+    jobs = []
+    for task in cluener_tasks(7):
+        ack = client.post("/webhook", json=webhook_body("ANNOTATION_CREATED", task, task["annotations"][0],
+                                                        9, CLUENER_CONFIG)).json
+        jobs.append(ack["job"])
+    assert [j is not None for j in jobs] == [False, False, True, False, False, True, False]
+    for job in (jobs[2], jobs[5]):
+        finished = wait_job(lambda p: client.get(p).json, "9", job["id"])
+        assert finished["state"] == "done", finished
+
+
+def test_triggers_during_a_job_collapse_into_one_follow_up(quick_app):
+    client = quick_app.test_client()
+    tasks = cluener_tasks(4)
+    for task in tasks:
+        client.post("/webhook", json=webhook_body("ANNOTATION_CREATED", task, task["annotations"][0],
+                                                  3, CLUENER_CONFIG))
+    ids = [client.post("/webhook", json=start_training_body(3, CLUENER_CONFIG)).json["job"]["id"]
+           for _ in range(5)]
+    # the first is running (or queued) while the others collapse into one follow-up
+    assert len(set(ids)) <= 2
+    for job_id in dict.fromkeys(ids):
+        assert wait_job(lambda p: client.get(p).json, "3", job_id)["state"] == "done"
+    jobs = client.get("/jobs?project=3").json["jobs"]
+    assert len(jobs) == len(set(ids))
+    versions = client.get("/versions?project=3").json["projects"]["3"]["versions"]
+    assert len(versions) == len(set(ids))
+
+
+def test_a_failing_job_leaves_the_served_version(quick_app):
+    client = quick_app.test_client()
+    get = lambda p: client.get(p).json  # noqa: E731
+    good = cluener_tasks(4)
+    job = client.post("/train", json={"annotations": good, "project": "4.1",
+                                      "label_config": CLUENER_CONFIG}).json["job"]
+    assert wait_job(get, "4", job["id"])["state"] == "done"
+    served = client.post("/setup", json={"project": "4.1"}).json["model_version"]
+
+    cancelled = copy.deepcopy(good)
+    for task in cancelled:
+        task["annotations"][0]["was_cancelled"] = True
+    job = client.post("/train", json={"annotations": cancelled, "project": "4.1",
+                                      "label_config": CLUENER_CONFIG}).json["job"]
+    failed = wait_job(get, "4", job["id"])
+    assert failed["state"] == "failed" and "no annotated tasks" in failed["error"]
+    assert client.post("/setup", json={"project": "4.1"}).json["model_version"] == served
+    predicted = client.post("/predict", json={"tasks": good[:1], "project": "4.1",
+                                              "label_config": CLUENER_CONFIG}).json
+    assert predicted["results"][0]["model_version"] == served
+    assert [v["model_version"] for v in get("/versions?project=4")["projects"]["4"]["versions"]] == [served]
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [line.split(None, 1) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_a_killed_server_leaves_no_partial_version(gunicorn, scratch_small, tmp_path):
+    env = dict(UIE_MODEL=str(scratch_small), TRAIN_EPOCHS="500", TRAIN_MAX_SEQ_LEN="64",
+               MODEL_DIR=str(tmp_path / "models"))
+    server = gunicorn(**env)
+    tasks = cluener_tasks(8)
+    job = requests.post(server.url + "/train", json={"annotations": tasks, "project": "2.1",
+                                                     "label_config": CLUENER_CONFIG}, timeout=10).json()["job"]
+    base = requests.post(server.url + "/setup", json={"project": "2.1"}, timeout=10).json()["model_version"]
+    deadline = time.time() + 120
+    while time.time() < deadline:   # wait until finetune.py is training
+        procs = [p for w in _children(server.proc.pid) for p in _children(int(w[0]))]
+        if any("finetune.py" in args for _, args in procs):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("finetune.py never started")
+    time.sleep(3)
+    # the whole server dies at once: master, worker, training subprocess
+    for w in _children(server.proc.pid):
+        for pid, _ in _children(int(w[0])):
+            os.kill(int(pid), signal.SIGKILL)
+        os.kill(int(w[0]), signal.SIGKILL)
+    server.proc.kill()
+    server.proc.wait()
+
+    project_dir = tmp_path / "models" / "2"
+    assert not (project_dir / "current").exists()
+    assert not [p for p in project_dir.iterdir() if p.name.startswith("v")]
+
+    again = gunicorn(**env)
+    jobs = requests.get(again.url + "/jobs?project=2", timeout=10).json()["jobs"]
+    assert [(j["id"], j["state"]) for j in jobs] == [(job["id"], "failed")]
+    assert "interrupted" in jobs[0]["error"]
+    assert requests.post(again.url + "/setup", json={"project": "2.1"}, timeout=10).json()["model_version"] == base
+    assert not [p for p in project_dir.iterdir() if p.name.startswith((".tmp", "v"))]
