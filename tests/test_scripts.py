@@ -1,0 +1,114 @@
+"""finetune.py and evaluate.py as a user runs them, and their output in PaddleNLP's Taskflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EDGE_CASES, PERSON, PLACE, REPO, SEQ_LEN, uie_examples
+from test_training import CLUENER_CONFIG, cluener_tasks  # noqa: F401
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_the_tutorial_pipeline_from_the_command_line(tmp_path, scratch_small):
+    """Label Studio export -> convert.py -> doccano.py -> finetune.py -> evaluate.py."""
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(cluener_tasks(20), ensure_ascii=False), encoding="utf-8")
+    assert run("convert.py", "--label_studio_file", export, "--doccano_file", tmp_path / "doccano.jsonl").returncode == 0
+    done = run("doccano.py", "--doccano_file", tmp_path / "doccano.jsonl", "--save_dir", tmp_path / "data",
+               "--splits", "0.8", "0.2", "0", "--negative_ratio", "3")
+    assert done.returncode == 0, done.stderr
+    trained = run("finetune.py", "--train_path", tmp_path / "data/train.txt", "--dev_path",
+                  tmp_path / "data/dev.txt", "--save_dir", tmp_path / "ckpt", "--model", scratch_small,
+                  "--num_epochs", 2, "--batch_size", 8, "--max_seq_len", 64, "--device", "cpu",
+                  "--logging_steps", 5, "--learning_rate", "1e-3")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "examples/s" in trained.stderr and "Best dev: Precision:" in trained.stdout
+    best = tmp_path / "ckpt" / "model_best"
+    for name in ("config.json", "model_state.pdparams", "vocab.txt", "special_tokens_map.json",
+                 "tokenizer_config.json"):
+        assert (best / name).is_file(), name
+    assert json.loads((best / "config.json").read_text())["architectures"] == ["UIE"]
+    metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["f1"] <= 1.0 and metrics["history"]
+
+    evaluated = run("evaluate.py", "--model_path", best, "--test_path", tmp_path / "data/dev.txt",
+                    "--max_seq_len", 64, "--debug")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    line = [l for l in evaluated.stdout.splitlines() if l.startswith("Precision:")]
+    assert line and " | Recall: " in line[0] and " | F1: " in line[0]
+    assert "name: Precision:" in evaluated.stdout     # per label with --debug
+
+
+def test_evaluate_scores_a_trained_model(tmp_path, trained_model):
+    examples = write_jsonl(tmp_path / "test.txt", uie_examples())
+    out = run("evaluate.py", "--model_path", trained_model, "--test_path", examples,
+              "--max_seq_len", SEQ_LEN, "--output_json", tmp_path / "m.json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Precision: 1.00000 | Recall: 1.00000 | F1: 1.00000" in out.stdout
+    # a wrong gold span costs precision and recall
+    wrong = uie_examples()
+    wrong[0]["result_list"][0].update(start=0, end=3, text=wrong[0]["content"][0:3])
+    out = run("evaluate.py", "--model_path", trained_model, "--test_path",
+              write_jsonl(tmp_path / "wrong.txt", wrong), "--max_seq_len", SEQ_LEN)
+    assert "F1: 1.00000" not in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_path", "missing.txt"], "no such file"),
+    (["--train_path", "{empty}"], "training set is empty"),
+    (["--train_path", "{bad}"], ":2: not valid JSON"),
+    (["--train_path", "{good}", "--model", "/no/such/model"], "no such checkpoint directory"),
+])
+def test_finetune_rejects_bad_input_with_a_message(tmp_path, args, message):
+    files = {"empty": tmp_path / "empty.txt", "bad": tmp_path / "bad.txt", "good": tmp_path / "good.txt"}
+    files["empty"].write_text("")
+    files["bad"].write_text(json.dumps(uie_examples()[0], ensure_ascii=False) + "\n{oops\n")
+    write_jsonl(files["good"], uie_examples()[:2])
+    args = [a.format(**files) for a in args]
+    out = run("finetune.py", *args, "--save_dir", tmp_path / "ckpt", "--device", "cpu")
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_evaluate_rejects_a_missing_model(tmp_path):
+    out = run("evaluate.py", "--model_path", tmp_path / "none", "--test_path",
+              write_jsonl(tmp_path / "t.txt", uie_examples()[:1]))
+    assert out.returncode == 2 and "not a UIE checkpoint" in out.stderr
+
+
+def test_taskflow_loads_a_finetuned_model_and_agrees_with_the_backend(trained_model, tmp_path):
+    import shutil
+
+    import paddlenlp.taskflow.utils as taskflow_utils
+    from paddlenlp import Taskflow
+
+    import uie_model
+
+    model_dir = tmp_path / "model"          # Taskflow writes static/ into its task_path
+    shutil.copytree(trained_model, model_dir)
+    taskflow_utils.DOWNLOAD_CHECK = True    # no usage ping
+    flow = Taskflow("information_extraction", schema=[PERSON, PLACE], task_path=str(model_dir),
+                    max_seq_len=SEQ_LEN)
+    texts = [text for text, _ in EDGE_CASES[:5]]
+    theirs = flow(texts)
+    ours = uie_model.UIEPredictor.from_dir(trained_model, max_seq_len=SEQ_LEN).extract(
+        [(t, [PERSON, PLACE]) for t in texts])
+    for text, t, o in zip(texts, theirs, ours):
+        for label in (PERSON, PLACE):
+            assert sorted((x["start"], x["end"]) for x in t.get(label, [])) == \
+                   [(s.start, s.end) for s in o[label]], text
+            for x, s in zip(sorted(t.get(label, []), key=lambda x: x["start"]), o[label]):
+                assert x["probability"] == pytest.approx(s.score, abs=1e-4)
