@@ -209,7 +209,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                  metrics["precision"], metrics["recall"], metrics["f1"])
         if best is None or metrics["f1"] > best["f1"]:
             best, bad_evals = metrics, 0
-            save_best(model, model_dir, save_dir, metrics)
+            save_best(model, model_dir, save_dir, dict(metrics, max_seq_len=max_seq_len, kind=kind))
             log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
         elif best["f1"] > 0:    # a model that has found nothing yet is not "stuck"
             bad_evals += 1

@@ -75,6 +75,7 @@ class ModelStore:
         self.base = source or self._resolve_base()
         self._predictors: dict[str, UIEPredictor] = {}
         self._load_lock = threading.Lock()
+        self._serving: dict[str, str] = {}    # project -> path of the model it is served by
         self.predictor(self.base.path)  # load at start-up, not on the first request
 
     def _resolve_base(self) -> ModelSource:
@@ -98,11 +99,35 @@ class ModelStore:
             return found
         with self._load_lock:
             if path not in self._predictors:
-                log.info("loading model %s on %s", path, self.device)
+                max_seq_len = self.serving_seq_len(path)
+                log.info("loading model %s on %s (max_seq_len %d)", path, self.device, max_seq_len)
                 self._predictors[path] = UIEPredictor.from_dir(
-                    path, device=self.device, max_seq_len=self.settings.max_seq_len,
+                    path, device=self.device, max_seq_len=max_seq_len,
                     batch_size=self.settings.batch_size, threshold=self.settings.score_threshold)
             return self._predictors[path]
+
+    def serving_seq_len(self, path) -> int:
+        """``MAX_SEQ_LEN``, but no longer than a scratch model was trained on.
+
+        A scratch model has learnt only the positions it was trained with;
+        windows longer than that would put text on untrained positions.
+        """
+        limit = self.settings.max_seq_len
+        trained = Path(path) / "training_metrics.json"
+        if uie_model.is_scratch_model(path) and trained.is_file():
+            try:
+                limit = min(limit, int(json.loads(trained.read_text(encoding="utf-8"))["max_seq_len"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+        return limit
+
+    def _evict_unused(self):
+        """Forget loaded models that no project serves any more (old versions)."""
+        keep = {self.base.path} | set(self._serving.values())
+        with self._load_lock:
+            for path in [p for p in self._predictors if p not in keep]:
+                log.info("unloading model %s (no longer served)", path)
+                del self._predictors[path]
 
     # -- versions ----------------------------------------------------------
     def projects(self) -> list[str]:
@@ -125,14 +150,22 @@ class ModelStore:
     def live(self, project: str) -> LiveModel:
         """The model that serves ``project`` now."""
         version = self.current_version(project)
+        live = None
         if version is not None:
-            path = self.project_dir(project) / version
+            path = str(self.project_dir(project) / version)
             try:
-                return LiveModel(version, str(path), self.predictor(path), True)
+                live = LiveModel(version, path, self.predictor(path), True)
             except ModelLoadError as exc:
                 log.error("project %s: version %s cannot be loaded (%s); serving the base model",
                           project, version, exc)
-        return LiveModel(self.base.version, self.base.path, self.predictor(self.base.path), False)
+        if live is None:
+            live = LiveModel(self.base.version, self.base.path, self.predictor(self.base.path), False)
+        if self._serving.get(project) != live.path:
+            previous = self._serving.get(project)
+            self._serving[project] = live.path
+            if previous is not None:
+                self._evict_unused()
+        return live
 
     def versions(self, project: str) -> list[dict]:
         out = []

@@ -271,3 +271,20 @@ def test_a_killed_server_leaves_no_partial_version(gunicorn, scratch_small, tmp_
     assert "interrupted" in jobs[0]["error"]
     assert requests.post(again.url + "/setup", json={"project": "2.1"}, timeout=10).json()["model_version"] == base
     assert not [p for p in project_dir.iterdir() if p.name.startswith((".tmp", "v"))]
+
+
+def test_enough_annotations_are_scored_on_held_out_ones_against_the_served_model(make_app, scratch_small):
+    app = make_app(uie_model=str(scratch_small), train_epochs=2, train_max_seq_len=64,
+                   train_min_dev_tasks=8, max_seq_len=512)
+    client = app.test_client()
+    job = client.post("/train", json={"annotations": cluener_tasks(10), "project": "8.1",
+                                      "label_config": CLUENER_CONFIG}).json["job"]
+    done = wait_job(lambda p: client.get(p).json, "8", job["id"])
+    assert done["state"] == "done", done
+    assert done["held_out"] is True and done["previous_metrics"] is not None
+    assert done["promoted"] == (done["metrics"]["f1"] >= done["previous_metrics"]["f1"])
+    version = client.get("/versions?project=8").json["projects"]["8"]["versions"][0]
+    assert version["metrics_on"] == "held-out annotations" and version["dev"]["examples"] > 0
+    # a scratch model is served with windows no longer than it was trained on
+    store = app.extensions["uie"]["store"]
+    assert store.serving_seq_len(store.project_dir("8") / version["model_version"]) == 64
