@@ -335,20 +335,27 @@ def write_jsonl(records: Iterable[dict], path) -> int:
     return count
 
 
-def read_jsonl(path) -> list[dict]:
+def read_jsonl(path) -> list:
     """Read UTF-8 JSON Lines; blank lines are ignored. ValueError names a bad line."""
     path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
     records = []
-    with path.open("r", encoding="utf-8-sig", newline="") as handle:
-        # Split on "\n" only: str.splitlines() would also split on \r, \x1c, \u2028 ...
-        # that may legitimately sit inside a JSON string.
-        for lineno, line in enumerate(handle.read().split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+    # Split on "\n" only: str.splitlines() would also split on \r, \x1c, \u2028 ...
+    # that may legitimately sit inside a JSON string.
+    for lineno, line in enumerate(raw.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
     return records
 
 

@@ -41,6 +41,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Sequence
 
+from convert import read_jsonl, write_jsonl
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["convert_doccano", "write_splits", "read_doccano", "main"]
@@ -438,26 +440,10 @@ def _cls_split(items, prompt_prefix, options, rng) -> list[dict]:
 
 def read_doccano(path) -> list[dict]:
     """Read a doccano JSONL file; ValueError names the first malformed line."""
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
-    records = []
-    for lineno, line in enumerate(raw.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+    records = read_jsonl(path)
+    for lineno, obj in enumerate(records, 1):
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}: line {lineno} is not a JSON object")
-        records.append(obj)
+            raise ValueError(f"{path}: record {lineno} is not a JSON object")
     if not records:
         raise ValueError(f"{path}: no records")
     return records
@@ -468,11 +454,8 @@ def write_splits(train: list[dict], dev: list[dict], test: list[dict], save_dir)
     os.makedirs(save_dir, exist_ok=True)
     paths = {}
     for name, examples in (("train", train), ("dev", dev), ("test", test)):
-        path = os.path.join(save_dir, f"{name}.txt")
-        with open(path, "w", encoding="utf-8", newline="\n") as handle:
-            for example in examples:
-                handle.write(json.dumps(example, ensure_ascii=False) + "\n")
-        paths[name] = path
+        paths[name] = os.path.join(save_dir, f"{name}.txt")
+        write_jsonl(examples, paths[name])
     return paths
 
 

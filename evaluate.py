@@ -15,6 +15,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from convert import read_jsonl
+
 
 class DataError(ValueError):
     """An examples file is missing or malformed."""
@@ -22,28 +24,21 @@ class DataError(ValueError):
 
 def read_examples(path) -> list[dict]:
     """UIE examples from a JSONL file, checked line by line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not (isinstance(ex, dict) and isinstance(ex.get("content"), str)
-                    and isinstance(ex.get("prompt"), str) and isinstance(ex.get("result_list"), list)):
-                raise DataError(f"{path}:{n}: expected an object with 'content', 'prompt' and 'result_list'")
-            for r in ex["result_list"]:
-                if not (isinstance(r, dict) and isinstance(r.get("start"), int)
-                        and isinstance(r.get("end"), int)
-                        and 0 <= r["start"] < r["end"] <= len(ex["content"])):
-                    raise DataError(f"{path}:{n}: bad span {r!r}")
-            examples.append(ex)
-    return examples
+    try:
+        rows = read_jsonl(path)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    for n, ex in enumerate(rows, 1):
+        if not (isinstance(ex, dict) and isinstance(ex.get("content"), str)
+                and isinstance(ex.get("prompt"), str) and isinstance(ex.get("result_list"), list)):
+            raise DataError(f"{path}: example {n}: expected an object with 'content', 'prompt' "
+                            "and 'result_list'")
+        for r in ex["result_list"]:
+            if not (isinstance(r, dict) and isinstance(r.get("start"), int)
+                    and isinstance(r.get("end"), int)
+                    and 0 <= r["start"] < r["end"] <= len(ex["content"])):
+                raise DataError(f"{path}: example {n}: bad span {r!r}")
+    return rows
 
 
 def _prf(tp, n_pred, n_gold):

@@ -67,9 +67,9 @@ def test_evaluate_scores_a_trained_model(tmp_path, trained_model):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--train_path", "missing.txt"], "no such file"),
+    (["--train_path", "missing.txt"], "file not found"),
     (["--train_path", "{empty}"], "training set is empty"),
-    (["--train_path", "{bad}"], ":2: not valid JSON"),
+    (["--train_path", "{bad}"], "line 2 is not valid JSON"),
     (["--train_path", "{good}", "--model", "/no/such/model"], "no such checkpoint directory"),
 ])
 def test_finetune_rejects_bad_input_with_a_message(tmp_path, args, message):
