@@ -29,12 +29,16 @@ import numpy as np
 from evaluate import DataError, evaluate_examples, read_examples
 
 log = logging.getLogger("finetune")
+SCRATCH_STEPS = 2000
 
 # Defaults per model kind: a scratch model has no pretrained weights to keep,
 # so it takes a far higher learning rate and more epochs than a pretrained one.
+# Its dev F1 is also noisy for many epochs (it first finds spans regardless of the
+# prompt, then learns which prompt asks for which), so it gets far more patience;
+# its epochs (None) follow the data size: about SCRATCH_STEPS optimizer steps.
 DEFAULTS = {
-    "scratch": {"learning_rate": 1e-3, "num_epochs": 60, "pos_weight": 5.0},
-    "pretrained": {"learning_rate": 1e-5, "num_epochs": 20, "pos_weight": 1.0},
+    "scratch": {"learning_rate": 5e-4, "num_epochs": None, "pos_weight": 5.0, "patience": 30},
+    "pretrained": {"learning_rate": 1e-5, "num_epochs": 20, "pos_weight": 1.0, "patience": 5},
 }
 
 
@@ -141,7 +145,7 @@ def save_best(model, model_dir, save_dir, metrics):
 
 def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate=None,
              num_epochs=None, batch_size=16, max_seq_len=128, seed=1000, logging_steps=10,
-             valid_steps=100, device="cpu", patience=5, weight_decay=0.01,
+             valid_steps=100, device="cpu", patience=None, weight_decay=0.01,
              warmup_proportion=0.06, init_from_ckpt=None, max_seconds=None,
              pos_weight=None) -> dict:
     """Train the UIE in ``model_dir`` and save the best one to ``save_dir/model_best``.
@@ -156,8 +160,8 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         raise DataError("the training set is empty")
     kind = model_kind(model_dir)
     learning_rate = learning_rate or DEFAULTS[kind]["learning_rate"]
-    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"]
     pos_weight = pos_weight or DEFAULTS[kind]["pos_weight"]
+    patience = patience or DEFAULTS[kind]["patience"]
     dev_examples = dev_examples or train_examples
     random.seed(seed)
     np.random.seed(seed)
@@ -176,6 +180,8 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
                                        batch_size=max(batch_size, 32))
     steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
+        20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
     total_steps = steps_per_epoch * num_epochs
     warmup = max(1, int(total_steps * warmup_proportion))
     schedule = paddle.optimizer.lr.LambdaDecay(
@@ -271,14 +277,15 @@ def main(argv=None):
     parser.add_argument("--model", default="uie-base", help="PaddleNLP name, checkpoint directory or 'scratch'")
     parser.add_argument("--model_cache_dir", default=None, help="where named/scratch base models are kept (default: save_dir/_base)")
     parser.add_argument("--init_from_ckpt", default=None, help="model_state.pdparams (or its directory) to start from")
-    parser.add_argument("--learning_rate", type=float, default=None, help="default: 1e-3 for scratch, 1e-5 for pretrained")
-    parser.add_argument("--num_epochs", type=int, default=None, help="default: 60 for scratch, 20 for pretrained")
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: 5e-4 for scratch, 1e-5 for pretrained")
+    parser.add_argument("--num_epochs", type=int, default=None, help="default: 20 for pretrained; for scratch about 2,000 steps' worth (20-200)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_seq_len", type=int, default=512)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--logging_steps", type=int, default=10)
     parser.add_argument("--valid_steps", type=int, default=100, help="evaluate every N steps (and after every epoch)")
-    parser.add_argument("--early_stopping_patience", type=int, default=5, help="stop after N evaluations without a better dev F1")
+    parser.add_argument("--early_stopping_patience", type=int, default=None,
+                        help="stop after N evaluations without a better dev F1 (default: 30 for scratch, 5 for pretrained)")
     parser.add_argument("--max_seconds", type=float, default=None, help="stop after this much training time")
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--warmup_proportion", type=float, default=0.06)
