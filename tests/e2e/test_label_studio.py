@@ -1,0 +1,468 @@
+"""End to end: a real Label Studio 1.23.2 drives the backend as `make run` starts it.
+
+Everything goes through Label Studio's REST API, as its UI would: create a
+project with the tutorial's NER labels, import tasks, connect the backend,
+"Retrieve predictions", interactive pre-annotation, annotate, "Start
+Training", and check that the trained version is served and reproduces the
+annotations.
+
+* Round 1: the backend knows no Label Studio URL; annotations reach it only
+  through Label Studio's webhooks.
+* Round 2: a second backend with ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``
+  and a fresh ``MODEL_DIR`` reads the annotations through Label Studio's API.
+
+Label Studio is installed into ``<repo>/.venv-ls`` on first use (~1.5 min),
+its cold start takes ~1 min and each training round a few minutes on a CPU.
+On failure the logs (Label Studio, each backend, each training job) and the
+backends' MODEL_DIRs stay in ``<repo>/test-artifacts/e2e-label-studio-*/``.
+
+Knobs: ``E2E_TRAIN_EPOCHS`` (the backends' TRAIN_EPOCHS; default: the backend's own), ``E2E_TRAIN_TIMEOUT``
+(seconds per training job, 900), ``E2E_KEEP_ARTIFACTS=1`` (keep them on success too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import REPO, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_studio import LabelStudioError, LabelStudioProcess, ensure_label_studio  # noqa: E402
+
+# The backend trains with its default settings, as a user's would.
+TRAIN_ENV = {"TRAIN_EPOCHS": os.environ["E2E_TRAIN_EPOCHS"]} if os.environ.get("E2E_TRAIN_EPOCHS") else {}
+TRAIN_TIMEOUT = float(os.environ.get("E2E_TRAIN_TIMEOUT", "900"))
+MIN_REPRODUCED = 0.9
+VERSION_RE = re.compile(r"^v\d+-\d{8}-\d{6}$")
+
+# The tutorial's labels, with Chinese values (the values are UIE's prompts too).
+PLACE, PERSON, ORG, TIME, PRODUCT, PRICE, WEATHER = "地名", "人名", "组织机构", "时间", "产品", "价格", "天气"
+LABELS = [PLACE, PERSON, ORG, TIME, PRODUCT, PRICE, WEATHER]
+LABEL_CONFIG = (
+    "<View>\n"
+    '  <Labels name="label" toName="text">\n'
+    + "".join(f'    <Label value="{label}"/>\n' for label in LABELS)
+    + "  </Labels>\n"
+    '  <Text name="text" value="$text"/>\n'
+    "</View>")
+
+# (text, [(label, words)]): offsets are found in the text (Python str indices).
+CASES = [
+    ("2月8日上午北京冬奥会自由式滑雪女子大跳台决赛中，中国选手谷爱凌以188.25分获得金牌！",
+     [(TIME, "2月8日上午"), (PLACE, "北京"), (PERSON, "谷爱凌")]),
+    ("张伟在北京的华为公司工作，月薪两万元。",
+     [(PERSON, "张伟"), (PLACE, "北京"), (ORG, "华为公司"), (PRICE, "两万元")]),
+    ("明天上海有小雨，气温15到20度。",
+     [(TIME, "明天"), (PLACE, "上海"), (WEATHER, "小雨")]),
+    ("李雷花了5999元买了一台iPhone 15。",
+     [(PERSON, "李雷"), (PRICE, "5999元"), (PRODUCT, "iPhone 15")]),
+    ("😀韩梅梅周末去杭州玩，天气晴朗。",
+     [(PERSON, "韩梅梅"), (TIME, "周末"), (PLACE, "杭州"), (WEATHER, "晴朗")]),
+    ("ＡＢＣ科技有限公司于２０２３年发布了新款手机Ｘ１，售价３９９９元。",
+     [(ORG, "ＡＢＣ科技有限公司"), (TIME, "２０２３年"), (PRODUCT, "Ｘ１"), (PRICE, "３９９９元")]),
+    ("Alice和王小明昨天在深圳参观了腾讯总部。",
+     [(PERSON, "Alice"), (PERSON, "王小明"), (TIME, "昨天"), (PLACE, "深圳"), (ORG, "腾讯")]),
+    ("Microsoft于1975年在美国成立，创始人是Bill Gates。",
+     [(ORG, "Microsoft"), (TIME, "1975年"), (PLACE, "美国"), (PERSON, "Bill Gates")]),
+    ("广州今天多云转雷阵雨，出门记得带伞。",
+     [(PLACE, "广州"), (TIME, "今天"), (WEATHER, "多云转雷阵雨")]),
+    ("这款MacBook Pro在京东卖12999元。",
+     [(PRODUCT, "MacBook Pro"), (ORG, "京东"), (PRICE, "12999元")]),
+    ("🎉国家统计局3月15日公布：成都的房价上涨了2%。",
+     [(ORG, "国家统计局"), (TIME, "3月15日"), (PLACE, "成都")]),
+    ("周杰伦下个月在台北开演唱会，门票880元起，那天可能下雪。",
+     [(PERSON, "周杰伦"), (TIME, "下个月"), (PLACE, "台北"), (PRICE, "880元"), (WEATHER, "下雪")]),
+]
+
+
+def _gold(text, spans):
+    out, cursor = [], {}
+    for label, words in spans:
+        start = text.index(words, cursor.get(words, 0))
+        cursor[words] = start + 1
+        out.append((label, start, start + len(words)))
+    return sorted(out)
+
+
+GOLD = {text: _gold(text, spans) for text, spans in CASES}
+
+
+def test_the_cases_are_what_they_claim():
+    """Offsets are Python str indices; an emoji and full-width characters are in there."""
+    assert len(CASES) == 12
+    assert any(ord(ch) > 0xFFFF for text, _ in CASES for ch in text)          # emoji
+    assert any(0xFF01 <= ord(ch) <= 0xFF5E for text, _ in CASES for ch in text)  # full width
+    assert any(re.search("[A-Za-z]", text) for text, _ in CASES)
+    assert {label for gold in GOLD.values() for label, _, _ in gold} == set(LABELS)
+    for text, spans in CASES:
+        assert sorted(text[s:e] for _, s, e in GOLD[text]) == sorted(w for _, w in spans)
+        assert len(set(GOLD[text])) == len(spans)
+
+
+# ---------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------
+class Backend:
+    """The backend as `make run` starts it: ``.venv/bin/python -m gunicorn -c gunicorn.conf.py _wsgi:app``."""
+
+    def __init__(self, name, model_dir, log_dir, **env):
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model_dir = Path(model_dir)
+        self.log_path = Path(log_dir) / f"backend-{name}.log"
+        python = REPO / ".venv" / "bin" / "python"
+        python = python if python.exists() else Path(sys.executable)
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+        full_env.update(HOST="127.0.0.1", PORT=str(self.port), UIE_MODEL="scratch",
+                        MODEL_DIR=str(self.model_dir), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+        full_env.update(env)
+        self._log = open(self.log_path, "wb")
+        # its own process group: training subprocesses are stopped with it
+        self.proc = subprocess.Popen([str(python), "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                      "_wsgi:app"], cwd=REPO, env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def wait(self, timeout=300):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"backend {self.name} exited with {self.proc.returncode}; "
+                            f"log {self.log_path}:\n{tail(self.log_path)}")
+            try:
+                reply = requests.get(self.url + "/health", timeout=3)
+                if reply.status_code == 200 and reply.json().get("status") == "UP":
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"backend {self.name} did not answer /health in {timeout}s; "
+                    f"log {self.log_path}:\n{tail(self.log_path)}")
+
+    def get(self, path, **params):
+        reply = requests.get(self.url + path, params=params, timeout=30)
+        assert reply.status_code == 200, f"GET {path}: {reply.status_code} {reply.text[:1000]}"
+        return reply.json()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                pass
+        try:    # the group: the arbiter, its worker and any training subprocess
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+
+
+def tail(path, chars=4000):
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def artifacts(request):
+    """``<repo>/test-artifacts/e2e-label-studio-<time>/``: kept (and printed) on failure only."""
+    path = REPO / "test-artifacts" / f"e2e-label-studio-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    failed_before = request.session.testsfailed
+    yield path
+    keep = request.session.testsfailed > failed_before or os.environ.get("E2E_KEEP_ARTIFACTS")
+    if keep:
+        files = sorted(str(p) for p in path.rglob("*.log")) + sorted(
+            str(p) for p in path.rglob("job.log"))
+        message = f"\nLabel Studio e2e logs kept in {path}:\n" + "\n".join(
+            f"  {f}" for f in dict.fromkeys(files))
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(message)
+        else:
+            print(message, file=sys.stderr)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def label_studio(artifacts):
+    try:
+        exe = ensure_label_studio(log_dir=REPO / "test-artifacts")
+    except LabelStudioError as exc:
+        pytest.fail(f"could not install Label Studio: {exc}", pytrace=False)
+    ls = LabelStudioProcess(exe, artifacts, startup_timeout=300)
+    try:
+        ls.start()
+    except LabelStudioError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    print(f"Label Studio up in {ls.startup_seconds:.0f}s at {ls.url}")
+    try:
+        yield ls
+    finally:
+        ls.stop()
+
+
+@pytest.fixture
+def start_backend(artifacts):
+    """``start_backend(name, **env)``: a backend over a fresh MODEL_DIR; stopped after the test."""
+    started = []
+
+    def start(name, **env):
+        backend = Backend(name, artifacts / f"models-{name}", artifacts, **env)
+        started.append(backend)
+        return backend.wait()
+
+    yield start
+    for backend in started:
+        backend.stop()
+        # the job logs (and nothing heavy) go next to the process logs
+        for job_log in backend.model_dir.glob("*/jobs/*/job.log"):
+            shutil.copy(job_log, artifacts / f"job-{backend.name}-{job_log.parent.name}.log")
+        # MODEL_DIR (models, job work files) goes with the artifacts: kept only on failure
+
+
+# ---------------------------------------------------------------------------
+# Label Studio, through its REST API
+# ---------------------------------------------------------------------------
+def create_project(ls, title):
+    project = ls.api("POST", "/api/projects", json={"title": title, "label_config": LABEL_CONFIG})
+    ls.api("POST", f"/api/projects/{project['id']}/import", json=[{"text": t} for t, _ in CASES])
+    tasks = list_tasks(ls, project["id"])
+    assert sorted(t["data"]["text"] for t in tasks) == sorted(GOLD), "imported tasks differ"
+    return project["id"], {t["data"]["text"]: t["id"] for t in tasks}
+
+
+def list_tasks(ls, project):
+    reply = ls.api("GET", "/api/tasks", params={"project": project, "page_size": 1000})
+    return reply["tasks"] if isinstance(reply, dict) else reply
+
+
+def connect_backend(ls, project, backend, title):
+    ml = ls.api("POST", "/api/ml", json={"url": backend.url, "project": project, "title": title,
+                                         "is_interactive": True})
+    state = ls.api("GET", f"/api/ml/{ml['id']}")
+    assert state["state"] == "CO" and state["readable_state"] == "Connected", (
+        f"backend not connected: {state}; backend log {backend.log_path}")
+    hooks = ls.api("GET", "/api/webhooks", params={"project": project})
+    assert [h["url"] for h in hooks] == [backend.url + "/webhook"], hooks
+    return ml["id"], state
+
+
+def retrieve_predictions(ls, project):
+    """The data manager's "Retrieve predictions" on all tasks."""
+    started = time.time()
+    reply = ls.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions",
+                                                       "project": project},
+                   json={"selectedItems": {"all": True, "excluded": []}}, timeout=200)
+    return reply, time.time() - started
+
+
+def predictions_by_task(ls, task_ids):
+    return {tid: ls.api("GET", "/api/predictions", params={"task": tid}) for tid in task_ids}
+
+
+def annotate_all(ls, task_ids):
+    for text, tid in task_ids.items():
+        result = [{"from_name": "label", "to_name": "text", "type": "labels",
+                   "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]}}
+                  for label, s, e in GOLD[text]]
+        created = ls.api("POST", f"/api/tasks/{tid}/annotations/", json={"result": result})
+        assert created["task"] == tid and created["result"] == result
+
+
+def spans(prediction):
+    return sorted((r["value"]["labels"][0], r["value"]["start"], r["value"]["end"])
+                  for r in prediction["result"])
+
+
+def check_regions(prediction, text):
+    for region in prediction["result"]:
+        value = region["value"]
+        assert (region["from_name"], region["to_name"], region["type"]) == ("label", "text", "labels")
+        assert value["labels"][0] in LABELS
+        assert text[value["start"]:value["end"]] == value["text"], (text, region)
+
+
+def reproduction(preds, task_ids):
+    """(fraction of annotated (label, start, end) predicted, precision, misses, extras)."""
+    gold_n = hit = predicted_n = 0
+    misses, extras = [], []
+    for text, tid in task_ids.items():
+        gold, got = set(GOLD[text]), set(spans(preds[tid]))
+        gold_n += len(gold)
+        predicted_n += len(got)
+        hit += len(gold & got)
+        misses += [(text[s:e], label) for label, s, e in sorted(gold - got)]
+        extras += [(text[s:e], label) for label, s, e in sorted(got - gold)]
+    return hit / gold_n, (hit / predicted_n if predicted_n else 0.0), misses, extras
+
+
+def start_training(ls, ml_id, backend):
+    started = time.time()
+    reply = requests.post(f"{ls.url}/api/ml/{ml_id}/train", headers=ls.headers, json={},
+                          timeout=60)
+    took = time.time() - started
+    assert 200 <= reply.status_code < 300, (
+        f"Start Training answered {reply.status_code}: {reply.text[:1000]}; "
+        f"Label Studio log {ls.log_path}, backend log {backend.log_path}")
+    assert took < 30, f"Start Training took {took:.1f}s: training must not run in the request"
+    return took
+
+
+def wait_for_job(backend, project, timeout=TRAIN_TIMEOUT):
+    """The project's training job, once no job is queued or running; fails on a failed job."""
+    deadline = time.time() + timeout
+    jobs = []
+    while time.time() < deadline:
+        jobs = backend.get("/jobs", project=project)["jobs"]
+        if jobs and all(j["state"] in ("done", "failed") for j in jobs):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"training did not finish in {timeout:.0f}s: {json.dumps(jobs, indent=1)}\n"
+                    f"job log: {tail(jobs[-1]['log']) if jobs else '-'}")
+    job = jobs[-1]
+    if job["state"] != "done":
+        pytest.fail(f"training job {job['id']} failed: {job.get('error')}\n"
+                    f"job log {job['log']}:\n{tail(job['log'], 6000)}\nbackend log {backend.log_path}")
+    return jobs
+
+
+def train_and_check(ls, backend, project, ml_id, task_ids, *, base_version, source, round_name):
+    """Start Training, wait for the job, retrieve predictions: the new version reproduces the annotations."""
+    took = start_training(ls, ml_id, backend)
+    train_started = time.time()
+    jobs = wait_for_job(backend, project)
+    train_seconds = time.time() - train_started
+    assert len(jobs) == 1, f"one click, one job: {jobs}"
+    job = jobs[0]
+    assert "START_TRAINING" in job["reasons"], job
+    version = job["model_version"]
+    assert VERSION_RE.match(version) and job["promoted"] is True, job
+    assert job["source"] == source, job
+    assert job["annotated_tasks"] == len(CASES), job
+
+    versions = backend.get("/versions", project=project)
+    assert versions["projects"][str(project)]["current"] == version, versions
+    assert version in versions["versions"] and base_version in versions["versions"], versions
+    assert backend.get("/health")["model_version"] == base_version   # the base is unchanged
+
+    reply, predict_seconds = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == len(CASES), reply
+    ml_state = ls.api("GET", f"/api/ml/{ml_id}")
+    assert ml_state["state"] == "CO" and ml_state["model_version"] == version, ml_state
+    preds = predictions_by_task(ls, task_ids.values())
+    new = {}
+    for text, tid in task_ids.items():
+        stamped = [p for p in preds[tid] if p["model_version"] == version]
+        assert len(stamped) == 1, f"task {tid}: {len(stamped)} predictions of {version}: {preds[tid]}"
+        assert {p["model_version"] for p in preds[tid]} <= {version, base_version}, preds[tid]
+        check_regions(stamped[0], text)
+        new[tid] = stamped[0]
+    # once more: nothing new, since every task holds a prediction of the current version
+    before = sum(len(p) for p in preds.values())
+    retrieve_predictions(ls, project)
+    assert sum(len(p) for p in predictions_by_task(ls, task_ids.values()).values()) == before
+
+    recall, precision, misses, extras = reproduction(new, task_ids)
+    meta = versions["projects"][str(project)]["versions"][-1]
+    print(f"{round_name}: Start Training answered in {took:.2f}s; job {job['id']} ({source}) "
+          f"finished {train_seconds:.0f}s after the click (epochs_run={meta.get('epochs_run')}, "
+          f"train_seconds={meta.get('train_seconds')}, job f1={job['metrics']['f1']:.3f}); "
+          f"retrieve predictions took {predict_seconds:.1f}s; annotated spans reproduced: "
+          f"{recall:.1%}, predicted spans that are annotated: {precision:.1%}; missed {misses}; "
+          f"{len(extras)} extra, e.g. {extras[:12]}")
+    # "Reproduces the annotations": the annotated (label, start, end) come back, and the
+    # predictions are not a spray of every label over every span (which would bring them back too).
+    summary = (f"{round_name}: version {version} (epochs_run={meta.get('epochs_run')}, job f1 "
+               f"{job['metrics']['f1']:.3f} on its training annotations) reproduces {recall:.1%} of "
+               f"the annotated spans and {precision:.1%} of its predicted spans are annotated "
+               f"(each needs {MIN_REPRODUCED:.0%}); missed {misses}; {len(extras)} extra, e.g. "
+               f"{extras[:12]}; job log {job['log']}")
+    assert recall >= MIN_REPRODUCED, summary
+    assert precision >= MIN_REPRODUCED, summary
+    return version, recall
+
+
+# ---------------------------------------------------------------------------
+# the tests
+# ---------------------------------------------------------------------------
+def test_round1_predict_annotate_and_train_from_webhooks(label_studio, start_backend):
+    ls = label_studio
+    backend = start_backend("webhooks", **TRAIN_ENV)
+    base_version = backend.get("/health")["model_version"]
+    assert base_version.startswith("scratch-")
+
+    project, task_ids = create_project(ls, "UIE e2e round 1 (webhooks)")
+    ml_id, ml_state = connect_backend(ls, project, backend, "UIE (webhooks)")
+    assert ml_state["model_version"] == base_version, ml_state
+    assert backend.get("/versions", project=project)["projects"][str(project)]["current"] == base_version
+
+    # "Retrieve predictions": one per task, stamped with the served version
+    reply, _ = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == len(CASES), reply
+    preds = predictions_by_task(ls, task_ids.values())
+    for text, tid in task_ids.items():
+        assert len(preds[tid]) == 1, f"task {tid}: {preds[tid]}"
+        assert preds[tid][0]["model_version"] == base_version, preds[tid]
+        check_regions(preds[tid][0], text)
+    # again: every task already has a prediction of this version, so none is added
+    reply, _ = retrieve_predictions(ls, project)
+    assert all(len(p) == 1 for p in predictions_by_task(ls, task_ids.values()).values())
+    assert len(ls.api("GET", "/api/predictions", params={"project": project})) == len(CASES)
+
+    # interactive pre-annotation of one task: Label Studio hands back the backend's answer
+    text = CASES[4][0]
+    answer = ls.api("POST", f"/api/ml/{ml_id}/interactive-annotating",
+                    json={"task": task_ids[text], "context": {"result": []}})
+    assert "errors" not in answer, answer
+    assert answer["data"]["model_version"] == base_version and isinstance(
+        answer["data"]["result"], list), answer
+    check_regions(answer["data"], text)
+
+    # annotate every task: Label Studio's webhooks deliver the annotations to the backend
+    annotate_all(ls, task_ids)
+    tasks = list_tasks(ls, project)
+    assert all(t["total_annotations"] == 1 for t in tasks), tasks
+    assert backend.get("/jobs", project=project)["jobs"] == []   # TRAIN_EVERY_N is off
+
+    version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
+                                 source="webhooks", round_name="round 1 (webhooks)")
+    assert version.startswith("v1-")
+
+
+def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
+    ls = label_studio
+    # annotated before any backend is connected: no webhook ever carries these annotations
+    project, task_ids = create_project(ls, "UIE e2e round 2 (Label Studio API)")
+    annotate_all(ls, task_ids)
+
+    backend = start_backend("ls-api", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=ls.token,
+                            **TRAIN_ENV)
+    base_version = backend.get("/health")["model_version"]
+    ml_id, ml_state = connect_backend(ls, project, backend, "UIE (Label Studio API)")
+    assert ml_state["model_version"] == base_version, ml_state
+
+    version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
+                                 source="Label Studio API", round_name="round 2 (Label Studio API)")
+    assert version.startswith("v1-")
