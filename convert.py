@@ -25,7 +25,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ __all__ = [
     "select_annotation",
     "task_to_doccano",
     "label_studio_to_doccano",
+    "expand_prompts",
     "load_tasks",
     "write_jsonl",
     "read_jsonl",
@@ -286,6 +287,20 @@ def _normalize_tasks(obj: Any, source: str) -> list[dict]:
                 f"{source}: item {index} is not a Label Studio task (a JSON object with 'data')"
             )
     return list(tasks)
+
+
+def expand_prompts(examples: list[dict], prompts_by_label: dict[str, Sequence[str]]) -> list[dict]:
+    """UIE examples whose prompt is a label, repeated once per prompt of that label.
+
+    A Label Studio label may be predicted through other words
+    (``predicted_values``); training on those words teaches the model what
+    the server will ask. Other examples (relation prompts) pass unchanged.
+    """
+    out = []
+    for example in examples:
+        for prompt in prompts_by_label.get(example["prompt"], (example["prompt"],)):
+            out.append(dict(example, prompt=prompt))
+    return out
 
 
 def load_tasks(path) -> list[dict]:

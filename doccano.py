@@ -376,8 +376,13 @@ def convert_doccano(
     separator: str = "##",
     prompt_prefix: str = "情感倾向",
     options: Sequence[str] = ("正向", "负向"),
+    labels: Sequence[str] = (),
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Convert doccano records into (train, dev, test) UIE examples, split by record."""
+    """Convert doccano records into (train, dev, test) UIE examples, split by record.
+
+    ``labels`` adds entity labels that no record uses (a project's labels nobody
+    has annotated yet): they become negative examples like any absent label.
+    """
     if schema_lang not in ("ch", "en"):
         raise ValueError(f"schema_lang must be 'ch' or 'en', got {schema_lang!r}")
     if not _is_int(negative_ratio) or negative_ratio < -1:
@@ -399,6 +404,7 @@ def convert_doccano(
     recs = [_Record(records[i], i, schema_lang, separator, prompt_prefix) for i in range(len(records))]
     label_set = sorted(
         {lab for rec in recs for lab in rec.entity_labels if lab not in NO_NEGATIVE_LABELS}
+        | {lab for lab in labels if lab not in NO_NEGATIVE_LABELS}
     )
     predicate_set = _unique(p for rec in recs for p in rec.predicates)
     if not any(rec.entity_examples or rec.relation_examples for rec in recs):
@@ -485,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--separator", type=str, default="##")
     parser.add_argument("--schema_lang", choices=["ch", "en"], default="ch")
+    parser.add_argument("--labels", nargs="*", default=[],
+                        help="entity labels beyond those in the data, used as negatives")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -501,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             separator=args.separator,
             prompt_prefix=args.prompt_prefix,
             options=args.options,
+            labels=args.labels,
         )
         paths = write_splits(train, dev, test, args.save_dir)
     except (ValueError, NotImplementedError, OSError) as exc:

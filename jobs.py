@@ -29,6 +29,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from convert import expand_prompts, read_jsonl, write_jsonl
 from label_config import LabelConfigError, parse_label_config
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,18 @@ class JobRunner:
 
         held_out = n_records >= self.settings.train_min_dev_tasks
         splits = ["0.8", "0.2", "0"] if held_out else ["1", "0", "0"]
+        # every (task, label) pair, labels nobody annotated yet included: /predict asks
+        # every label of every task, so the model must learn where each one is absent
+        labels = [label for c in controls if c.data_key == control.data_key for label, _ in c.labels]
         self._step(logf, "doccano.py", ["--doccano_file", work / "doccano.jsonl", "--save_dir", work / "data",
-                                        "--splits", *splits, "--task_type", "ext"], work)
+                                        "--splits", *splits, "--task_type", "ext",
+                                        "--negative_ratio", "-1", "--labels", *labels], work)
+        prompts = {label: ps for c in controls if c.data_key == control.data_key
+                   for label, ps in c.labels if list(ps) != [label]}
+        if prompts:     # train on the words the server prompts with (predicted_values)
+            for name in ("train.txt", "dev.txt"):
+                path = work / "data" / name
+                write_jsonl(expand_prompts(read_jsonl(path), prompts), path)
         dev = work / "data" / ("dev.txt" if held_out else "train.txt")
 
         live = self.store.live(project)

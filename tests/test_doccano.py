@@ -174,6 +174,22 @@ def test_record_without_entities_gets_every_label_as_negative():
     assert empty == ["L00", "L01", "L02"]
 
 
+def test_labels_nobody_annotated_become_negatives():
+    records = one_label_records(2)
+    train, _, _ = doccano.convert_doccano(records, splits=(1, 0, 0), negative_ratio=-1,
+                                          labels=["L00", "没标过"])
+    prompts = sorted(ex["prompt"] for ex in train)
+    assert prompts == ["L00", "L00", "L01", "L01", "没标过", "没标过"]
+    assert all(ex["result_list"] == [] for ex in train if ex["prompt"] == "没标过")
+
+
+def test_prompts_of_a_label_replace_it():
+    examples = [{"content": "张三", "result_list": [{"text": "张三", "start": 0, "end": 2}], "prompt": "PER"},
+                {"content": "张三", "result_list": [], "prompt": "LOC"}]
+    out = convert.expand_prompts(examples, {"PER": ["人名", "person"]})
+    assert [(e["prompt"], len(e["result_list"])) for e in out] == [("人名", 1), ("person", 1), ("LOC", 0)]
+
+
 def test_train_relation_negatives_bounded_by_ratio():
     records = []
     for k in range(10):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -158,6 +159,24 @@ def test_legacy_train_body_trains_from_its_own_annotations(quick_app):
     assert job["state"] == "done", job
     assert job["source"] == "train request" and job["annotated_tasks"] == 6
     assert client.post("/setup", json={"project": body["project"]}).json["model_version"] == job["model_version"]
+
+
+def test_a_job_trains_the_words_the_server_prompts_with_and_every_label(quick_app, tmp_path):
+    """predicted_values are trained as prompts; labels nobody annotated are negatives."""
+    client = quick_app.test_client()
+    config = ('<View><Labels name="label" toName="text">'
+              '<Label value="name" predicted_values="人名,person"/><Label value="address"/>'
+              '<Label value="天气"/></Labels><Text name="text" value="$text"/></View>')
+    tasks = cluener_tasks(3)        # names and addresses only, no 天气
+    for task in tasks:
+        task["annotations"][0]["result"] = [r for r in task["annotations"][0]["result"]
+                                            if r["value"]["labels"][0] in ("name", "address")]
+    job = client.post("/train", json={"annotations": tasks, "project": "11.1", "label_config": config}).json["job"]
+    done = wait_job(lambda p: client.get(p).json, "11", job["id"])
+    assert done["state"] == "done", done
+    train = Path(done["log"]).parent / "work" / "data" / "train.txt"
+    prompts = {json.loads(line)["prompt"] for line in train.read_text(encoding="utf-8").splitlines()}
+    assert prompts == {"人名", "person", "address", "天气"}
 
 
 def test_annotation_store_honours_updates_and_deletions_and_survives_restart(tmp_path):
