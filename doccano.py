@@ -31,14 +31,12 @@ CLI (PaddleNLP's flags)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import random
 import sys
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Sequence
 
 from convert import read_jsonl, write_jsonl

@@ -224,7 +224,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 
     model.train()
     stop = False
-    loss_sum, loss_n, tick = 0.0, 0, time.time()
+    loss_sum, loss_n = 0.0, 0
     for epoch in range(1, num_epochs + 1):
         for batch in batches(encoded, batch_size, rng):
             ids, types, pos, mask, start_t, end_t = to_tensors([encoded[k] for k in batch], tokenizer.pad_id)
@@ -248,7 +248,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                 log.info("epoch %d/%d step %d/%d loss %.5f lr %.2e %.1f examples/s", epoch,
                          num_epochs, step, total_steps, loss_sum / loss_n, schedule.get_lr(),
                          seen / max(now - started, 1e-9))
-                loss_sum, loss_n, tick = 0.0, 0, now
+                loss_sum, loss_n = 0.0, 0
             if valid_steps and step % valid_steps == 0 and run_eval(epoch):
                 stop = True
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -145,39 +146,54 @@ def free_port():
 
 
 class Gunicorn:
-    """A real ``gunicorn -c gunicorn.conf.py _wsgi:app`` process, as ``make run`` starts it."""
+    """A real ``gunicorn -c gunicorn.conf.py _wsgi:app`` process, as ``make run`` starts it.
+
+    It runs in its own process group, so ``stop`` also ends its workers and any
+    training subprocess they started.
+    """
 
     def __init__(self, env, log_path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), **env)
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
+        full_env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), PYTHONUNBUFFERED="1", **env)
+        self.log_path = Path(log_path)
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                      "_wsgi:app"], cwd=REPO, env=full_env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                      "_wsgi:app"], cwd=REPO, env=full_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
 
     def wait(self, timeout=120):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"gunicorn exited ({self.log_path}): {self.log_path.read_text()[-3000:]}")
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"gunicorn did not answer: {self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"gunicorn did not answer ({self.log_path}): {self.log_path.read_text()[-3000:]}")
+
+    def get(self, path, **params):
+        reply = requests.get(self.url + path, params=params, timeout=30)
+        assert reply.status_code == 200, f"GET {path}: {reply.status_code} {reply.text[:1000]}"
+        return reply.json()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, None)):
             try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                if sig == signal.SIGTERM:
+                    os.killpg(self.proc.pid, signal.SIGKILL)   # stray training subprocesses
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        self.proc.wait()
         self.log.close()
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import EDGE_CASES, PERSON, PLACE, REPO, SEQ_LEN, uie_examples
-from test_training import CLUENER_CONFIG, cluener_tasks  # noqa: F401
+from test_training import cluener_tasks
 
 
 def run(script, *args):

@@ -26,8 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, free_port
+from conftest import REPO, Gunicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_studio import LabelStudioError, LabelStudioProcess, ensure_label_studio  # noqa: E402
@@ -113,66 +111,14 @@ def test_the_cases_are_what_they_claim():
 # ---------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------
-class Backend:
-    """The backend as `make run` starts it: ``.venv/bin/python -m gunicorn -c gunicorn.conf.py _wsgi:app``."""
+class Backend(Gunicorn):
+    """The backend as `make run` starts it, on the scratch model, with its own MODEL_DIR."""
 
     def __init__(self, name, model_dir, log_dir, **env):
         self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir = Path(model_dir)
-        self.log_path = Path(log_dir) / f"backend-{name}.log"
-        python = REPO / ".venv" / "bin" / "python"
-        python = python if python.exists() else Path(sys.executable)
-        full_env = {k: v for k, v in os.environ.items()
-                    if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
-        full_env.update(HOST="127.0.0.1", PORT=str(self.port), UIE_MODEL="scratch",
-                        MODEL_DIR=str(self.model_dir), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
-        full_env.update(env)
-        self._log = open(self.log_path, "wb")
-        # its own process group: training subprocesses are stopped with it
-        self.proc = subprocess.Popen([str(python), "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                      "_wsgi:app"], cwd=REPO, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-
-    def wait(self, timeout=300):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"backend {self.name} exited with {self.proc.returncode}; "
-                            f"log {self.log_path}:\n{tail(self.log_path)}")
-            try:
-                reply = requests.get(self.url + "/health", timeout=3)
-                if reply.status_code == 200 and reply.json().get("status") == "UP":
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"backend {self.name} did not answer /health in {timeout}s; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}")
-
-    def get(self, path, **params):
-        reply = requests.get(self.url + path, params=params, timeout=30)
-        assert reply.status_code == 200, f"GET {path}: {reply.status_code} {reply.text[:1000]}"
-        return reply.json()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                pass
-        try:    # the group: the arbiter, its worker and any training subprocess
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self._log.close()
+        env = dict(UIE_MODEL="scratch", MODEL_DIR=str(self.model_dir), LOG_LEVEL="INFO", **env)
+        super().__init__(env, Path(log_dir) / f"backend-{name}.log")
 
 
 def tail(path, chars=4000):
@@ -230,7 +176,7 @@ def start_backend(artifacts):
     def start(name, **env):
         backend = Backend(name, artifacts / f"models-{name}", artifacts, **env)
         started.append(backend)
-        return backend.wait()
+        return backend.wait(timeout=300)
 
     yield start
     for backend in started:
