@@ -305,35 +305,16 @@ def expand_prompts(examples: list[dict], prompts_by_label: dict[str, Sequence[st
 
 def load_tasks(path) -> list[dict]:
     """Load Label Studio tasks from a JSON export, /train body, single task or JSONL file."""
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    raw = _read_text(path)
     if not raw.strip():
         raise ValueError(f"{path}: file is empty")
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as whole_error:
-        # Maybe JSON Lines: one task per line.
-        tasks = []
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                tasks.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if lineno == 1:
-                    raise ValueError(
-                        f"{path}: not valid JSON (line {whole_error.lineno}, column "
-                        f"{whole_error.colno}: {whole_error.msg})"
-                    ) from None
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
-        return _normalize_tasks(tasks, str(path))
+        if "\n" not in raw.strip():    # one line that is not JSON: not JSON Lines either
+            raise ValueError(f"{path}: not valid JSON (line {whole_error.lineno}, column "
+                             f"{whole_error.colno}: {whole_error.msg})") from None
+        return _normalize_tasks(_parse_lines(raw, path), str(path))
     return _normalize_tasks(obj, str(path))
 
 
@@ -350,17 +331,19 @@ def write_jsonl(records: Iterable[dict], path) -> int:
     return count
 
 
-def read_jsonl(path) -> list:
-    """Read UTF-8 JSON Lines; blank lines are ignored. ValueError names a bad line."""
+def _read_text(path) -> str:
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ValueError(f"{path}: is a directory, not a file") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+def _parse_lines(raw: str, path) -> list:
     records = []
     # Split on "\n" only: str.splitlines() would also split on \r, \x1c, \u2028 ...
     # that may legitimately sit inside a JSON string.
@@ -372,6 +355,11 @@ def read_jsonl(path) -> list:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
     return records
+
+
+def read_jsonl(path) -> list:
+    """Read UTF-8 JSON Lines; blank lines are ignored. ValueError names a bad line."""
+    return _parse_lines(_read_text(path), path)
 
 
 # --------------------------------------------------------------------------
