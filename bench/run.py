@@ -1,0 +1,335 @@
+"""The benchmarks: ``python bench/run.py [--only SECTIONS] [--quick] [--minutes N]``.
+
+Sections: throughput (1), latency (2), training (3), memory (4), learning (5)
+and, only when asked for, recipes (short learning runs of several scratch
+shapes / learning rates). Results are merged into ``bench/results.json``
+(a section that was not run keeps its previous numbers) and written out as
+``bench/results.md``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets HOME/PPNLP_HOME before Paddle is imported)
+
+DEFAULT_SECTIONS = ("throughput", "latency", "training", "memory", "profile", "learning", "agreement")
+ALL_SECTIONS = DEFAULT_SECTIONS + ("recipes",)
+RESULTS_JSON = common.BENCH / "results.json"
+RESULTS_MD = common.BENCH / "results.md"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated sections of {','.join(ALL_SECTIONS)}")
+    parser.add_argument("--shapes", default="nano,base", help="model shapes for sections 1, 2, 4")
+    parser.add_argument("--quick", action="store_true", help="fewer texts, rounds and minutes (a smoke test)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training minutes per learning-curve run (default 3; --quick 0.5)")
+    parser.add_argument("--sizes", default="500,2000,all", help="learning-curve training sentences")
+    parser.add_argument("--recipe", default=None, help="learning: recipe name (default: the best one, see training.py)")
+    parser.add_argument("--recipes", default=None, help="recipes: comma-separated names (default: all)")
+    parser.add_argument("--recipe-sentences", default="500", help="recipes: training sentences")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="recipes: runs at once, each with cores/parallel threads (a small model "
+                             "trains as fast on one thread as on two)")
+    parser.add_argument("--train-epochs", type=int, default=5,
+                        help="TRAIN_EPOCHS of the START_TRAINING -> served run (0: the backend's default)")
+    parser.add_argument("--batch-size", type=int, default=None, help="BATCH_SIZE of the served model")
+    parser.add_argument("--profile-shapes", default="nano", help="shapes of the profile section")
+    parser.add_argument("--no-write", action="store_true", help="print, do not update results.*")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(sections) - set(ALL_SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 3.0)
+
+    import serving
+    import training
+
+    results = {}
+    if RESULTS_JSON.exists() and not args.no_write:
+        results = json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
+    info = common.machine()
+    started = time.time()
+    common.log(f"bench: {sections} on {info['cpu']} x{info['cores']}, load {info['load_average_at_start']}")
+
+    def save(section, value):
+        value = dict(value, _run=dict(info, quick=args.quick))
+        results[section] = value
+        if not args.no_write:
+            RESULTS_JSON.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            RESULTS_MD.write_text(report(results), encoding="utf-8")
+
+    serve_sections = [s for s in ("throughput", "latency", "memory") if s in sections]
+    if serve_sections:
+        per_shape = {}
+        for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+            per_shape[shape] = serving.run_shape(shape, serve_sections, quick=args.quick,
+                                                 batch_size=args.batch_size)
+        for section in serve_sections:
+            value = {shape: r[section] for shape, r in per_shape.items() if section in r}
+            save(section, value)
+
+    if "profile" in sections:
+        shapes = [s.strip() for s in args.profile_shapes.split(",") if s.strip()]
+        save("profile", {shape: serving.profile(shape, quick=args.quick) for shape in shapes})
+
+    if "training" in sections:
+        value = {"rate": {shape: training.training_rate(shape, quick=args.quick)
+                          for shape in ("nano", "base")}}
+        value["train_to_served"] = training.train_to_served(
+            n_tasks=60 if args.quick else 200, epochs=args.train_epochs or None)
+        save("training", value)
+
+    if "learning" in sections:
+        recipe = training.recipe(args.recipe)
+        # runs accumulate, one per (recipe, sentences, minutes): a long run kept beside short ones
+        runs = {(r["recipe"]["name"], r["sentences"], r["minutes_budget"]): r
+                for r in results.get("learning", {}).get("runs", [])}
+        for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+            run = training.learning_run(recipe, size, minutes, name=f"learn-{size}-{minutes:g}min")
+            runs[(recipe["name"], run["sentences"], minutes)] = run
+            ordered = sorted(runs.values(), key=lambda r: (r["recipe"]["name"] != recipe["name"],
+                                                           r["minutes_budget"], r["sentences"]))
+            save("learning", {"recipe": recipe, "runs": ordered})
+
+    if "recipes" in sections:
+        names = args.recipes.split(",") if args.recipes else [r["name"] for r in training.RECIPES]
+        previous = {(r["recipe"]["name"], r["sentences"], r["minutes_budget"]): r
+                    for r in results.get("recipes", {}).get("runs", [])}
+        threads = max(1, info["cores"] // args.parallel) if args.parallel > 1 else None
+
+        def one(name):
+            return training.learning_run(training.recipe(name), args.recipe_sentences, minutes,
+                                         name=f"recipe-{name}", threads=threads)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for run in pool.map(one, names):
+                previous[(run["recipe"]["name"], run["sentences"], minutes)] = run
+                save("recipes", {"runs": list(previous.values())})
+
+    if "agreement" in sections:
+        model = training.best_learned_model()
+        if model is not None:     # a model the learning section trained on CLUENER's labels
+            labels, config = list(common.CLUENER_PROMPTS.values()), common.CLUENER_CONFIG
+        else:
+            model = training.trained_tutorial_model(minutes=1.0 if args.quick else 3.0)
+            labels, config = common.LABELS, common.LABEL_CONFIG
+        save("agreement", serving.agreement(model, labels, config, 64 if args.quick else 256))
+
+    common.log(f"bench: done in {(time.time() - started) / 60:.1f} min")
+    if args.no_write:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# results.md
+
+def _f(x, digits=2):
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _recipe(r) -> str:
+    shape = r["shape"]
+    drop = shape.get("hidden_dropout_prob", 0.1)
+    neg = r.get("negatives")
+    return (f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
+            f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}, dropout {drop:g}; "
+            f"lr {r['learning_rate']:g}, batch {r.get('batch_size', 16)}, pos_weight {r.get('pos_weight', 5.0):g}; "
+            + (f"at most {neg} empty prompts per sentence" if neg is not None else "all 10 prompts per sentence"))
+
+
+def _ok(flag):
+    return "**met**" if flag else "**missed**"
+
+
+def report(results) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` (`python bench/run.py`); raw numbers in `results.json`, "
+             "what they mean in `README.md`. Models have random weights (timing depends on the "
+             "architecture only) and the backend's scratch character vocabulary (21,139 tokens "
+             "instead of uie-base's 40,000: a different embedding table size, whose lookup cost "
+             "is negligible).", ""]
+    runs = {k: v.get("_run") for k, v in results.items() if isinstance(v, dict) and v.get("_run")}
+    if runs:
+        lines += ["## Machine", "", "| section | date | CPU | cores | Python | paddlepaddle | paddlenlp | load avg at start | quick |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in runs.items():
+            lines.append(f"| {name} | {r['date']} | {r['cpu']} | {r['cores']} | {r['python']} | "
+                         f"{r['paddlepaddle']} | {r['paddlenlp']} | {r['load_average_at_start']} | "
+                         f"{'yes' if r.get('quick') else 'no'} |")
+        lines += ["", "The machine is shared with other work: absolute numbers move from run to run, "
+                  "ratios are taken within one round (timings back to back) and then the median.", ""]
+
+    t = results.get("throughput")
+    if t:
+        lines += ["## 1. Prediction throughput", "",
+                  "CLUENER sentences, the tutorial's 7 labels (地名, 人名, 组织机构, 时间, 产品, 价格, 天气). "
+                  "(a) one `Taskflow(\"information_extraction\")` call per text at default settings "
+                  "(max_seq_len 512, Paddle Inference, its default of ceil(cores/2) threads); "
+                  "(b) one `POST /predict` with all tasks to gunicorn (`WORKERS=1`); "
+                  "(c) `UIEPredictor.forward` alone over exactly (b)'s batches.", "",
+                  "| shape | texts (a / b, c) | (a) Taskflow texts/s | (b) /predict texts/s | (c) forward texts/s | b/a | c/b | b ≥ 8× a | b within 1.2× of c | rounds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for shape in ("base", "nano"):
+            r = t.get(shape)
+            if not r:
+                continue
+            rate = r["texts_per_s"]
+            lines.append(f"| {shape} | {r['taskflow_texts']} / {r['texts']} | {_f(rate['a'])} | {_f(rate['b'])} | "
+                         f"{_f(rate['c'])} | {_f(r['b_over_a'], 1)}× | {_f(r['c_over_b'])} | "
+                         f"{_ok(r['b_over_a'] >= 8)} | {_ok(r['c_over_b'] <= 1.2)} | {r['rounds']} |")
+        lines += ["", "Ratios in CPU seconds instead of wall seconds (less sensitive to the other work on the machine; "
+                  "Taskflow uses one thread, the server two):", "",
+                  "| shape | b/a (CPU) | c/b (CPU) | forward inputs | tokens | padded tokens | batches | in-process `extract` s | tokenisation s | Paddle Inference vs dygraph forward |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for shape in ("base", "nano"):
+            r = t.get(shape)
+            if not r:
+                continue
+            fi, pi = r["forward_inputs"], r.get("paddle_inference", {})
+            pis = (f"{pi['speedup']}× ({pi['texts']} texts: {pi['dygraph_forward_s']} s → {pi['paddle_inference_mkldnn_s']} s)"
+                   if "speedup" in pi else pi.get("error", "–"))
+            lines.append(f"| {shape} | {_f(r['cpu_b_over_a'], 1)}× | {_f(r['cpu_c_over_b'])} | {fi['inputs']} | "
+                         f"{fi['tokens']} | {fi['padded_tokens']} | {fi['batches']} | {_f(r['in_process_extract_s'])} | "
+                         f"{_f(r['tokenise_s'], 3)} | {pis} |")
+        lines.append("")
+
+    a = results.get("agreement")
+    if a:
+        lines += ["### Same spans as Taskflow", "",
+                  f"A trained model (`{Path(a['model']).name}`: a scratch UIE trained by `finetune.finetune`), "
+                  f"{a['texts']} texts, labels {', '.join(a['labels'])}; Taskflow (max_seq_len 512, `position_prob` = "
+                  f"threshold) against one `/predict` (`SCORE_THRESHOLD` = threshold). A span is (label, start, end).", "",
+                  "| threshold | texts with identical spans | spans found by both | only Taskflow | only the backend |",
+                  "|---|---|---|---|---|"]
+        for r in a["by_threshold"]:
+            lines.append(f"| {r['threshold']} | {r['texts_identical']}/{a['texts']} | {r['spans_both']} | "
+                         f"{r['spans_taskflow_only']} | {r['spans_backend_only']} |")
+        lines.append("")
+
+    lat = results.get("latency")
+    if lat:
+        lines += ["## 2. Interactive latency", "",
+                  "One task per `POST /predict`, a 100-character text, 7 labels; each client sends its next "
+                  "request when the last one is answered (gunicorn defaults: 1 worker, 4 threads).", "",
+                  "| shape | clients | requests | p50 ms | p95 ms | mean ms |", "|---|---|---|---|---|---|"]
+        for shape in ("base", "nano"):
+            for r in (lat.get(shape) or {}).get("results", []):
+                lines.append(f"| {shape} | {r['clients']} | {r['requests']} | {_f(r['p50_ms'], 0)} | "
+                             f"{_f(r['p95_ms'], 0)} | {_f(r['mean_ms'], 0)} |")
+        lines.append("")
+
+    tr = results.get("training")
+    if tr:
+        lines += ["## 3. Training", "", "`finetune.finetune` on CLUENER sentences × 10 prompts (one example = one "
+                  "sentence with one prompt), batch 16, max_seq_len 128 (the server's TRAIN_* defaults); the rate "
+                  "is the one finetune logs before its first evaluation.", "",
+                  "| shape | examples | examples/s |", "|---|---|---|"]
+        for shape, r in tr.get("rate", {}).items():
+            lines.append(f"| {shape} | {r['examples']} | {_f(r['examples_per_second'], 1)} |")
+        s = tr.get("train_to_served")
+        if s:
+            lines += ["", f"**START_TRAINING → new version served** (nano shape, {s['tasks']} annotated tasks sent as "
+                      f"ANNOTATION_CREATED webhooks, 10 labels, TRAIN_EPOCHS={s['train_epochs'] or 'default'}): "
+                      f"**{_f(s['total_s'], 1)} s** from the START_TRAINING webhook to the first `/predict` "
+                      f"answered by the new version; of which finetune's training {_f(s.get('finetune_train_s'), 1)} s "
+                      f"({s.get('epochs_run')} epochs, {_f(s.get('per_epoch_s'), 1)} s each with its per-epoch "
+                      f"evaluation) and everything else (convert, doccano, process start-ups, the two "
+                      f"evaluate.py runs, promotion, loading) {_f(s.get('other_s'), 1)} s. "
+                      f"The 200 webhooks took {_f(s['webhooks_s'], 1)} s."]
+        lines.append("")
+
+    mem = results.get("memory")
+    if mem:
+        lines += ["## 4. Memory", "", "Peak resident memory (VmHWM) of the gunicorn processes, MiB.", "",
+                  "| shape | WORKERS | master | worker(s) idle | worker(s) after 256 texts | after a 1,500-char text | total peak |",
+                  "|---|---|---|---|---|---|---|"]
+        for shape in ("base", "nano"):
+            m = mem.get(shape)
+            if not m:
+                continue
+            w1 = m["workers_1"]
+            lines.append(f"| {shape} | 1 | {w1['after_long_text']['master_peak_mib']} | "
+                         f"{w1['idle']['worker_peak_mib']} | {w1['after_256_texts']['worker_peak_mib']} | "
+                         f"{w1['after_long_text']['worker_peak_mib']} | {w1['after_long_text']['total_peak_mib']} |")
+            w2 = m.get("workers_2")
+            if w2:
+                lines.append(f"| {shape} | 2 | {w2['after_requests']['master_peak_mib']} | "
+                             f"{w2['idle']['worker_peak_mib']} | {w2['after_requests']['worker_peak_mib']} (waves of 4 × 8 texts) | – | "
+                             f"{w2['after_requests']['total_peak_mib']} |")
+        lines.append("")
+
+    prof = results.get("profile")
+    if prof:
+        lines += ["## Profile: batch size", "",
+                  "The forward pass alone (c) over the same inputs with other `BATCH_SIZE` values: "
+                  "the short CLUENER texts (7 prompts each) and one 1,500-character text (4 windows "
+                  "of up to 512 tokens × 7 prompts). Speed relative to the default of 16 (> 1 is faster).", "",
+                  "| shape | batch size | short texts s | vs 16 | long text s | vs 16 |", "|---|---|---|---|---|---|"]
+        for shape in ("base", "nano"):
+            p = prof.get(shape)
+            if not p:
+                continue
+            for row in p["rows"]:
+                lines.append(f"| {shape} ({p['short_texts']} texts) | {row['batch_size']} | {row['short_s']} | "
+                             f"{row['short_vs_16']} | {row['long_s']} | {row['long_vs_16']} |")
+        lines.append("")
+
+    for key, title in (("learning", "## 5. Learning: a scratch UIE on CLUENER"), ("recipes", "### Recipes tried")):
+        ln = results.get(key)
+        if not ln:
+            continue
+        if key == "learning":
+            lines += [title, "", "Train a fresh scratch UIE on a 90 % split of CLUENER's train.json (minus 150 "
+                      "sentences kept to pick the best checkpoint), score micro F1 (exact span, exact label) "
+                      "on the other 10 % (1,075 sentences × 10 prompts). Each run gets a time budget; its "
+                      "epochs are set from a measured training rate so that finetune's linear learning-rate "
+                      "decay ends with the budget. Reference: BiLSTM-CRF 70.0 F1 on CLUENER (full data).", "",
+                      f"Recipe `{ln['recipe']['name']}`: {_recipe(ln['recipe'])}.", ""]
+        else:
+            lines += [title, "", "Short runs to compare training recipes (same split and test set); "
+                      "`--parallel 2` runs two at once on one thread each.", "",
+                      "| recipe | what |", "|---|---|"]
+            seen = set()
+            for r in ln["runs"]:
+                if r["recipe"]["name"] not in seen:
+                    seen.add(r["recipe"]["name"])
+                    lines.append(f"| {r['recipe']['name']} | {_recipe(r['recipe'])} |")
+            lines.append("")
+        lines += ["| recipe | sentences | examples | budget min | trained min | epochs | threads | train ex/s | test P | test R | test F1 | selection F1 along the way (minutes: F1) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ln["runs"]:
+            pts = r["curve"]
+            step = max(1, len(pts) // 8)
+            shown = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
+            curve = ", ".join(f"{c['minutes']:.1f}: {c['dev_f1']:.2f}" for c in shown)
+            te = r.get("test", {})
+            lines.append(f"| {r['recipe']['name']} | {r['sentences']} | {r['examples']} | {r['minutes_budget']:g} | "
+                         f"{r['train_minutes']:.1f} | {r['epochs_run']}/{r['epochs_planned']} | {r.get('threads', 'default')} | "
+                         f"{r['train_rate']} | {_f(te.get('precision'), 3)} | {_f(te.get('recall'), 3)} | "
+                         f"**{_f(te.get('f1'), 3)}** | {curve} |")
+        lines.append("")
+    notes = common.BENCH / "notes.md"
+    if notes.exists():
+        lines += [notes.read_text(encoding="utf-8").rstrip(), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

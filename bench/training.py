@@ -1,0 +1,280 @@
+"""Sections 3 and 5: finetune.py's training rate, START_TRAINING -> served, learning curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+import common
+from common import CLUENER_CONFIG, Gunicorn, log, post
+
+WORKER = Path(__file__).resolve().parent / "worker.py"
+
+
+def write_jsonl(path, rows):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def run_worker(spec, name, timeout=None, threads=None):
+    """Run bench/worker.py on ``spec`` in a fresh process; its result dict."""
+    wdir = common.WORK / "runs" / name
+    spec_path = wdir / "spec.json"
+    result_path = wdir / "result.json"
+    wdir.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
+    result_path.unlink(missing_ok=True)
+    with open(wdir / "worker.log", "wb") as logf:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+        proc = subprocess.run([sys.executable, str(WORKER), str(spec_path), str(result_path)],
+                              cwd=common.REPO, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout,
+                              env=env)
+    if proc.returncode != 0 or not result_path.exists():
+        tail = (wdir / "worker.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"worker {name} failed ({proc.returncode}): {tail}")
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------
+# 3a. examples/s of finetune.py
+
+RATE_EXAMPLES = {"nano": 1600, "base": 160}
+
+
+def training_rate(shape, quick=False):
+    sentences = common.cluener()[:1000]
+    n = RATE_EXAMPLES[shape] // (4 if quick else 1)
+    train = common.uie_examples(sentences)[:n]
+    data = common.WORK / "data" / "rate"
+    spec = {"model": str(common.model_dir(shape, **common.SHAPES[shape])),
+            "save_dir": str(common.WORK / "runs" / f"rate-{shape}" / "ckpt"),
+            "train": str(write_jsonl(data / f"train-{n}.jsonl", train)),
+            "dev": str(write_jsonl(data / "dev.jsonl", train[:10])),
+            "kwargs": {"num_epochs": 1, "batch_size": 16, "max_seq_len": 128, "valid_steps": 0,
+                       "logging_steps": 5, "patience": 1}}
+    result = run_worker(spec, f"rate-{shape}")
+    shutil.rmtree(spec["save_dir"], ignore_errors=True)
+    out = {"examples": n, "examples_per_second": round(result["train_rate"], 2),
+           "with_eval_and_save_per_second": result["examples_per_second"],
+           "batch_size": 16, "max_seq_len": 128, "seconds": result["train_seconds"]}
+    log(f"training rate {shape}: {out}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# 3b. START_TRAINING -> the new version served
+
+def train_to_served(n_tasks=200, epochs=5, shape="nano"):
+    """Wall time from the START_TRAINING webhook to ``/predict`` answering with the new version."""
+    sentences = common.cluener()[2000: 2000 + n_tasks]
+    model = common.model_dir(shape, **common.SHAPES[shape])
+    root = common.WORK / "serve" / "train-to-served"
+    shutil.rmtree(root, ignore_errors=True)
+    env = {"UIE_MODEL": str(model), "MODEL_DIR": str(root)}
+    if epochs:
+        env["TRAIN_EPOCHS"] = str(epochs)
+    project = {"id": 1, "label_config": CLUENER_CONFIG}
+    with Gunicorn(env, common.WORK / "logs" / "gunicorn-train.log") as server:
+        post(server.url + "/setup", {"project": "1.1", "schema": CLUENER_CONFIG})
+        t = time.perf_counter()
+        for i, s in enumerate(sentences, 1):
+            task, annotation = common.ls_task(i, s)
+            post(server.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
+                                           "task": task, "project": project})
+        webhooks_s = time.perf_counter() - t
+        probe = {"tasks": [{"id": 1, "data": {"text": sentences[0]["text"]}}], "project": "1.1",
+                 "label_config": CLUENER_CONFIG}
+        before = post(server.url + "/predict", probe)["model_version"]
+        started = time.perf_counter()
+        job = post(server.url + "/webhook", {"action": "START_TRAINING", "project": project})["job"]
+        state, done_at = None, None
+        while True:
+            jobs = requests.get(server.url + "/jobs", params={"project": "1"}, timeout=30).json()["jobs"]
+            state = next(j for j in jobs if j["id"] == job["id"])
+            if state["state"] in ("done", "failed"):
+                done_at = time.perf_counter()
+                break
+            time.sleep(0.5)
+        if state["state"] != "done":
+            raise RuntimeError(f"training job failed: {state.get('error')}")
+        while True:
+            version = post(server.url + "/predict", probe)["model_version"]
+            if version != before:
+                break
+            time.sleep(0.2)
+        served_at = time.perf_counter()
+        versions = requests.get(server.url + "/versions", params={"project": "1"}, timeout=30).json()
+    meta = versions["projects"]["1"]["versions"][-1]
+    total = served_at - started
+    out = {"tasks": n_tasks, "train_epochs": epochs, "webhooks_s": round(webhooks_s, 1),
+           "total_s": round(total, 1), "job_done_s": round(done_at - started, 1),
+           "finetune_train_s": meta.get("train_seconds"), "epochs_run": meta.get("epochs_run"),
+           "dev_f1": meta.get("dev", {}).get("f1"), "new_version": version,
+           "job_started_s": round(state["started"] - state["created"], 2)}
+    if meta.get("train_seconds"):
+        out["other_s"] = round(total - meta["train_seconds"], 1)
+        per_epoch = meta["train_seconds"] / max(1, meta.get("epochs_run") or epochs)
+        out["per_epoch_s"] = round(per_epoch, 1)
+    log(f"train-to-served: {out}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# 5. learning curves of a scratch UIE on CLUENER
+
+# The backend's scratch defaults (uie_model.SCRATCH_SHAPE, finetune.DEFAULTS["scratch"]).
+DEFAULT_RECIPE = {"name": "backend-default", "shape": {"hidden_size": 128, "num_hidden_layers": 4,
+                                                       "num_attention_heads": 2, "intermediate_size": 512},
+                  "learning_rate": 1e-3, "batch_size": 16, "pos_weight": 5.0}
+
+NODROP = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+RECIPES = [
+    DEFAULT_RECIPE,
+    {"name": "lr3e-3", "learning_rate": 3e-3},
+    {"name": "4heads-nodrop-lr3e-3", "learning_rate": 3e-3,
+     "shape": dict(DEFAULT_RECIPE["shape"], num_attention_heads=4, **NODROP)},
+    {"name": "pw10", "pos_weight": 10.0},
+    {"name": "neg3", "negatives": 3},
+    {"name": "h256-4heads", "shape": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                                      "intermediate_size": 1024}},
+    {"name": "lr5e-4", "learning_rate": 5e-4},
+    {"name": "neg3-pw10", "negatives": 3, "pos_weight": 10.0},
+    {"name": "neg1", "negatives": 1},
+    {"name": "neg3-h256-4heads", "negatives": 3, "shape": {"hidden_size": 256, "num_hidden_layers": 4,
+                                                           "num_attention_heads": 4, "intermediate_size": 1024}},
+    {"name": "neg3-lr2e-3", "negatives": 3, "learning_rate": 2e-3},
+]
+SELECT_SENTENCES = 150   # held out of the 90 % to pick the best checkpoint during training
+
+
+def learning_data():
+    sentences = common.cluener()
+    train_all, test = common.split(sentences, 0.1, seed=0)
+    return train_all[SELECT_SENTENCES:], train_all[:SELECT_SENTENCES], test
+
+
+def learning_run(recipe, n_sentences, minutes, name=None, test=True, threads=None):
+    """Train a fresh scratch UIE with ``recipe`` on ``n_sentences`` for ``minutes``."""
+    pool, select, test_sentences = learning_data()
+    n = len(pool) if n_sentences in (None, "all") else int(n_sentences)
+    data = common.WORK / "data" / "learning"
+    train_path = data / f"train-{n}.jsonl"
+    if not train_path.exists():
+        write_jsonl(train_path, common.uie_examples(pool[:n]))
+    dev_path = data / "select.jsonl"
+    if not dev_path.exists():
+        write_jsonl(dev_path, common.uie_examples(select))
+    test_path = data / "test.jsonl"
+    if not test_path.exists():
+        write_jsonl(test_path, common.uie_examples(test_sentences))
+    recipe = dict(DEFAULT_RECIPE, **recipe)
+    negatives = recipe.get("negatives")
+    if negatives is not None:
+        train_path = data / f"train-{n}-neg{negatives}.jsonl"
+        if not train_path.exists():
+            write_jsonl(train_path, common.uie_examples(pool[:n], negatives=negatives))
+    n_examples = sum(1 for _ in open(train_path, encoding="utf-8"))
+    name = name or f"learn-{recipe['name']}-{n}"
+    save_dir = common.WORK / "runs" / name / "ckpt"
+    shutil.rmtree(save_dir, ignore_errors=True)
+    batch_size = recipe.get("batch_size", 16)
+    base = {"build": recipe["shape"], "save_dir": str(save_dir), "train": str(train_path)}
+    if recipe.get("output_bias") is not None:
+        base["build"] = dict(recipe["shape"], output_bias=recipe["output_bias"])
+    rate = run_worker(dict(base, probe=20, kwargs={"batch_size": batch_size, "max_seq_len": 128}),
+                      name + "-probe", threads=threads)["examples_per_second"]
+    budget = minutes * 60
+    # The LR schedule should end when the time does: epochs from the measured rate,
+    # leaving ~15 % of the time to the evaluations on the selection set.
+    epochs = max(1, round(budget * 0.85 * rate / n_examples))
+    steps = math.ceil(n_examples / batch_size) * epochs
+    valid_steps = max(10, steps // 10)
+    kwargs = {"learning_rate": recipe["learning_rate"], "num_epochs": epochs, "batch_size": batch_size,
+              "max_seq_len": 128, "valid_steps": valid_steps, "logging_steps": 20,
+              "patience": 1000, "pos_weight": recipe.get("pos_weight", 5.0), "max_seconds": budget}
+    spec = dict(base, dev=str(dev_path), kwargs=kwargs)
+    if test:
+        spec["test"] = str(test_path)
+    log(f"learning {name}: {n} sentences ({n_examples} examples), {epochs} epochs, "
+        f"probe {rate:.0f} examples/s, budget {minutes} min")
+    result = run_worker(spec, name, threads=threads)
+    curve = [{"minutes": round(h["seconds"] / 60, 2), "dev_f1": h["f1"], "epoch": h["epoch"],
+              "step": h["step"]} for h in result["history"]]
+    out = {"recipe": recipe, "sentences": n, "threads": threads or "default", "examples": n_examples, "minutes_budget": minutes,
+           "epochs_planned": epochs, "epochs_run": result["epochs_run"], "steps": result["steps"],
+           "probe_examples_per_second": round(rate, 1), "train_rate": round(result["train_rate"], 1),
+           "train_minutes": round(result["train_seconds"] / 60, 2), "best_dev_f1": result["f1"],
+           "curve": curve}
+    if test:
+        t = result["test"]
+        out["test"] = {k: t[k] for k in ("precision", "recall", "f1", "gold", "predicted", "tp")}
+        out["test"]["per_label_f1"] = {k: v["f1"] for k, v in t["per_label"].items()}
+        out["test"]["eval_seconds"] = t["seconds"]
+    if test and out["test"]["predicted"]:      # keep it for the agreement section
+        keep = common.WORK / "models" / f"learned-{name}"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(save_dir / "model_best", keep)
+        (keep / "bench_test_f1.txt").write_text(str(out["test"]["f1"]))
+    shutil.rmtree(save_dir, ignore_errors=True)
+    log(f"learning {name}: best dev f1 {out['best_dev_f1']}, test {out.get('test', {}).get('f1')}, "
+        f"{out['train_minutes']} min, curve {[(c['minutes'], c['dev_f1']) for c in curve]}")
+    return out
+
+
+def trained_tutorial_model(minutes=3.0):
+    """A small scratch UIE trained on CLUENER mapped to the tutorial's prompts (for agreement,
+    when no learning run has left a model)."""
+    import uie_model
+
+    path = common.WORK / "models" / "trained-tutorial"
+    if uie_model.is_model_dir(path / "model_best"):
+        return path / "model_best"
+    sentences = common.cluener()[3000:3500]
+    prompts = dict(common.TUTORIAL_MAP, _time="时间", _price="价格", _weather="天气")
+    train = common.uie_examples(sentences, prompts=prompts, negatives=3)
+    data = common.WORK / "data" / "tutorial"
+    best = recipe()
+    spec = {"build": best["shape"], "save_dir": str(path),
+            "train": str(write_jsonl(data / "train.jsonl", train)),
+            "dev": str(write_jsonl(data / "dev.jsonl", common.uie_examples(sentences[:100], prompts=prompts))),
+            "kwargs": {"learning_rate": best["learning_rate"], "num_epochs": 30, "batch_size": 16,
+                       "max_seq_len": 128, "valid_steps": 100, "patience": 1000,
+                       "pos_weight": best.get("pos_weight", 5.0), "max_seconds": minutes * 60}}
+    result = run_worker(spec, "trained-tutorial")
+    log(f"tutorial model: dev f1 {result['f1']} after {result['train_seconds']}s")
+    return path / "model_best"
+
+
+# The recipe the learning section uses unless told otherwise (the best of the
+# short `--only recipes` runs, see results.md).
+BEST_RECIPE = "neg3"
+
+
+def recipe(name=None) -> dict:
+    name = name or BEST_RECIPE
+    for r in RECIPES:
+        if r["name"] == name:
+            return dict(DEFAULT_RECIPE, **r)
+    raise SystemExit(f"unknown recipe {name!r}: {', '.join(r['name'] for r in RECIPES)}")
+
+
+def best_learned_model():
+    """The learning run model with the best test F1 (kept under work/models/learned-*), or None."""
+    best = None
+    for f in (common.WORK / "models").glob("learned-*/bench_test_f1.txt"):
+        score = float(f.read_text())
+        if best is None or score > best[0]:
+            best = (score, f.parent)
+    return best and best[1]
