@@ -80,6 +80,7 @@ def main(argv=None):
 
     import uie_model
 
+    uie_model.use_all_cores()
     try:
         examples = read_examples(args.test_path)
         device = uie_model.select_device(args.device)

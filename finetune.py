@@ -36,9 +36,15 @@ SCRATCH_STEPS = 2000
 # Its dev F1 is also noisy for many epochs (it first finds spans regardless of the
 # prompt, then learns which prompt asks for which), so it gets far more patience;
 # its epochs (None) follow the data size: about SCRATCH_STEPS optimizer steps.
+# A scratch model also learns an auxiliary tagging task (see ``encode_tagging``):
+# one prompt-free pass per content that marks the spans of every prompt at once,
+# so its encoder learns what the spans look like far sooner than from one
+# (content, prompt) input at a time. The tagging head is not saved.
 DEFAULTS = {
-    "scratch": {"learning_rate": 5e-4, "num_epochs": None, "pos_weight": 5.0, "patience": 30},
-    "pretrained": {"learning_rate": 1e-5, "num_epochs": 20, "pos_weight": 1.0, "patience": 5},
+    "scratch": {"learning_rate": 5e-4, "num_epochs": None, "pos_weight": 5.0, "patience": 30,
+                "tagging_weight": 1.0},
+    "pretrained": {"learning_rate": 1e-5, "num_epochs": 20, "pos_weight": 1.0, "patience": 5,
+                   "tagging_weight": 0.0},
 }
 
 
@@ -56,16 +62,17 @@ def token_span(t_starts, t_ends, start, end):
     return (first, last) if first <= last else None
 
 
-def encode_examples(examples, tokenizer, max_seq_len):
+def encode_examples(examples, tokenizer, max_seq_len, origins=None):
     """Model inputs with start/end targets: ``[(ids, c0, start_idx, end_idx)]``.
 
     Long contents are split into the same overlapping windows prediction
-    uses; a window is trained on the spans it holds whole.
+    uses; a window is trained on the spans it holds whole. With a list as
+    ``origins``, the index of each input's example is appended to it.
     """
     import uie_model
 
     cache, out, dropped = {}, [], 0
-    for ex in examples:
+    for n, ex in enumerate(examples):
         content = ex["content"]
         if content not in cache:
             cache[content] = tokenizer.tokenize(content)
@@ -86,14 +93,97 @@ def encode_examples(examples, tokenizer, max_seq_len):
             seq = [tokenizer.cls_id, *p_ids, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id]
             inside = [(s, e) for s, e in spans if lo <= s and e < hi]
             out.append((seq, c0, [c0 + s - lo for s, _ in inside], [c0 + e - lo for _, e in inside]))
+            if origins is not None:
+                origins.append(n)
     if dropped:
         log.warning("%d gold spans cover no token (only whitespace?) and were skipped", dropped)
     return out
 
 
-def batches(encoded, batch_size, rng):
+def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
+    """The auxiliary tagging task of a scratch model: each distinct content once.
+
+    Inputs are ``[CLS] [SEP] content [SEP]`` (no prompt); targets are start/end
+    marks for every prompt class at once, and a mask of the classes the examples
+    ask about this content (a prompt nobody asked says nothing either way).
+    Returns ``(classes, [(ids, c0, asked, starts, ends)])`` with ``starts``/``ends``
+    lists of (position, class).
+    """
+    import uie_model
+
+    counts = {}
+    for ex in examples:
+        counts[ex["prompt"]] = counts.get(ex["prompt"], 0) + 1
+    classes = sorted(counts, key=lambda p: (-counts[p], p))[:max_classes]
+    index = {p: k for k, p in enumerate(classes)}
+    by_content = {}
+    for ex in examples:
+        k = index.get(ex["prompt"])
+        if k is None:
+            continue
+        asked, spans = by_content.setdefault(ex["content"], (set(), set()))
+        asked.add(k)
+        spans.update((k, r["start"], r["end"]) for r in ex["result_list"])
+    out = []
+    for content, (asked, spans) in by_content.items():
+        ids, t_starts, t_ends = tokenizer.tokenize(content)
+        if not ids:
+            continue
+        token_spans = []
+        for k, s, e in spans:
+            ts = token_span(t_starts, t_ends, s, e)
+            if ts:
+                token_spans.append((k, *ts))
+        for lo, hi, _, _ in uie_model.windows(len(ids), max_seq_len - 3):
+            seq = [tokenizer.cls_id, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id]
+            inside = [(k, s, e) for k, s, e in token_spans if lo <= s and e < hi]
+            out.append((seq, 2, sorted(asked), [(2 + s - lo, k) for k, s, _ in inside],
+                        [(2 + e - lo, k) for k, _, e in inside]))
+    return classes, out
+
+
+def tagging_tensors(items, pad_id, n_classes):
+    import paddle
+
+    width = max(len(x[0]) for x in items)
+    n = len(items)
+    ids = np.full((n, width), pad_id, dtype="int64")
+    types = np.zeros((n, width), dtype="int64")
+    mask = np.zeros((n, width), dtype="float32")
+    asked = np.zeros((n, 1, n_classes), dtype="float32")
+    start = np.zeros((n, width, n_classes), dtype="float32")
+    end = np.zeros((n, width, n_classes), dtype="float32")
+    for r, (seq, c0, classes, s_marks, e_marks) in enumerate(items):
+        ids[r, : len(seq)] = seq
+        types[r, c0: len(seq)] = 1
+        mask[r, : len(seq)] = 1
+        asked[r, 0, classes] = 1
+        for p, k in s_marks:
+            start[r, p, k] = 1
+        for p, k in e_marks:
+            end[r, p, k] = 1
+    pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype="int64"), (n, width)))
+    t = paddle.to_tensor
+    return t(ids), t(types), t(pos), t(mask), t(asked), t(start), t(end)
+
+
+def sample_negatives(examples, origins, max_negatives, rng):
+    """Indices of the inputs to train on this epoch: every example with a span,
+    and at most ``max_negatives`` empty ones (drawn anew) per content."""
+    empty = {}
+    for n, ex in enumerate(examples):
+        if not ex["result_list"]:
+            empty.setdefault(ex["content"], []).append(n)
+    drop = set()
+    for group in empty.values():
+        if len(group) > max_negatives:
+            drop.update(rng.sample(group, len(group) - max_negatives))
+    return [k for k, n in enumerate(origins) if n not in drop]
+
+
+def batches(encoded, batch_size, rng, order=None):
     """Length-bucketed batches in random order (little padding, still shuffled)."""
-    order = list(range(len(encoded)))
+    order = list(range(len(encoded))) if order is None else list(order)
     rng.shuffle(order)
     chunk = batch_size * 50
     result = []
@@ -147,7 +237,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
              num_epochs=None, batch_size=16, max_seq_len=128, seed=1000, logging_steps=10,
              valid_steps=100, device="cpu", patience=None, weight_decay=0.01,
              warmup_proportion=0.06, init_from_ckpt=None, max_seconds=None,
-             pos_weight=None) -> dict:
+             pos_weight=None, tagging_weight=None, max_negatives=None) -> dict:
     """Train the UIE in ``model_dir`` and save the best one to ``save_dir/model_best``.
 
     Returns the metrics of the saved model (also written to ``save_dir/metrics.json``).
@@ -158,6 +248,10 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 
     if not train_examples:
         raise DataError("the training set is empty")
+    if max_negatives is not None and max_negatives < 0:
+        raise DataError(f"max_negatives must be 0 or more, not {max_negatives}")
+    if tagging_weight is not None and tagging_weight < 0:
+        raise DataError(f"tagging_weight must be 0 or more, not {tagging_weight}")
     kind = model_kind(model_dir)
     learning_rate = learning_rate or DEFAULTS[kind]["learning_rate"]
     pos_weight = pos_weight or DEFAULTS[kind]["pos_weight"]
@@ -174,12 +268,25 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         model.set_state_dict(paddle.load(str(state_path)))
     tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
     max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
-    encoded = encode_examples(train_examples, tokenizer, max_seq_len)
+    origins = []
+    encoded = encode_examples(train_examples, tokenizer, max_seq_len, origins)
     if not encoded:
         raise DataError("no training example has any token")
+    tagging_weight = DEFAULTS[kind].get("tagging_weight", 0.0) if tagging_weight is None else tagging_weight
+    tagger, tag_encoded, tag_classes = None, [], []
+    if tagging_weight > 0:
+        tag_classes, tag_encoded = encode_tagging(train_examples, tokenizer, max_seq_len)
+        if tag_encoded:
+            tagger = paddle.nn.Linear(model.config.hidden_size, 2 * len(tag_classes))
     predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
                                        batch_size=max(batch_size, 32))
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    def epoch_order():
+        if max_negatives is None:
+            return range(len(encoded))
+        return sample_negatives(train_examples, origins, max_negatives, rng)
+
+    rng = random.Random(seed)
+    steps_per_epoch = math.ceil(len(epoch_order()) / batch_size)
     num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
         20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
     total_steps = steps_per_epoch * num_epochs
@@ -188,17 +295,19 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         learning_rate, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
     decay_params = [p.name for n, p in model.named_parameters()
                     if not any(k in n for k in ("bias", "norm"))]
+    parameters = model.parameters() + (tagger.parameters() if tagger else [])
     optimizer = paddle.optimizer.AdamW(
-        learning_rate=schedule, parameters=model.parameters(), weight_decay=weight_decay,
+        learning_rate=schedule, parameters=parameters, weight_decay=weight_decay,
         apply_decay_param_fun=lambda name: name in decay_params,
         grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     log.info("model %s (%s), %d train examples -> %d inputs, %d dev examples, lr %g, "
-             "%d epochs x %d steps, batch %d, device %s", model_dir, kind, len(train_examples),
-             len(encoded), len(dev_examples), learning_rate, num_epochs, steps_per_epoch,
-             batch_size, device)
+             "%d epochs x %d steps, batch %d, device %s, tagging %s, negatives per content %s",
+             model_dir, kind, len(train_examples), len(encoded), len(dev_examples), learning_rate,
+             num_epochs, steps_per_epoch, batch_size, device,
+             f"{tagging_weight:g} x {len(tag_classes)} classes" if tagger else "off",
+             "all" if max_negatives is None else max_negatives)
 
     best, bad_evals, step, seen = None, 0, 0, 0
     started = time.time()
@@ -222,19 +331,37 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         return metrics["f1"] >= 1.0 or bad_evals >= patience or (
             max_seconds is not None and time.time() - started > max_seconds)
 
+    def span_loss(start_p, end_p, start_t, end_t, mask):
+        bce = paddle.nn.functional.binary_cross_entropy
+        w_start = mask * (1 + (pos_weight - 1) * start_t)
+        w_end = mask * (1 + (pos_weight - 1) * end_t)
+        return (bce(start_p, start_t, weight=w_start, reduction="sum")
+                + bce(end_p, end_t, weight=w_end, reduction="sum")) / (2 * mask.sum())
+
+    def tag_batches():
+        while True:
+            yield from batches(tag_encoded, batch_size, rng)
+
+    def tagging_loss(items):
+        ids, types, pos, mask, asked, start_t, end_t = tagging_tensors(items, tokenizer.pad_id, len(tag_classes))
+        hidden = model.ernie(input_ids=ids, token_type_ids=types, position_ids=pos, attention_mask=mask)[0]
+        probs = paddle.nn.functional.sigmoid(tagger(hidden))
+        start_p, end_p = probs[:, :, 0::2], probs[:, :, 1::2]
+        cell = mask.unsqueeze(-1) * asked
+        return span_loss(start_p, end_p, start_t, end_t, cell)
+
+    tag_iter = tag_batches() if tagger else None
     model.train()
     stop = False
     loss_sum, loss_n = 0.0, 0
     for epoch in range(1, num_epochs + 1):
-        for batch in batches(encoded, batch_size, rng):
+        for batch in batches(encoded, batch_size, rng, epoch_order()):
             ids, types, pos, mask, start_t, end_t = to_tensors([encoded[k] for k in batch], tokenizer.pad_id)
             start_p, end_p = model(input_ids=ids, token_type_ids=types, position_ids=pos,
                                    attention_mask=mask)
-            bce = paddle.nn.functional.binary_cross_entropy
-            w_start = mask * (1 + (pos_weight - 1) * start_t)
-            w_end = mask * (1 + (pos_weight - 1) * end_t)
-            loss = (bce(start_p, start_t, weight=w_start, reduction="sum")
-                    + bce(end_p, end_t, weight=w_end, reduction="sum")) / (2 * mask.sum())
+            loss = span_loss(start_p, end_p, start_t, end_t, mask)
+            if tagger:
+                loss = loss + tagging_weight * tagging_loss([tag_encoded[k] for k in next(tag_iter)])
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -260,6 +387,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                   train_seconds=round(elapsed, 1),
                   examples_per_second=round(seen / max(elapsed, 1e-9), 2),
                   learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
+                  tagging_weight=tagging_weight if tagger else 0.0, max_negatives=max_negatives,
                   model=str(model_dir), kind=kind, history=history)
     (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
@@ -289,10 +417,16 @@ def main(argv=None):
     parser.add_argument("--max_seconds", type=float, default=None, help="stop after this much training time")
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--warmup_proportion", type=float, default=0.06)
+    parser.add_argument("--max_negatives", type=int, default=None,
+                        help="train each epoch on at most N prompts without spans per content, drawn anew (default: all)")
+    parser.add_argument("--tagging_weight", type=float, default=None,
+                        help="weight of the auxiliary prompt-free tagging loss (default: 1 for scratch, 0 for pretrained)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     args = parser.parse_args(argv)
 
     import uie_model
+
+    uie_model.use_all_cores()
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(message)s", force=True)
 
@@ -312,7 +446,8 @@ def main(argv=None):
             seed=args.seed, logging_steps=args.logging_steps, valid_steps=args.valid_steps,
             device=device, patience=args.early_stopping_patience, weight_decay=args.weight_decay,
             warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
-            max_seconds=args.max_seconds)
+            max_seconds=args.max_seconds, max_negatives=args.max_negatives,
+            tagging_weight=args.tagging_weight)
     except (DataError, uie_model.ModelLoadError, FileNotFoundError) as exc:
         print(f"finetune.py: error: {exc}", file=sys.stderr)
         return 2

@@ -145,12 +145,21 @@ def ls_task(task_id, sentence, prompts=CLUENER_PROMPTS):
 # models
 
 def model_dir(name, **shape) -> Path:
-    """``bench/work/models/<name>``, built once (random weights, fixed seed)."""
+    """``bench/work/models/<name>``, built once (random weights, fixed seed).
+
+    It stands in for the pretrained model of that shape, so it is not marked as
+    a scratch model: finetune.py and the server treat it as they would uie-nano
+    or uie-base (pretrained defaults, no auxiliary tagging pass).
+    """
     import uie_model
 
     path = WORK / "models" / name
     if not uie_model.is_model_dir(path):
         uie_model.build_scratch(path, **shape)
+    cfg = path / "tokenizer_config.json"
+    config = json.loads(cfg.read_text(encoding="utf-8"))
+    if config.pop("vocab_kind", None) is not None:
+        cfg.write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
     return path
 
 

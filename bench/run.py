@@ -80,11 +80,13 @@ def main(argv=None):
 
     if "profile" in sections:
         shapes = [s.strip() for s in args.profile_shapes.split(",") if s.strip()]
-        save("profile", {shape: serving.profile(shape, quick=args.quick) for shape in shapes})
+        value = {shape: serving.profile(shape, quick=args.quick) for shape in shapes}
+        value["training_threads"] = training.training_threads()
+        save("profile", value)
 
     if "training" in sections:
         value = {"rate": {shape: training.training_rate(shape, quick=args.quick)
-                          for shape in ("nano", "base")}}
+                          for shape in ("nano", "base", "scratch")}}
         value["train_to_served"] = training.train_to_served(
             n_tasks=60 if args.quick else 200, epochs=args.train_epochs or None)
         save("training", value)
@@ -146,12 +148,21 @@ def _f(x, digits=2):
 
 def _recipe(r) -> str:
     shape = r["shape"]
-    drop = shape.get("hidden_dropout_prob", 0.1)
+    drop = shape.get("hidden_dropout_prob", 0.0)     # uie_model.SCRATCH_SHAPE has no dropout
     neg = r.get("negatives")
+    max_neg = r.get("max_negatives")
+    if neg is not None:
+        prompts = f"at most {neg} empty prompts per sentence (fixed)"
+    elif max_neg is not None:
+        prompts = f"at most {max_neg} empty prompts per sentence, drawn anew each epoch"
+    else:
+        prompts = "all 10 prompts per sentence"
+    tagging = r.get("tagging_weight") or 0
     return (f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
-            f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}, dropout {drop:g}; "
-            f"lr {r['learning_rate']:g}, batch {r.get('batch_size', 16)}, pos_weight {r.get('pos_weight', 5.0):g}; "
-            + (f"at most {neg} empty prompts per sentence" if neg is not None else "all 10 prompts per sentence"))
+            f"{shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}, dropout {drop:g}"
+            + f"; lr {r['learning_rate']:g}, batch {r.get('batch_size', 16)}, pos_weight {r.get('pos_weight', 5.0):g}; "
+            + prompts
+            + (f"; auxiliary tagging loss, weight {tagging:g}" if tagging else ""))
 
 
 def _ok(flag):
@@ -239,7 +250,9 @@ def report(results) -> str:
     if tr:
         lines += ["## 3. Training", "", "`finetune.finetune` on CLUENER sentences × 10 prompts (one example = one "
                   "sentence with one prompt), batch 16, max_seq_len 128 (the server's TRAIN_* defaults); the rate "
-                  "is the one finetune logs before its first evaluation.", "",
+                  "is the one finetune logs before its first evaluation. The nano and base shapes stand in for "
+                  "pretrained uie-nano / uie-base (pretrained defaults); `scratch` is the backend's scratch model "
+                  "(hidden 128, 2 layers), which also trains the auxiliary tagging pass.", "",
                   "| shape | examples | examples/s |", "|---|---|---|"]
         for shape, r in tr.get("rate", {}).items():
             lines.append(f"| {shape} | {r['examples']} | {_f(r['examples_per_second'], 1)} |")
@@ -289,6 +302,26 @@ def report(results) -> str:
             for row in p["rows"]:
                 lines.append(f"| {shape} ({p['short_texts']} texts) | {row['batch_size']} | {row['short_s']} | "
                              f"{row['short_vs_16']} | {row['long_s']} | {row['long_vs_16']} |")
+        threaded = [s for s in ("base", "nano") if (prof.get(s) or {}).get("threads")]
+        if threaded:
+            lines += ["", "## Profile: math threads and Paddle Inference", "",
+                      "The same forward batches (short texts, batch 16) four ways: Paddle dygraph as the server "
+                      "runs it (its math library uses **one** thread unless `paddle.base.core.set_num_threads` is "
+                      "called; `OMP_NUM_THREADS` does not change that), dygraph with all cores, and Paddle "
+                      "Inference (the static model Taskflow exports, oneDNN) with one thread and with all cores. "
+                      "Speed-up over the first.", "",
+                      "| shape | variant | seconds | speed-up |", "|---|---|---|---|"]
+            for shape in threaded:
+                for name, v in prof[shape]["threads"].items():
+                    lines.append(f"| {shape} | {name.replace('_', ' ')} | {v['seconds']} | {v['speedup']}× |")
+        tt = prof.get("training_threads")
+        if tt:
+            lines += ["", "Training (forward, backward, AdamW; batch 16) examples/s with one and with all math threads:", "",
+                      "| shape | " + " | ".join(k for k in next(iter(tt.values()))) + " |",
+                      "|---|" + "---|" * len(next(iter(tt.values())))]
+            for shape, v in tt.items():
+                label = "scratch default (hidden 128, 2 layers)" if shape == "scratch" else shape
+                lines.append(f"| {label} | " + " | ".join(str(x) for x in v.values()) + " |")
         lines.append("")
 
     for key, title in (("learning", "## 5. Learning: a scratch UIE on CLUENER"), ("recipes", "### Recipes tried")):
@@ -312,17 +345,21 @@ def report(results) -> str:
                     seen.add(r["recipe"]["name"])
                     lines.append(f"| {r['recipe']['name']} | {_recipe(r['recipe'])} |")
             lines.append("")
-        lines += ["| recipe | sentences | examples | budget min | trained min | epochs | threads | train ex/s | test P | test R | test F1 | selection F1 along the way (minutes: F1) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| recipe | sentences | examples | budget min | trained min | epochs | threads | train ex/s | examples seen | first selection F1 ≥ 0.1 (min / examples seen) | test P | test R | test F1 | selection F1 along the way (minutes: F1) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in ln["runs"]:
             pts = r["curve"]
             step = max(1, len(pts) // 8)
             shown = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
             curve = ", ".join(f"{c['minutes']:.1f}: {c['dev_f1']:.2f}" for c in shown)
             te = r.get("test", {})
+            bs = r["recipe"].get("batch_size", 16)
+            first = next((c for c in pts if c["dev_f1"] >= 0.1), None)
+            first_s = f"{first['minutes']:.1f} / {first['step'] * bs // 1000}k" if first else "never"
             lines.append(f"| {r['recipe']['name']} | {r['sentences']} | {r['examples']} | {r['minutes_budget']:g} | "
                          f"{r['train_minutes']:.1f} | {r['epochs_run']}/{r['epochs_planned']} | {r.get('threads', 'default')} | "
-                         f"{r['train_rate']} | {_f(te.get('precision'), 3)} | {_f(te.get('recall'), 3)} | "
+                         f"{r['train_rate']} | {r['steps'] * bs // 1000}k | {first_s} | "
+                         f"{_f(te.get('precision'), 3)} | {_f(te.get('recall'), 3)} | "
                          f"**{_f(te.get('f1'), 3)}** | {curve} |")
         lines.append("")
     notes = common.BENCH / "notes.md"

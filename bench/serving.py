@@ -408,5 +408,40 @@ def profile(shape, quick=False):
             row[f"{kind}_s"] = round(t, 2)
             row[f"{kind}_vs_16"] = round(ref[kind] / t, 2)
         out["rows"].append(row)
+    out["threads"] = thread_variants(base, timings[16]["short"], shape, rounds)
     log(f"{shape}: profile {out}")
     return out
+
+
+def thread_variants(predictor, batches, shape, rounds):
+    """The same forward batches: dygraph (as served) with 1 and all math threads,
+    Paddle Inference (oneDNN) with 1 and all threads. Seconds, median of ``rounds``."""
+    import os
+
+    import paddle
+
+    cores = len(os.sched_getaffinity(0))
+    static = common.WORK / "taskflow" / shape / "static" / "inference"
+    if not Path(f"{static}.pdmodel").exists():
+        make_taskflow(common.model_dir(shape, **common.SHAPES[shape]), shape)
+    inf = {n: inference_runner(static, mkldnn=True, threads=n) for n in (1, cores)}
+
+    def dygraph(n):
+        paddle.base.core.set_num_threads(n)
+        try:
+            return time_forward(predictor, batches)
+        finally:
+            paddle.base.core.set_num_threads(1)
+
+    variants = {"dygraph_1_thread": lambda: dygraph(1),
+                f"dygraph_{cores}_threads": lambda: dygraph(cores),
+                "inference_1_thread": lambda: inf[1](batches),
+                f"inference_{cores}_threads": lambda: inf[cores](batches)}
+    for run in inf.values():
+        run(batches[:2])
+    times = {k: [] for k in variants}
+    for _ in range(max(2, rounds)):
+        for k, f in variants.items():
+            times[k].append(f())
+    ref = median(times["dygraph_1_thread"])
+    return {k: {"seconds": round(median(v), 2), "speedup": round(ref / median(v), 2)} for k, v in times.items()}

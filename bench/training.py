@@ -50,15 +50,25 @@ def run_worker(spec, name, timeout=None, threads=None):
 # --------------------------------------------------------------------------
 # 3a. examples/s of finetune.py
 
-RATE_EXAMPLES = {"nano": 1600, "base": 160}
+RATE_EXAMPLES = {"nano": 1600, "base": 160, "scratch": 1600}
 
 
 def training_rate(shape, quick=False):
+    """finetune's examples/s: ``nano``/``base`` as pretrained models train, ``scratch`` as
+    the backend's scratch model does (its shape, with the auxiliary tagging pass)."""
     sentences = common.cluener()[:1000]
     n = RATE_EXAMPLES[shape] // (4 if quick else 1)
     train = common.uie_examples(sentences)[:n]
     data = common.WORK / "data" / "rate"
-    spec = {"model": str(common.model_dir(shape, **common.SHAPES[shape])),
+    if shape == "scratch":
+        import uie_model
+
+        model = common.WORK / "models" / "scratch-default"
+        if not uie_model.is_model_dir(model):
+            uie_model.build_scratch(model)
+    else:
+        model = common.model_dir(shape, **common.SHAPES[shape])
+    spec = {"model": str(model), "math_threads": len(os.sched_getaffinity(0)),   # as finetune.py runs
             "save_dir": str(common.WORK / "runs" / f"rate-{shape}" / "ckpt"),
             "train": str(write_jsonl(data / f"train-{n}.jsonl", train)),
             "dev": str(write_jsonl(data / "dev.jsonl", train[:10])),
@@ -134,10 +144,11 @@ def train_to_served(n_tasks=200, epochs=5, shape="nano"):
 # --------------------------------------------------------------------------
 # 5. learning curves of a scratch UIE on CLUENER
 
-# The backend's scratch defaults (uie_model.SCRATCH_SHAPE, finetune.DEFAULTS["scratch"]).
+# The base every recipe below changes (the first session's scratch shape, lr 1e-3).
 DEFAULT_RECIPE = {"name": "backend-default", "shape": {"hidden_size": 128, "num_hidden_layers": 4,
                                                        "num_attention_heads": 2, "intermediate_size": 512},
                   "learning_rate": 1e-3, "batch_size": 16, "pos_weight": 5.0}
+L2 = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}
 
 NODROP = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 RECIPES = [
@@ -155,6 +166,13 @@ RECIPES = [
     {"name": "neg3-h256-4heads", "negatives": 3, "shape": {"hidden_size": 256, "num_hidden_layers": 4,
                                                            "num_attention_heads": 4, "intermediate_size": 1024}},
     {"name": "neg3-lr2e-3", "negatives": 3, "learning_rate": 2e-3},
+    # The auxiliary tagging loss (finetune.encode_tagging) with negatives drawn anew each epoch.
+    {"name": "tag-neg3", "max_negatives": 3, "tagging_weight": 1.0},
+    {"name": "tag-neg1", "max_negatives": 1, "tagging_weight": 1.0},
+    {"name": "tag-neg3-lr2e-3", "max_negatives": 3, "tagging_weight": 1.0, "learning_rate": 2e-3},
+    {"name": "tag-neg3-l2", "max_negatives": 3, "tagging_weight": 1.0, "shape": L2},
+    {"name": "tag-neg3-h64", "max_negatives": 3, "tagging_weight": 1.0,
+     "shape": {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 256}},
 ]
 SELECT_SENTENCES = 150   # held out of the 90 % to pick the best checkpoint during training
 
@@ -163,6 +181,20 @@ def learning_data():
     sentences = common.cluener()
     train_all, test = common.split(sentences, 0.1, seed=0)
     return train_all[SELECT_SENTENCES:], train_all[:SELECT_SENTENCES], test
+
+
+def epoch_examples(path, max_negatives):
+    """Examples finetune trains on per epoch with ``max_negatives``: all with a span,
+    at most ``max_negatives`` empty ones per content."""
+    spans, empty = 0, {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            ex = json.loads(line)
+            if ex["result_list"]:
+                spans += 1
+            else:
+                empty[ex["content"]] = empty.get(ex["content"], 0) + 1
+    return spans + sum(min(n, max_negatives) for n in empty.values())
 
 
 def learning_run(recipe, n_sentences, minutes, name=None, test=True, threads=None):
@@ -186,6 +218,8 @@ def learning_run(recipe, n_sentences, minutes, name=None, test=True, threads=Non
         if not train_path.exists():
             write_jsonl(train_path, common.uie_examples(pool[:n], negatives=negatives))
     n_examples = sum(1 for _ in open(train_path, encoding="utf-8"))
+    max_negatives = recipe.get("max_negatives")
+    per_epoch = n_examples if max_negatives is None else epoch_examples(train_path, max_negatives)
     name = name or f"learn-{recipe['name']}-{n}"
     save_dir = common.WORK / "runs" / name / "ckpt"
     shutil.rmtree(save_dir, ignore_errors=True)
@@ -193,17 +227,22 @@ def learning_run(recipe, n_sentences, minutes, name=None, test=True, threads=Non
     base = {"build": recipe["shape"], "save_dir": str(save_dir), "train": str(train_path)}
     if recipe.get("output_bias") is not None:
         base["build"] = dict(recipe["shape"], output_bias=recipe["output_bias"])
-    rate = run_worker(dict(base, probe=20, kwargs={"batch_size": batch_size, "max_seq_len": 128}),
-                      name + "-probe", threads=threads)["examples_per_second"]
+    # Paddle's dygraph math library runs on one thread unless told: use every core we were given
+    math_threads = threads or len(os.sched_getaffinity(0))
+    base["math_threads"] = math_threads
     budget = minutes * 60
+    kwargs = {"learning_rate": recipe["learning_rate"], "batch_size": batch_size, "max_seq_len": 128,
+              "patience": 1000, "pos_weight": recipe.get("pos_weight", 5.0),
+              "tagging_weight": recipe.get("tagging_weight", 0.0), "max_negatives": max_negatives}
+    # finetune's own rate over its first 150 steps: the epochs that fill the budget
+    rate = run_worker(dict(base, rate_steps=150, kwargs=kwargs),
+                      name + "-probe", threads=threads)["examples_per_second"]
     # The LR schedule should end when the time does: epochs from the measured rate,
     # leaving ~15 % of the time to the evaluations on the selection set.
-    epochs = max(1, round(budget * 0.85 * rate / n_examples))
-    steps = math.ceil(n_examples / batch_size) * epochs
+    epochs = max(1, round(budget * 0.85 * rate / per_epoch))
+    steps = math.ceil(per_epoch / batch_size) * epochs
     valid_steps = max(10, steps // 10)
-    kwargs = {"learning_rate": recipe["learning_rate"], "num_epochs": epochs, "batch_size": batch_size,
-              "max_seq_len": 128, "valid_steps": valid_steps, "logging_steps": 20,
-              "patience": 1000, "pos_weight": recipe.get("pos_weight", 5.0), "max_seconds": budget}
+    kwargs.update(num_epochs=epochs, valid_steps=valid_steps, logging_steps=20, max_seconds=budget)
     spec = dict(base, dev=str(dev_path), kwargs=kwargs)
     if test:
         spec["test"] = str(test_path)
@@ -212,7 +251,8 @@ def learning_run(recipe, n_sentences, minutes, name=None, test=True, threads=Non
     result = run_worker(spec, name, threads=threads)
     curve = [{"minutes": round(h["seconds"] / 60, 2), "dev_f1": h["f1"], "epoch": h["epoch"],
               "step": h["step"]} for h in result["history"]]
-    out = {"recipe": recipe, "sentences": n, "threads": threads or "default", "examples": n_examples, "minutes_budget": minutes,
+    out = {"recipe": recipe, "sentences": n, "threads": math_threads, "examples": n_examples,
+           "examples_per_epoch": per_epoch, "minutes_budget": minutes,
            "epochs_planned": epochs, "epochs_run": result["epochs_run"], "steps": result["steps"],
            "probe_examples_per_second": round(rate, 1), "train_rate": round(result["train_rate"], 1),
            "train_minutes": round(result["train_seconds"] / 60, 2), "best_dev_f1": result["f1"],
@@ -259,7 +299,7 @@ def trained_tutorial_model(minutes=3.0):
 
 # The recipe the learning section uses unless told otherwise (the best of the
 # short `--only recipes` runs, see results.md).
-BEST_RECIPE = "neg3"
+BEST_RECIPE = "tag-neg3-l2"
 
 
 def recipe(name=None) -> dict:
@@ -278,3 +318,28 @@ def best_learned_model():
         if best is None or score > best[0]:
             best = (score, f.parent)
     return best and best[1]
+
+
+def training_threads(shapes=("nano", "scratch")):
+    """Training examples/s (probe: forward, backward, AdamW) with 1 and with all math threads."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    data = common.WORK / "data" / "rate"
+    train = write_jsonl(data / "threads.jsonl", common.uie_examples(common.cluener()[:200]))
+    out = {}
+    for shape in shapes:
+        if shape == "scratch":
+            source = {"build": L2}     # uie_model.SCRATCH_SHAPE
+        else:
+            source = {"model": str(common.model_dir(shape, **common.SHAPES[shape]))}
+        row = {}
+        for n in (1, cores, 1, cores):      # twice, interleaved
+            spec = dict(source, save_dir=str(common.WORK / "runs" / f"threads-{shape}"), train=str(train),
+                        probe=30, math_threads=n, kwargs={"batch_size": 16, "max_seq_len": 128})
+            rate = run_worker(spec, f"threads-{shape}-{n}")["examples_per_second"]
+            row.setdefault(n, []).append(rate)
+        out[shape] = {f"{n}_threads": round(max(v), 1) for n, v in row.items()}
+        out[shape]["speedup"] = round(max(row[cores]) / max(row[1]), 2)
+        log(f"training threads {shape}: {out[shape]}")
+    return out

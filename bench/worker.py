@@ -76,17 +76,31 @@ def probe(spec, model_dir, train):
     model.train()
     tok = uie_model.OffsetTokenizer.from_dir(model_dir)
     enc = finetune.encode_examples(train, tok, kw.get("max_seq_len", 128))
-    opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=model.parameters())
+    params = model.parameters()
+    tagging = kw.get("tagging_weight", finetune.DEFAULTS["scratch"]["tagging_weight"] if "build" in spec else 0)
+    if tagging:     # the auxiliary tagging pass costs about as much again: time it too
+        classes, tag_enc = finetune.encode_tagging(train, tok, kw.get("max_seq_len", 128))
+        tagger = paddle.nn.Linear(model.config.hidden_size, 2 * len(classes))
+        tag_batches = finetune.batches(tag_enc, batch_size, random.Random(0))
+        params = params + tagger.parameters()
+    opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=params)
     batches = finetune.batches(enc, batch_size, random.Random(0))
     steps = spec["probe"]
     seen, started = 0, None
+    bce = paddle.nn.functional.binary_cross_entropy
     for i, batch in enumerate(batches[: steps + 3]):
         if i == 3:
             started, seen = time.perf_counter(), 0
         ids, types, pos, mask, s, e = finetune.to_tensors([enc[k] for k in batch], tok.pad_id)
         sp, ep = model(input_ids=ids, token_type_ids=types, position_ids=pos, attention_mask=mask)
-        loss = (paddle.nn.functional.binary_cross_entropy(sp, s, weight=mask)
-                + paddle.nn.functional.binary_cross_entropy(ep, e, weight=mask))
+        loss = bce(sp, s, weight=mask) + bce(ep, e, weight=mask)
+        if tagging:
+            items = [tag_enc[k] for k in tag_batches[i % len(tag_batches)]]
+            ids, types, pos, mask, _, s, e = finetune.tagging_tensors(items, tok.pad_id, len(classes))
+            out = model.ernie(input_ids=ids, token_type_ids=types, position_ids=pos, attention_mask=mask,
+                              output_hidden_states=True, return_dict=True)
+            probs = paddle.nn.functional.sigmoid(tagger(out.hidden_states[-1]))
+            loss = loss + bce(probs[:, :, 0::2], s) + bce(probs[:, :, 1::2], e)
         loss.backward()
         opt.step()
         opt.clear_grad()
@@ -106,10 +120,21 @@ def main(spec_path, result_path):
     logging.getLogger("finetune").addHandler(rate_log)
     save_dir = Path(spec["save_dir"])
     save_dir.mkdir(parents=True, exist_ok=True)
+    if spec.get("math_threads"):   # Paddle's dygraph math library uses one thread unless told
+        import paddle
+
+        paddle.base.core.set_num_threads(int(spec["math_threads"]))
     model_dir = build(spec) if "build" in spec else Path(spec["model"])
     train = read_examples(spec["train"])
     if "probe" in spec:
         result = probe(spec, model_dir, train)
+    elif "rate_steps" in spec:   # finetune itself for that many steps: its own logged examples/s
+        steps = spec["rate_steps"]
+        kwargs = dict(spec["kwargs"], num_epochs=1, valid_steps=steps, logging_steps=steps, max_seconds=0)
+        done = finetune.finetune(train, train[:10], model_dir, save_dir / "rate", device="cpu", **kwargs)
+        # a data set of fewer steps ends its epoch first: then finetune's overall rate
+        rate = rate_log.rates[0][1] if rate_log.rates else done["examples_per_second"]
+        result = {"examples_per_second": rate, "steps": min(steps, done["steps"])}
     else:
         dev = read_examples(spec["dev"]) if spec.get("dev") else None
         started = time.time()

@@ -1,0 +1,90 @@
+"""finetune.py's training inputs: the auxiliary tagging task and negatives drawn per epoch."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+
+
+@pytest.fixture(scope="module")
+def tokenizer(scratch_small):
+    import uie_model
+
+    return uie_model.OffsetTokenizer.from_dir(scratch_small)
+
+
+def test_tagging_marks_every_prompts_spans_in_one_prompt_free_input(tokenizer):
+    import finetune
+
+    text = "张三在北京工作。"
+    examples = [
+        {"content": text, "prompt": PERSON, "result_list": [{"text": "张三", "start": 0, "end": 2}]},
+        {"content": text, "prompt": PLACE, "result_list": [{"text": "北京", "start": 3, "end": 5}]},
+        {"content": "今天很好。", "prompt": PLACE, "result_list": []},
+    ]
+    classes, encoded = finetune.encode_tagging(examples, tokenizer, 64)
+    assert sorted(classes) == sorted([PERSON, PLACE])
+    assert len(encoded) == 2                       # one input per content, not per prompt
+    seq, c0, asked, starts, ends = encoded[0]
+    assert seq[:2] == [tokenizer.cls_id, tokenizer.sep_id] and seq[-1] == tokenizer.sep_id and c0 == 2
+    assert seq[c0:-1] == tokenizer.tokenize(text)[0]
+    person, place = classes.index(PERSON), classes.index(PLACE)
+    assert sorted(asked) == sorted([person, place])
+    assert sorted(starts) == sorted([(c0 + 0, person), (c0 + 3, place)])
+    assert sorted(ends) == sorted([(c0 + 1, person), (c0 + 4, place)])
+    # A content asked about one prompt only says nothing about the others.
+    assert encoded[1][2] == [place] and encoded[1][3] == [] and encoded[1][4] == []
+
+
+def test_tagging_windows_long_contents_like_prediction(tokenizer):
+    import finetune
+
+    examples = uie_examples(EDGE_CASES[5:6])          # the long text with spans far apart
+    _, encoded = finetune.encode_tagging(examples, tokenizer, SEQ_LEN)
+    assert len(encoded) > 1 and all(len(seq) <= SEQ_LEN for seq, *_ in encoded)
+    marked = sum(len(starts) for _, _, _, starts, _ in encoded)
+    assert marked >= 4                                  # every span lies whole in some window
+
+
+def test_negatives_are_capped_per_content_and_drawn_anew(tokenizer):
+    import finetune
+
+    prompts = [f"标签{k}" for k in range(8)]
+    examples = []
+    for n, (text, spans) in enumerate(EDGE_CASES[:4]):
+        for k, prompt in enumerate(prompts):
+            result = [{"text": text[s:e], "start": s, "end": e} for _, s, e in spans] if k == n else []
+            examples.append({"content": text, "prompt": prompt, "result_list": result})
+    origins = []
+    encoded = finetune.encode_examples(examples, tokenizer, 128, origins)
+    assert len(origins) == len(encoded) == len(examples)
+    rng = random.Random(0)
+    draws = [finetune.sample_negatives(examples, origins, 2, rng) for _ in range(5)]
+    for kept in draws:
+        chosen = [examples[origins[k]] for k in kept]
+        assert sum(1 for ex in chosen if ex["result_list"]) == 4          # every positive, every time
+        for text, _ in EDGE_CASES[:4]:
+            assert sum(1 for ex in chosen if ex["content"] == text and not ex["result_list"]) == 2
+    assert len({tuple(sorted(k)) for k in draws}) > 1
+
+
+def test_a_scratch_model_trained_with_tagging_saves_only_the_uie(tmp_path, scratch_small):
+    """The tagging head helps training and is not part of the saved model."""
+    import paddle
+
+    import finetune
+
+    metrics = finetune.finetune(uie_examples(), None, scratch_small, tmp_path, learning_rate=1e-3,
+                                num_epochs=3, batch_size=8, max_seq_len=SEQ_LEN, valid_steps=0,
+                                device="cpu", max_negatives=1)
+    assert metrics["tagging_weight"] == 1.0 and metrics["max_negatives"] == 1
+    saved = paddle.load(str(tmp_path / "model_best" / "model_state.pdparams"))
+    initial = paddle.load(str(scratch_small / "model_state.pdparams"))
+    assert sorted(saved) == sorted(initial)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["tagging_weight"] == 1.0
+
