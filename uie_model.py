@@ -52,8 +52,9 @@ import paddle  # noqa: E402  (after the environment above)
 def use_all_cores():
     """Let Paddle's dygraph math use ``OMP_NUM_THREADS`` threads (it uses one unless told).
 
-    For one-process jobs (training, evaluation); the server leaves it alone, its
-    requests already run on several threads.
+    For one-process jobs (training, evaluation). The server does not call it yet:
+    whether the setting holds for gunicorn's request threads is unchecked (the
+    bench's profile measures what it would gain).
     """
     paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
 
