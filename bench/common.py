@@ -11,9 +11,7 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +28,11 @@ os.environ["HOME"] = str(HOME)
 os.environ["PPNLP_HOME"] = str(HOME / "ppnlp")
 os.environ.pop("LABEL_STUDIO_URL", None)
 os.environ.pop("LABEL_STUDIO_API_KEY", None)
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import gunicorn_process  # noqa: E402  (tests/gunicorn_process.py: the tests' gunicorn helper)
 
 # The tutorial's seven labels (Label Studio's UIE example), used as UIE prompts.
 LABELS = ["地名", "人名", "组织机构", "时间", "产品", "价格", "天气"]
@@ -166,45 +167,18 @@ def model_dir(name, **shape) -> Path:
 # --------------------------------------------------------------------------
 # gunicorn, as `make run` starts it
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gunicorn:
-    """``python -m gunicorn -c gunicorn.conf.py _wsgi:app`` with ``env`` (see tests/conftest.py)."""
+class Gunicorn(gunicorn_process.Gunicorn):
+    """The tests' gunicorn process (tests/gunicorn_process.py), with bench defaults
+    (its own MODEL_DIR under work/serve, quiet logs) and memory readings."""
 
     def __init__(self, env, log_path, model_root=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         env = dict(env)
-        env.setdefault("MODEL_DIR", str(model_root or (WORK / "serve" / f"models-{self.port}")))
+        env.setdefault("MODEL_DIR", str(model_root or (WORK / "serve" / f"models-{time.time_ns()}")))
         env.setdefault("LOG_LEVEL", "WARNING")
-        full_env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), **env)
-        self.log_path = Path(log_path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.log_path, "wb")
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                      "_wsgi:app"], cwd=REPO, env=full_env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(env, log_path)
 
     def wait(self, timeout=300):
-        import requests
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    self.ready_seconds = time.perf_counter() - self.started
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"gunicorn did not answer: {self.log_path.read_text()[-3000:]}")
+        return super().wait(timeout)
 
     def workers(self) -> list[int]:
         import psutil
@@ -228,22 +202,6 @@ class Gunicorn:
                 "worker_peak_mib": [round(w["VmHWM"], 1) for w in workers],
                 "worker_rss_mib": [round(w["VmRSS"], 1) for w in workers],
                 "total_peak_mib": round(master["VmHWM"] + sum(w["VmHWM"] for w in workers), 1)}
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def __enter__(self):
-        return self.wait()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def post(url, body, timeout=1800):

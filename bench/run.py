@@ -316,7 +316,7 @@ def report(results) -> str:
                     lines.append(f"| {shape} | {name.replace('_', ' ')} | {v['seconds']} | {v['speedup']}× |")
         tt = prof.get("training_threads")
         if tt:
-            lines += ["", "Training (forward, backward, AdamW; batch 16) examples/s with one and with all math threads:", "",
+            lines += ["", "Training examples/s (finetune's first 30 steps, batch 16) with one and with all math threads:", "",
                       "| shape | " + " | ".join(k for k in next(iter(tt.values()))) + " |",
                       "|---|" + "---|" * len(next(iter(tt.values())))]
             for shape, v in tt.items():

@@ -321,9 +321,7 @@ def best_learned_model():
 
 
 def training_threads(shapes=("nano", "scratch")):
-    """Training examples/s (probe: forward, backward, AdamW) with 1 and with all math threads."""
-    import os
-
+    """finetune's training examples/s (its first 30 steps) with 1 and with all math threads."""
     cores = len(os.sched_getaffinity(0))
     data = common.WORK / "data" / "rate"
     train = write_jsonl(data / "threads.jsonl", common.uie_examples(common.cluener()[:200]))
@@ -336,7 +334,7 @@ def training_threads(shapes=("nano", "scratch")):
         row = {}
         for n in (1, cores, 1, cores):      # twice, interleaved
             spec = dict(source, save_dir=str(common.WORK / "runs" / f"threads-{shape}"), train=str(train),
-                        probe=30, math_threads=n, kwargs={"batch_size": 16, "max_seq_len": 128})
+                        rate_steps=30, math_threads=n, kwargs={"batch_size": 16, "max_seq_len": 128})
             rate = run_worker(spec, f"threads-{shape}-{n}")["examples_per_second"]
             row.setdefault(n, []).append(rate)
         out[shape] = {f"{n}_threads": round(max(v), 1) for n, v in row.items()}

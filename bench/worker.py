@@ -7,7 +7,8 @@ metrics, the training rate finetune logged before its first evaluation (so
 evaluation and saving time are not in it), and, with a test file, the test
 metrics of the saved best model.
 
-``{"probe": N}`` instead times N training steps and returns examples/s only.
+``{"rate_steps": N}`` instead runs finetune for N steps and returns the
+examples/s it logged then (how the learning runs plan their epochs).
 """
 
 from __future__ import annotations
@@ -60,55 +61,6 @@ def build(spec):
     return path
 
 
-def probe(spec, model_dir, train):
-    """examples/s of ``steps`` training steps (forward, backward, AdamW), after 3 warm-up steps."""
-    import random
-
-    import paddle
-
-    import finetune
-    import uie_model
-
-    kw = spec.get("kwargs", {})
-    batch_size = kw.get("batch_size", 16)
-    paddle.seed(0)
-    model = uie_model.load_uie(model_dir)
-    model.train()
-    tok = uie_model.OffsetTokenizer.from_dir(model_dir)
-    enc = finetune.encode_examples(train, tok, kw.get("max_seq_len", 128))
-    params = model.parameters()
-    tagging = kw.get("tagging_weight", finetune.DEFAULTS["scratch"]["tagging_weight"] if "build" in spec else 0)
-    if tagging:     # the auxiliary tagging pass costs about as much again: time it too
-        classes, tag_enc = finetune.encode_tagging(train, tok, kw.get("max_seq_len", 128))
-        tagger = paddle.nn.Linear(model.config.hidden_size, 2 * len(classes))
-        tag_batches = finetune.batches(tag_enc, batch_size, random.Random(0))
-        params = params + tagger.parameters()
-    opt = paddle.optimizer.AdamW(learning_rate=1e-4, parameters=params)
-    batches = finetune.batches(enc, batch_size, random.Random(0))
-    steps = spec["probe"]
-    seen, started = 0, None
-    bce = paddle.nn.functional.binary_cross_entropy
-    for i, batch in enumerate(batches[: steps + 3]):
-        if i == 3:
-            started, seen = time.perf_counter(), 0
-        ids, types, pos, mask, s, e = finetune.to_tensors([enc[k] for k in batch], tok.pad_id)
-        sp, ep = model(input_ids=ids, token_type_ids=types, position_ids=pos, attention_mask=mask)
-        loss = bce(sp, s, weight=mask) + bce(ep, e, weight=mask)
-        if tagging:
-            items = [tag_enc[k] for k in tag_batches[i % len(tag_batches)]]
-            ids, types, pos, mask, _, s, e = finetune.tagging_tensors(items, tok.pad_id, len(classes))
-            out = model.ernie(input_ids=ids, token_type_ids=types, position_ids=pos, attention_mask=mask,
-                              output_hidden_states=True, return_dict=True)
-            probs = paddle.nn.functional.sigmoid(tagger(out.hidden_states[-1]))
-            loss = loss + bce(probs[:, :, 0::2], s) + bce(probs[:, :, 1::2], e)
-        loss.backward()
-        opt.step()
-        opt.clear_grad()
-        seen += len(batch)
-    return {"examples_per_second": seen / (time.perf_counter() - started), "steps": steps,
-            "batch_size": batch_size}
-
-
 def main(spec_path, result_path):
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     import finetune
@@ -126,9 +78,7 @@ def main(spec_path, result_path):
         paddle.base.core.set_num_threads(int(spec["math_threads"]))
     model_dir = build(spec) if "build" in spec else Path(spec["model"])
     train = read_examples(spec["train"])
-    if "probe" in spec:
-        result = probe(spec, model_dir, train)
-    elif "rate_steps" in spec:   # finetune itself for that many steps: its own logged examples/s
+    if "rate_steps" in spec:   # finetune itself for that many steps: its own logged examples/s
         steps = spec["rate_steps"]
         kwargs = dict(spec["kwargs"], num_epochs=1, valid_steps=steps, logging_steps=steps, max_seconds=0)
         done = finetune.finetune(train, train[:10], model_dir, save_dir / "rate", device="cpu", **kwargs)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # Before Paddle/PaddleNLP are imported anywhere: keep their caches out of ~.
@@ -21,9 +17,9 @@ os.environ.pop("LABEL_STUDIO_API_KEY", None)
 import json  # noqa: E402
 
 import pytest  # noqa: E402
-import requests  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from gunicorn_process import REPO, Gunicorn, free_port  # noqa: E402,F401  (re-exported to the tests)
+
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 REQUESTS = SHARED / "label-studio-1.23.2" / "requests"
@@ -137,64 +133,6 @@ def trained_client(make_app, trained_model):
 
 def load_request(name):
     return json.loads((REQUESTS / name).read_text(encoding="utf-8"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gunicorn:
-    """A real ``gunicorn -c gunicorn.conf.py _wsgi:app`` process, as ``make run`` starts it.
-
-    It runs in its own process group, so ``stop`` also ends its workers and any
-    training subprocess they started.
-    """
-
-    def __init__(self, env, log_path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), PYTHONUNBUFFERED="1", **env)
-        self.log_path = Path(log_path)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                      "_wsgi:app"], cwd=REPO, env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-
-    def wait(self, timeout=120):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.log_path}): {self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"gunicorn did not answer ({self.log_path}): {self.log_path.read_text()[-3000:]}")
-
-    def get(self, path, **params):
-        reply = requests.get(self.url + path, params=params, timeout=30)
-        assert reply.status_code == 200, f"GET {path}: {reply.status_code} {reply.text[:1000]}"
-        return reply.json()
-
-    def stop(self):
-        for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, None)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-                if sig == signal.SIGTERM:
-                    os.killpg(self.proc.pid, signal.SIGKILL)   # stray training subprocesses
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from gunicorn_process import free_port  # noqa: E402
 LS_VERSION = "1.23.2"
 LS_VENV = REPO / ".venv-ls"
 
@@ -38,12 +39,6 @@ TOKEN = "e2e0legacy0token0123456789abcdef01234567"
 
 class LabelStudioError(RuntimeError):
     """Label Studio could not be installed or started."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, chars=4000) -> str:
@@ -152,7 +147,7 @@ class LabelStudioProcess:
         self.exe = Path(exe)
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._own_data = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ls-e2e-data-"))
