@@ -1,0 +1,168 @@
+"""uie_model: the model inputs training and serving build, pinned on the edge cases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+
+import uie_model
+
+QUERIES = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(scratch_small):
+    return uie_model.OffsetTokenizer.from_dir(scratch_small)
+
+
+@pytest.fixture(scope="module")
+def predictor(scratch_small):
+    return uie_model.UIEPredictor.from_dir(scratch_small, device="cpu", max_seq_len=SEQ_LEN,
+                                           batch_size=4)
+
+
+def expected_inputs(tokenizer, text, prompt, max_seq_len):
+    """``[CLS] prompt [SEP] window [SEP]`` for every window, computed from ``windows()``."""
+    ids = tokenizer.tokenize(text)[0]
+    p_ids = tokenizer.encode(prompt)[: max_seq_len // 2]
+    budget = max_seq_len - 3 - len(p_ids)
+    return [([tokenizer.cls_id, *p_ids, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id],
+             len(p_ids) + 2, lo, own_lo, own_hi)
+            for lo, hi, own_lo, own_hi in uie_model.windows(len(ids), budget)]
+
+
+def serving_inputs(predictor, queries):
+    """``build_inputs`` as ``[(query, prompt, ids, content_start, lo, own_lo, own_hi)]``."""
+    inputs, _ = predictor.build_inputs(queries)
+    out = []
+    for x in inputs:
+        if len(x) == 7:      # before the shared encoder: (job, prompt, ids, lo, own_lo, own_hi, c0)
+            q, prompt, ids, lo, own_lo, own_hi, c0 = x
+            out.append((q, prompt, list(ids), c0, lo, own_lo, own_hi))
+        else:
+            q, prompt, x = x
+            out.append((q, prompt, list(x.ids), x.content_start, x.lo, x.own_lo, x.own_hi))
+    return out
+
+
+def training_inputs(encoded):
+    """``encode_examples`` as ``[(ids, content_start, starts, ends)]``."""
+    return [(list(x[0]), x[1], list(x[2]), list(x[3])) if isinstance(x, tuple) else
+            (list(x.input.ids), x.input.content_start, list(x.starts), list(x.ends)) for x in encoded]
+
+
+def digest(arrays):
+    """A fingerprint of the values and shapes of some arrays (dtype aside)."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(repr(a.shape).encode())
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+class Recorder:
+    """Stands in for the UIE: keeps what it is called with, finds nothing."""
+
+    def __init__(self, config):
+        self.config = config
+        self.calls = []
+
+    def __call__(self, **kwargs):
+        import paddle
+
+        self.calls.append({k: v.numpy() for k, v in kwargs.items()})
+        shape = kwargs["input_ids"].shape
+        return paddle.zeros(shape), paddle.zeros(shape)
+
+
+def test_the_long_text_spans_several_windows(tokenizer):
+    text = EDGE_CASES[5][0]
+    assert len(expected_inputs(tokenizer, text, PERSON, SEQ_LEN)) >= 3
+
+
+def test_serving_inputs_are_the_windows_of_every_prompt(predictor, tokenizer):
+    got = serving_inputs(predictor, QUERIES)
+    want = []
+    for q, (text, prompts) in enumerate(QUERIES):
+        windows = {p: expected_inputs(tokenizer, text, p, SEQ_LEN) for p in prompts}
+        for k in range(len(windows[prompts[0]])):
+            for p in prompts:
+                ids, c0, lo, own_lo, own_hi = windows[p][k]
+                want.append((q, p, ids, c0, lo, own_lo, own_hi))
+    assert got == want
+    assert all(len(ids) <= SEQ_LEN for _, _, ids, *_ in got)
+
+
+def test_training_inputs_are_the_windows_serving_uses(tokenizer):
+    import finetune
+
+    examples = uie_examples()
+    encoded = finetune.encode_examples(examples, tokenizer, SEQ_LEN)
+    got = training_inputs(encoded)
+    want = []
+    for ex in examples:
+        for ids, c0, lo, _, _ in expected_inputs(tokenizer, ex["content"], ex["prompt"], SEQ_LEN):
+            hi = lo + len(ids) - c0 - 1
+            starts, ends = [], []
+            for r in ex["result_list"]:
+                first, last = finetune.token_span(*tokenizer.tokenize(ex["content"])[1:],
+                                                  r["start"], r["end"])
+                if lo <= first and last < hi:
+                    starts.append(c0 + first - lo)
+                    ends.append(c0 + last - lo)
+            want.append((ids, c0, starts, ends))
+    assert got == want
+    # every span of the long text is a target of the window that holds it
+    long_text = EDGE_CASES[5][0]
+    n_long = sum(len(expected_inputs(tokenizer, long_text, p, SEQ_LEN)) for p in (PERSON, PLACE))
+    first_long = sum(len(expected_inputs(tokenizer, ex["content"], ex["prompt"], SEQ_LEN))
+                     for ex in examples[:10])
+    assert [ex["content"] for ex in examples[10:12]] == [long_text, long_text]
+    assert sum(len(s) for _, _, s, _ in got[first_long: first_long + n_long]) >= 4
+
+
+# Fingerprints of the exact arrays the model is given, taken before the
+# encoder was shared by training and serving: the refactor must not move them.
+SERVING_ARRAYS = "6b7c3326911d3ea71c1e3a56b696ab02bef7fc9b"
+TRAINING_ARRAYS = "45e64ad5bbcd51c318e3cb2013dbeefead25d72c"
+TAGGING_ARRAYS = "c3d4a595b0a953bf171574928323a45ae3e1e1c4"
+
+
+def test_serving_feeds_the_model_the_same_arrays(predictor, scratch_small):
+    recorder = Recorder(predictor.model.config)
+    real, predictor.model = predictor.model, recorder
+    try:
+        result = predictor.extract(QUERIES)
+    finally:
+        predictor.model = real
+    assert result == [{PERSON: [], PLACE: []} for _ in QUERIES]
+    arrays = [call[k] for call in recorder.calls
+              for k in ("input_ids", "token_type_ids", "position_ids", "attention_mask")]
+    assert digest(arrays) == SERVING_ARRAYS
+
+
+def test_training_feeds_the_model_the_same_arrays(tokenizer):
+    import finetune
+
+    encoded = finetune.encode_examples(uie_examples(), tokenizer, SEQ_LEN)
+    arrays = []
+    for b in range(0, len(encoded), 8):
+        arrays += [t.numpy() for t in finetune.to_tensors(encoded[b: b + 8], tokenizer.pad_id)]
+    assert digest(arrays) == TRAINING_ARRAYS
+
+
+def test_tagging_feeds_the_model_the_same_arrays(tokenizer):
+    import finetune
+
+    classes, encoded = finetune.encode_tagging(uie_examples(), tokenizer, SEQ_LEN)
+    arrays = []
+    for b in range(0, len(encoded), 3):
+        arrays += [t.numpy() for t in finetune.tagging_tensors(encoded[b: b + 3], tokenizer.pad_id,
+                                                                len(classes))]
+    assert digest(arrays) == TAGGING_ARRAYS
