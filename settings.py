@@ -79,6 +79,10 @@ class Settings:
     train_max_seq_len: int = 128
     train_every_n: int = 0
     train_min_dev_tasks: int = 50
+    # retention
+    keep_versions: int = 5
+    keep_jobs: int = 20
+    max_loaded_models: int = 4
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
 
@@ -110,6 +114,9 @@ class Settings:
             train_max_seq_len=_int(env, "TRAIN_MAX_SEQ_LEN", cls.train_max_seq_len, 16),
             train_every_n=_int(env, "TRAIN_EVERY_N", cls.train_every_n, 0),
             train_min_dev_tasks=_int(env, "TRAIN_MIN_DEV_TASKS", cls.train_min_dev_tasks, 2),
+            keep_versions=_int(env, "KEEP_VERSIONS", cls.keep_versions, 1),
+            keep_jobs=_int(env, "KEEP_JOBS", cls.keep_jobs, 1),
+            max_loaded_models=_int(env, "MAX_LOADED_MODELS", cls.max_loaded_models, 1),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or "",
         )
