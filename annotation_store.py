@@ -1,9 +1,13 @@
 """Durable store of what Label Studio's webhooks delivered (SQLite under MODEL_DIR).
 
-Annotations are kept per project and replaced on update; deletions remove
-them. Each project's label config and its count of annotation changes since
-the last training trigger live here too. Safe for several threads and
-several gunicorn workers (one short transaction per call).
+Annotations are kept per project. Webhooks may arrive out of order, so an
+annotation is replaced only by a copy at least as new (its ``updated_at``,
+else ``created_at``), and a deleted annotation stays deleted: its id is
+kept as a tombstone that later webhooks for it cannot bring back. Each
+project's label config and its count of annotation changes since the last
+training trigger live here too. Any Python text is stored as sent (JSON
+with ASCII escapes, so even a lone surrogate survives). Safe for several
+threads and several gunicorn workers (one short transaction per call).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from convert import parse_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotations (
@@ -24,12 +30,38 @@ CREATE TABLE IF NOT EXISTS annotations (
     received REAL NOT NULL,
     PRIMARY KEY (project, annotation_id)
 );
+CREATE TABLE IF NOT EXISTS deleted (
+    project TEXT NOT NULL,
+    annotation_id TEXT NOT NULL,
+    deleted REAL NOT NULL,
+    PRIMARY KEY (project, annotation_id)
+);
 CREATE TABLE IF NOT EXISTS projects (
     project TEXT PRIMARY KEY,
     label_config TEXT,
     changes INTEGER NOT NULL DEFAULT 0
 );
 """
+# added after the first release: databases made before get the column on open
+MIGRATIONS = ("ALTER TABLE annotations ADD COLUMN updated REAL",)
+
+
+def _key(value) -> str:
+    """An id as a key: its text, with characters UTF-8 cannot hold escaped."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=True)
+
+
+def annotation_time(annotation: dict) -> float | None:
+    """When an annotation was last changed (``updated_at``, else ``created_at``), epoch seconds."""
+    for field in ("updated_at", "created_at"):
+        moment = parse_time(annotation.get(field))
+        if moment is not None:
+            return moment.timestamp()
+    return None
 
 
 class AnnotationStore:
@@ -38,6 +70,10 @@ class AnnotationStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(annotations)")}
+            if "updated" not in columns:
+                for statement in MIGRATIONS:
+                    db.execute(statement)
 
     @contextmanager
     def _db(self):
@@ -49,22 +85,39 @@ class AnnotationStore:
         finally:
             db.close()
 
-    def upsert(self, project: str, task: dict, annotation: dict):
-        """Store (or replace) one annotation with the task it belongs to."""
+    def upsert(self, project: str, task: dict, annotation: dict) -> bool:
+        """Store one annotation with its task, unless a newer copy is stored or it was deleted.
+
+        Returns whether it was stored. A copy without a time counts as new.
+        """
         if annotation.get("id") is None:
             raise ValueError("annotation has no id")
         task = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
         task_id = task.get("id", annotation.get("task"))
+        updated = annotation_time(annotation)
+        key = _key(annotation["id"])
         with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?, ?)",
-                (project, str(annotation["id"]), str(task_id), json.dumps(task, ensure_ascii=False),
-                 json.dumps(annotation, ensure_ascii=False), time.time()))
+            if db.execute("SELECT 1 FROM deleted WHERE project = ? AND annotation_id = ?",
+                          (project, key)).fetchone():
+                return False
+            cur = db.execute(
+                "INSERT INTO annotations (project, annotation_id, task_id, task_json, annotation_json,"
+                " received, updated) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(project, annotation_id) DO UPDATE SET task_id = excluded.task_id, "
+                "task_json = excluded.task_json, annotation_json = excluded.annotation_json, "
+                "received = excluded.received, updated = excluded.updated "
+                "WHERE excluded.updated IS NULL OR annotations.updated IS NULL "
+                "OR excluded.updated >= annotations.updated",
+                (project, key, _key(task_id), _dumps(task), _dumps(annotation), time.time(), updated))
+            return cur.rowcount > 0
 
     def delete(self, project: str, annotation_ids) -> int:
+        """Delete annotations for good: later webhooks for these ids are ignored."""
+        keys = [(project, _key(i)) for i in annotation_ids if i is not None]
         with self._db() as db:
-            cur = db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?",
-                                 [(project, str(i)) for i in annotation_ids if i is not None])
+            db.executemany("INSERT OR REPLACE INTO deleted VALUES (?, ?, ?)",
+                           [(p, k, time.time()) for p, k in keys])
+            cur = db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?", keys)
             return cur.rowcount
 
     def tasks(self, project: str) -> list[dict]:
@@ -86,6 +139,12 @@ class AnnotationStore:
                               (project,)).fetchone()[0]
 
     def set_label_config(self, project: str, label_config: str):
+        """Keep a project's label config; ``ValueError`` for text UTF-8 cannot hold."""
+        try:
+            label_config.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the label config holds characters that are not valid Unicode "
+                             "(a lone surrogate)") from None
         with self._db() as db:
             db.execute("INSERT INTO projects (project, label_config) VALUES (?, ?) "
                        "ON CONFLICT(project) DO UPDATE SET label_config = excluded.label_config",

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "parse_time",
     "select_annotation",
     "task_to_doccano",
     "label_studio_to_doccano",
@@ -44,7 +45,7 @@ __all__ = [
 # --------------------------------------------------------------------------
 # annotation choice
 # --------------------------------------------------------------------------
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     """Parse a Label Studio ISO timestamp; None when missing or unparsable."""
     if not isinstance(value, str) or not value:
         return None
@@ -65,8 +66,8 @@ _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 def _recency_key(annotation: dict) -> tuple:
     """Sort key: newer annotations compare greater (updated_at, created_at, id)."""
-    updated = _parse_time(annotation.get("updated_at"))
-    created = _parse_time(annotation.get("created_at"))
+    updated = parse_time(annotation.get("updated_at"))
+    created = parse_time(annotation.get("created_at"))
     ann_id = annotation.get("id")
     id_key = (1, ann_id) if isinstance(ann_id, (int, float)) and not isinstance(ann_id, bool) else (0, 0)
     return (

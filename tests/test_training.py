@@ -179,23 +179,6 @@ def test_a_job_trains_the_words_the_server_prompts_with_and_every_label(quick_ap
     assert prompts == {"人名", "person", "address", "天气"}
 
 
-def test_annotation_store_honours_updates_and_deletions_and_survives_restart(tmp_path):
-    from annotation_store import AnnotationStore
-
-    store = AnnotationStore(tmp_path / "a.sqlite3")
-    created = load_request("post_webhook_annotation_created.json")["body"]
-    updated = load_request("post_webhook_annotation_updated.json")["body"]
-    store.upsert("1", created["task"], created["annotation"])
-    store.upsert("1", updated["task"], updated["annotation"])
-    store.upsert("2", created["task"], created["annotation"])
-    tasks = AnnotationStore(tmp_path / "a.sqlite3").tasks("1")   # a new process reads the same
-    assert len(tasks) == 1 and len(tasks[0]["annotations"]) == 1
-    assert [r["value"]["text"] for r in tasks[0]["annotations"][0]["result"]] == ["Alice", "Acme Corp"]
-    deleted = load_request("post_webhook_annotations_deleted.json")["body"]
-    store.delete("1", [a["id"] for a in deleted["annotations"]])
-    assert store.tasks("1") == [] and len(store.tasks("2")) == 1
-
-
 def test_every_n_annotation_changes_trigger_one_job(make_app, scratch_small):
     app = make_app(uie_model=str(scratch_small), train_every_n=3, train_epochs=1, train_max_seq_len=64)
     client = app.test_client()
