@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +63,44 @@ def token_span(t_starts, t_ends, start, end):
     return (first, last) if first <= last else None
 
 
-def encode_examples(examples, tokenizer, max_seq_len, origins=None):
-    """Model inputs with start/end targets: ``[(ids, c0, start_idx, end_idx)]``.
+@dataclass(frozen=True, slots=True)
+class TrainingInput:
+    """A UIE input and its targets: positions in ``input.ids`` of the span starts and ends."""
 
-    Long contents are split into the same overlapping windows prediction
-    uses; a window is trained on the spans it holds whole. With a list as
-    ``origins``, the index of each input's example is appended to it.
+    input: "uie_model.EncodedInput"
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TaggingInput:
+    """A prompt-free input of the tagging task and its targets.
+
+    ``asked``: the prompt classes the examples ask about this content;
+    ``starts``/``ends``: ``(position in input.ids, class)`` of every span.
+    """
+
+    input: "uie_model.EncodedInput"
+    asked: tuple[int, ...]
+    starts: tuple[tuple[int, int], ...]
+    ends: tuple[tuple[int, int], ...]
+
+
+def in_window(encoded, first, last):
+    """Positions in ``encoded.ids`` of a span's first and last content tokens,
+    or None when the window does not hold the span whole."""
+    if encoded.lo <= first and last < encoded.hi:
+        return encoded.content_start + first - encoded.lo, encoded.content_start + last - encoded.lo
+    return None
+
+
+def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[TrainingInput]:
+    """The UIE inputs of ``examples`` with their start/end targets.
+
+    Long contents are split into the windows prediction uses
+    (``uie_model.encode_windows``); a window is trained on the spans it holds
+    whole. With a list as ``origins``, the index of each input's example is
+    appended to it.
     """
     import uie_model
 
@@ -77,7 +110,6 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None):
         if content not in cache:
             cache[content] = tokenizer.tokenize(content)
         ids, t_starts, t_ends = cache[content]
-        p_ids = tokenizer.encode(ex["prompt"])[: max_seq_len // 2]
         spans = []
         for r in ex["result_list"]:
             ts = token_span(t_starts, t_ends, r["start"], r["end"])
@@ -85,14 +117,9 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None):
                 dropped += 1
             else:
                 spans.append(ts)
-        if not ids:
-            continue
-        budget = max_seq_len - 3 - len(p_ids)
-        c0 = len(p_ids) + 2
-        for lo, hi, _, _ in uie_model.windows(len(ids), budget):
-            seq = [tokenizer.cls_id, *p_ids, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id]
-            inside = [(s, e) for s, e in spans if lo <= s and e < hi]
-            out.append((seq, c0, [c0 + s - lo for s, _ in inside], [c0 + e - lo for _, e in inside]))
+        for encoded in uie_model.encode_windows(tokenizer, tokenizer.encode(ex["prompt"]), ids, max_seq_len):
+            marks = [m for m in (in_window(encoded, first, last) for first, last in spans) if m]
+            out.append(TrainingInput(encoded, tuple(s for s, _ in marks), tuple(e for _, e in marks)))
             if origins is not None:
                 origins.append(n)
     if dropped:
@@ -103,11 +130,10 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None):
 def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
     """The auxiliary tagging task of a scratch model: each distinct content once.
 
-    Inputs are ``[CLS] [SEP] content [SEP]`` (no prompt); targets are start/end
-    marks for every prompt class at once, and a mask of the classes the examples
-    ask about this content (a prompt nobody asked says nothing either way).
-    Returns ``(classes, [(ids, c0, asked, starts, ends)])`` with ``starts``/``ends``
-    lists of (position, class).
+    Inputs are ``[CLS] [SEP] content [SEP]`` (no prompt, windowed as the UIE
+    inputs are); targets are start/end marks for every prompt class at once,
+    and the classes the examples ask about this content (a prompt nobody asked
+    says nothing either way). Returns ``(classes, [TaggingInput])``.
     """
     import uie_model
 
@@ -127,44 +153,57 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
     out = []
     for content, (asked, spans) in by_content.items():
         ids, t_starts, t_ends = tokenizer.tokenize(content)
-        if not ids:
-            continue
         token_spans = []
         for k, s, e in spans:
             ts = token_span(t_starts, t_ends, s, e)
             if ts:
                 token_spans.append((k, *ts))
-        for lo, hi, _, _ in uie_model.windows(len(ids), max_seq_len - 3):
-            seq = [tokenizer.cls_id, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id]
-            inside = [(k, s, e) for k, s, e in token_spans if lo <= s and e < hi]
-            out.append((seq, 2, sorted(asked), [(2 + s - lo, k) for k, s, _ in inside],
-                        [(2 + e - lo, k) for k, _, e in inside]))
+        for encoded in uie_model.encode_windows(tokenizer, [], ids, max_seq_len):
+            marks = [(k, m) for k, first, last in token_spans if (m := in_window(encoded, first, last))]
+            out.append(TaggingInput(encoded, tuple(sorted(asked)), tuple((s, k) for k, (s, _) in marks),
+                                    tuple((e, k) for k, (_, e) in marks)))
     return classes, out
 
 
-def tagging_tensors(items, pad_id, n_classes):
+def to_tensors(items, pad_id):
+    """Tensors of a batch of ``TrainingInput``: the UIE's four inputs (the mask as
+    float32, it also weighs the loss) and the start/end targets."""
     import paddle
 
-    width = max(len(x[0]) for x in items)
-    n = len(items)
-    ids = np.full((n, width), pad_id, dtype="int64")
-    types = np.zeros((n, width), dtype="int64")
-    mask = np.zeros((n, width), dtype="float32")
+    import uie_model
+
+    arrays = uie_model.pad_batch([x.input for x in items], pad_id)
+    start = np.zeros(arrays["input_ids"].shape, dtype="float32")
+    end = np.zeros(arrays["input_ids"].shape, dtype="float32")
+    for r, x in enumerate(items):
+        start[r, list(x.starts)] = 1
+        end[r, list(x.ends)] = 1
+    t = paddle.to_tensor
+    return (t(arrays["input_ids"]), t(arrays["token_type_ids"]), t(arrays["position_ids"]),
+            t(arrays["attention_mask"].astype("float32")), t(start), t(end))
+
+
+def tagging_tensors(items, pad_id, n_classes):
+    """Tensors of a batch of ``TaggingInput``: the UIE's four inputs (float32 mask),
+    the asked classes ``(n, 1, classes)`` and the start/end marks ``(n, width, classes)``."""
+    import paddle
+
+    import uie_model
+
+    arrays = uie_model.pad_batch([x.input for x in items], pad_id)
+    n, width = arrays["input_ids"].shape
     asked = np.zeros((n, 1, n_classes), dtype="float32")
     start = np.zeros((n, width, n_classes), dtype="float32")
     end = np.zeros((n, width, n_classes), dtype="float32")
-    for r, (seq, c0, classes, s_marks, e_marks) in enumerate(items):
-        ids[r, : len(seq)] = seq
-        types[r, c0: len(seq)] = 1
-        mask[r, : len(seq)] = 1
-        asked[r, 0, classes] = 1
-        for p, k in s_marks:
+    for r, x in enumerate(items):
+        asked[r, 0, list(x.asked)] = 1
+        for p, k in x.starts:
             start[r, p, k] = 1
-        for p, k in e_marks:
+        for p, k in x.ends:
             end[r, p, k] = 1
-    pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype="int64"), (n, width)))
     t = paddle.to_tensor
-    return t(ids), t(types), t(pos), t(mask), t(asked), t(start), t(end)
+    return (t(arrays["input_ids"]), t(arrays["token_type_ids"]), t(arrays["position_ids"]),
+            t(arrays["attention_mask"].astype("float32")), t(asked), t(start), t(end))
 
 
 def sample_negatives(examples, origins, max_negatives, rng):
@@ -188,31 +227,10 @@ def batches(encoded, batch_size, rng, order=None):
     chunk = batch_size * 50
     result = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c: c + chunk], key=lambda k: len(encoded[k][0]))
+        part = sorted(order[c: c + chunk], key=lambda k: len(encoded[k].input.ids))
         result += [part[b: b + batch_size] for b in range(0, len(part), batch_size)]
     rng.shuffle(result)
     return result
-
-
-def to_tensors(items, pad_id):
-    import paddle
-
-    width = max(len(x[0]) for x in items)
-    n = len(items)
-    ids = np.full((n, width), pad_id, dtype="int64")
-    types = np.zeros((n, width), dtype="int64")
-    mask = np.zeros((n, width), dtype="float32")
-    start = np.zeros((n, width), dtype="float32")
-    end = np.zeros((n, width), dtype="float32")
-    for r, (seq, c0, s_idx, e_idx) in enumerate(items):
-        ids[r, : len(seq)] = seq
-        types[r, c0: len(seq)] = 1
-        mask[r, : len(seq)] = 1
-        start[r, s_idx] = 1
-        end[r, e_idx] = 1
-    pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype="int64"), (n, width)))
-    t = paddle.to_tensor
-    return t(ids), t(types), t(pos), t(mask), t(start), t(end)
 
 
 def save_best(model, model_dir, save_dir, metrics):

@@ -6,7 +6,10 @@
 - ``OffsetTokenizer`` tokenises like PaddleNLP's ``ErnieTokenizer`` but keeps,
   for every token, the Python string indices of the characters it came from,
   so spans map back to exactly the text Label Studio shows.
-- ``UIEPredictor`` extracts spans for many (text, prompts) jobs at once:
+- ``encode_windows`` and ``pad_batch`` build the model inputs
+  (``[CLS] prompt [SEP] window [SEP]``) that ``finetune.py`` trains on and
+  ``UIEPredictor`` predicts from: one rule for both.
+- ``UIEPredictor`` extracts spans for many (text, prompts) queries at once:
   texts are tokenised once, long texts are split into overlapping windows,
   every (window, prompt) input is batched by length and padded only to the
   longest input of its batch.
@@ -318,6 +321,69 @@ class Span:
 
 
 # --------------------------------------------------------------------------
+# Model inputs: one encoder for training and serving
+
+@dataclass(frozen=True, slots=True)
+class EncodedInput:
+    """One model input: ``[CLS] prompt [SEP] content[lo:hi] [SEP]``.
+
+    ``ids[content_start]`` is content token ``lo``; the input reports the
+    spans that start at content tokens ``own_lo:own_hi`` (see ``windows``).
+    """
+
+    ids: tuple[int, ...]
+    content_start: int
+    lo: int
+    own_lo: int
+    own_hi: int
+
+    @property
+    def n_content(self) -> int:
+        """How many content tokens the input holds (``hi - lo``)."""
+        return len(self.ids) - self.content_start - 1
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.n_content
+
+
+def encode_windows(tokenizer, prompt_ids, content_ids, max_seq_len: int) -> list[EncodedInput]:
+    """The inputs of one prompt over one tokenised content, one per window.
+
+    The prompt keeps at most ``max_seq_len // 2`` tokens; the content is split
+    into windows of ``max_seq_len - 3 - len(prompt)`` tokens, so every input
+    has at most ``max_seq_len`` tokens. No prompt (``[]``) gives the
+    prompt-free ``[CLS] [SEP] window [SEP]``. An empty content has no input.
+    """
+    if not content_ids:
+        return []
+    prompt_ids = prompt_ids[: max_seq_len // 2]
+    head = (tokenizer.cls_id, *prompt_ids, tokenizer.sep_id)
+    return [EncodedInput((*head, *content_ids[lo:hi], tokenizer.sep_id), len(head), lo, own_lo, own_hi)
+            for lo, hi, own_lo, own_hi in windows(len(content_ids), max_seq_len - 3 - len(prompt_ids))]
+
+
+def pad_batch(inputs, pad_id: int) -> dict[str, np.ndarray]:
+    """The UIE's keyword arrays for ``inputs`` (int64), padded to the longest of them.
+
+    ``input_ids``, ``token_type_ids`` (1 from the content on), ``position_ids``
+    and ``attention_mask`` (1 on every token but the padding).
+    """
+    width = max(len(x.ids) for x in inputs)
+    n = len(inputs)
+    input_ids = np.full((n, width), pad_id, dtype="int64")
+    token_type_ids = np.zeros((n, width), dtype="int64")
+    attention_mask = np.zeros((n, width), dtype="int64")
+    for r, x in enumerate(inputs):
+        input_ids[r, : len(x.ids)] = x.ids
+        token_type_ids[r, x.content_start: len(x.ids)] = 1
+        attention_mask[r, : len(x.ids)] = 1
+    position_ids = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype="int64"), (n, width)))
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids,
+            "position_ids": position_ids, "attention_mask": attention_mask}
+
+
+# --------------------------------------------------------------------------
 # Model files
 
 def _hash_files(path: Path) -> str:
@@ -534,79 +600,62 @@ class UIEPredictor:
         paddle.set_device(device)
         return cls(load_uie(path), OffsetTokenizer.from_dir(path), device=device, **kwargs)
 
-    def build_inputs(self, jobs):
-        """Tokenise ``jobs`` [(text, prompts)] into model inputs.
+    def build_inputs(self, queries):
+        """Tokenise ``queries`` [(text, prompts)] into model inputs.
 
-        Returns ``(inputs, tokens)``: each input is ``(job, prompt, ids, lo,
-        own_lo, own_hi, c0)`` where ``c0`` is the position of the first
-        content token; ``tokens[job]`` is ``(ids, starts, ends)`` of its text.
+        Returns ``(inputs, tokens)``: ``inputs`` is ``[(query, prompt,
+        EncodedInput)]`` (``query`` indexes ``queries``), window by window and
+        prompt by prompt within a window; ``tokens[query]`` is ``(ids,
+        starts, ends)`` of its text.
         """
         tok = self.tokenizer
         text_cache, prompt_cache = {}, {}
         inputs, tokens = [], []
-        for j, (text, prompts) in enumerate(jobs):
+        for q, (text, prompts) in enumerate(queries):
             if text not in text_cache:
                 text_cache[text] = tok.tokenize(text)
             ids, starts, ends = text_cache[text]
             tokens.append((ids, starts, ends))
-            p_ids = []
+            per_prompt = []
             for prompt in prompts:
                 if prompt not in prompt_cache:
-                    prompt_cache[prompt] = tok.encode(prompt)[: self.max_seq_len // 2]
-                p_ids.append(prompt_cache[prompt])
-            if not ids or not prompts:
-                continue
-            budget = self.max_seq_len - 3 - max(len(p) for p in p_ids)
-            for lo, hi, own_lo, own_hi in windows(len(ids), budget):
-                content = ids[lo:hi]
-                for prompt, pid in zip(prompts, p_ids):
-                    seq = [tok.cls_id, *pid, tok.sep_id, *content, tok.sep_id]
-                    inputs.append((j, prompt, seq, lo, own_lo, own_hi, len(pid) + 2))
+                    prompt_cache[prompt] = tok.encode(prompt)
+                per_prompt.append(encode_windows(tok, prompt_cache[prompt], ids, self.max_seq_len))
+            for k in range(max(map(len, per_prompt), default=0)):
+                inputs += [(q, prompt, encoded[k]) for prompt, encoded in zip(prompts, per_prompt)
+                           if k < len(encoded)]
         return inputs, tokens
 
-    def forward(self, batch_ids, segment_starts):
-        """Start/end probabilities for a batch of token id lists (padded here)."""
+    def forward(self, inputs):
+        """Start/end probabilities (numpy) for a batch of ``EncodedInput`` (padded here)."""
         import paddle
 
-        width = max(len(s) for s in batch_ids)
-        n = len(batch_ids)
-        input_ids = np.full((n, width), self.tokenizer.pad_id, dtype="int64")
-        token_type = np.zeros((n, width), dtype="int64")
-        mask = np.zeros((n, width), dtype="int64")
-        for r, (seq, c0) in enumerate(zip(batch_ids, segment_starts)):
-            input_ids[r, : len(seq)] = seq
-            token_type[r, c0: len(seq)] = 1
-            mask[r, : len(seq)] = 1
-        position = np.broadcast_to(np.arange(width, dtype="int64"), (n, width))
+        arrays = pad_batch(inputs, self.tokenizer.pad_id)
         with self._lock, paddle.no_grad():
             paddle.set_device(self.device)
-            start, end = self.model(
-                input_ids=paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type),
-                position_ids=paddle.to_tensor(np.ascontiguousarray(position)),
-                attention_mask=paddle.to_tensor(mask))
+            start, end = self.model(**{k: paddle.to_tensor(v) for k, v in arrays.items()})
             return start.numpy(), end.numpy()
 
-    def extract(self, jobs) -> list[dict[str, list[Span]]]:
-        """Spans for every ``(text, prompts)`` job, as ``{prompt: [Span]}`` per job.
+    def extract(self, queries) -> list[dict[str, list[Span]]]:
+        """Spans for every ``(text, prompts)`` query, as ``{prompt: [Span]}`` per query.
 
-        Span offsets are Python string indices into the job's text.
+        Span offsets are Python string indices into the query's text.
         """
-        jobs = [(text, list(dict.fromkeys(prompts))) for text, prompts in jobs]
-        inputs, tokens = self.build_inputs(jobs)
-        results = [{p: {} for p in prompts} for _, prompts in jobs]
-        order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2]))
+        queries = [(text, list(dict.fromkeys(prompts))) for text, prompts in queries]
+        inputs, tokens = self.build_inputs(queries)
+        results = [{p: {} for p in prompts} for _, prompts in queries]
+        order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2].ids))
         for b in range(0, len(order), self.batch_size):
             batch = [inputs[k] for k in order[b: b + self.batch_size]]
-            start, end = self.forward([x[2] for x in batch], [x[6] for x in batch])
-            for row, (j, prompt, seq, lo, own_lo, own_hi, c0) in enumerate(batch):
-                n_content = len(seq) - c0 - 1
-                _, t_starts, t_ends = tokens[j]
-                found = results[j][prompt]
-                for s, e, score in pair_spans(start[row, c0: c0 + n_content],
-                                              end[row, c0: c0 + n_content], self.threshold):
-                    if not own_lo <= lo + s < own_hi:
+            start, end = self.forward([x for _, _, x in batch])
+            for row, (q, prompt, x) in enumerate(batch):
+                c0, c1 = x.content_start, x.content_start + x.n_content
+                _, t_starts, t_ends = tokens[q]
+                found = results[q][prompt]
+                for s, e, score in pair_spans(start[row, c0:c1], end[row, c0:c1], self.threshold):
+                    if not x.own_lo <= x.lo + s < x.own_hi:
                         continue
-                    key = (t_starts[lo + s], t_ends[lo + e])
+                    key = (t_starts[x.lo + s], t_ends[x.lo + e])
                     if score > found.get(key, -1.0):
                         found[key] = score
         return [{p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]

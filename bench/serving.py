@@ -17,8 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 import common
 from common import LABEL_CONFIG, LABELS, Gunicorn, log, median, percentile, post
 
@@ -73,20 +71,19 @@ def taskflow_spans(result):
 def forward_batches(predictor, texts):
     """Exactly the model inputs ``predictor.extract`` runs for these texts, in its batches."""
     inputs, _ = predictor.build_inputs([(t, list(LABELS)) for t in texts])
-    order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2]))
+    order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2].ids))
     bs = predictor.batch_size
-    batches = [([inputs[k][2] for k in order[b: b + bs]], [inputs[k][6] for k in order[b: b + bs]])
-               for b in range(0, len(order), bs)]
-    n_tokens = sum(len(x[2]) for x in inputs)
-    padded = sum(len(ids) * max(len(s) for s in ids) for ids, _ in batches)
+    batches = [[inputs[k][2] for k in order[b: b + bs]] for b in range(0, len(order), bs)]
+    n_tokens = sum(len(x.ids) for _, _, x in inputs)
+    padded = sum(len(batch) * max(len(x.ids) for x in batch) for batch in batches)
     return batches, {"inputs": len(inputs), "tokens": n_tokens, "padded_tokens": padded,
                      "batches": len(batches)}
 
 
 def time_forward(predictor, batches):
     t = time.perf_counter()
-    for ids, c0 in batches:
-        predictor.forward(ids, c0)
+    for batch in batches:
+        predictor.forward(batch)
     return time.perf_counter() - t
 
 
@@ -95,6 +92,8 @@ def time_forward(predictor, batches):
 
 def inference_runner(static_prefix, mkldnn=True, threads=2):
     import paddle
+
+    import uie_model
 
     config = paddle.inference.Config(f"{static_prefix}.pdmodel", f"{static_prefix}.pdiparams")
     config.disable_gpu()
@@ -110,17 +109,10 @@ def inference_runner(static_prefix, mkldnn=True, threads=2):
 
     def run(batches):
         t = time.perf_counter()
-        for ids, c0s in batches:
-            n, width = len(ids), max(len(s) for s in ids)
-            a = np.zeros((n, width), "int64")
-            types, mask = np.zeros_like(a), np.zeros_like(a)
-            for r, (seq, c0) in enumerate(zip(ids, c0s)):
-                a[r, : len(seq)] = seq
-                types[r, c0: len(seq)] = 1
-                mask[r, : len(seq)] = 1
-            pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype="int64"), (n, width)))
-            for h, x in zip(handles, (a, types, pos, mask)):
-                h.copy_from_cpu(x)
+        for batch in batches:
+            arrays = uie_model.pad_batch(batch, pad_id=0)
+            for h, name in zip(handles, ("input_ids", "token_type_ids", "position_ids", "attention_mask")):
+                h.copy_from_cpu(arrays[name])
             predictor.run()
             for o in outputs:
                 o.copy_to_cpu()

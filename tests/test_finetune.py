@@ -29,15 +29,15 @@ def test_tagging_marks_every_prompts_spans_in_one_prompt_free_input(tokenizer):
     classes, encoded = finetune.encode_tagging(examples, tokenizer, 64)
     assert sorted(classes) == sorted([PERSON, PLACE])
     assert len(encoded) == 2                       # one input per content, not per prompt
-    seq, c0, asked, starts, ends = encoded[0]
-    assert seq[:2] == [tokenizer.cls_id, tokenizer.sep_id] and seq[-1] == tokenizer.sep_id and c0 == 2
-    assert seq[c0:-1] == tokenizer.tokenize(text)[0]
+    seq, c0 = encoded[0].input.ids, encoded[0].input.content_start
+    assert seq[:2] == (tokenizer.cls_id, tokenizer.sep_id) and seq[-1] == tokenizer.sep_id and c0 == 2
+    assert list(seq[c0:-1]) == tokenizer.tokenize(text)[0]
     person, place = classes.index(PERSON), classes.index(PLACE)
-    assert sorted(asked) == sorted([person, place])
-    assert sorted(starts) == sorted([(c0 + 0, person), (c0 + 3, place)])
-    assert sorted(ends) == sorted([(c0 + 1, person), (c0 + 4, place)])
+    assert sorted(encoded[0].asked) == sorted([person, place])
+    assert sorted(encoded[0].starts) == sorted([(c0 + 0, person), (c0 + 3, place)])
+    assert sorted(encoded[0].ends) == sorted([(c0 + 1, person), (c0 + 4, place)])
     # A content asked about one prompt only says nothing about the others.
-    assert encoded[1][2] == [place] and encoded[1][3] == [] and encoded[1][4] == []
+    assert encoded[1].asked == (place,) and encoded[1].starts == () and encoded[1].ends == ()
 
 
 def test_tagging_windows_long_contents_like_prediction(tokenizer):
@@ -45,8 +45,8 @@ def test_tagging_windows_long_contents_like_prediction(tokenizer):
 
     examples = uie_examples(EDGE_CASES[5:6])          # the long text with spans far apart
     _, encoded = finetune.encode_tagging(examples, tokenizer, SEQ_LEN)
-    assert len(encoded) > 1 and all(len(seq) <= SEQ_LEN for seq, *_ in encoded)
-    marked = sum(len(starts) for _, _, _, starts, _ in encoded)
+    assert len(encoded) > 1 and all(len(x.input.ids) <= SEQ_LEN for x in encoded)
+    marked = sum(len(x.starts) for x in encoded)
     assert marked >= 4                                  # every span lies whole in some window
 
 

@@ -40,20 +40,15 @@ def serving_inputs(predictor, queries):
     """``build_inputs`` as ``[(query, prompt, ids, content_start, lo, own_lo, own_hi)]``."""
     inputs, _ = predictor.build_inputs(queries)
     out = []
-    for x in inputs:
-        if len(x) == 7:      # before the shared encoder: (job, prompt, ids, lo, own_lo, own_hi, c0)
-            q, prompt, ids, lo, own_lo, own_hi, c0 = x
-            out.append((q, prompt, list(ids), c0, lo, own_lo, own_hi))
-        else:
-            q, prompt, x = x
-            out.append((q, prompt, list(x.ids), x.content_start, x.lo, x.own_lo, x.own_hi))
+    for q, prompt, x in inputs:
+        assert isinstance(x, uie_model.EncodedInput)
+        out.append((q, prompt, list(x.ids), x.content_start, x.lo, x.own_lo, x.own_hi))
     return out
 
 
 def training_inputs(encoded):
     """``encode_examples`` as ``[(ids, content_start, starts, ends)]``."""
-    return [(list(x[0]), x[1], list(x[2]), list(x[3])) if isinstance(x, tuple) else
-            (list(x.input.ids), x.input.content_start, list(x.starts), list(x.ends)) for x in encoded]
+    return [(list(x.input.ids), x.input.content_start, list(x.starts), list(x.ends)) for x in encoded]
 
 
 def digest(arrays):
@@ -166,3 +161,27 @@ def test_tagging_feeds_the_model_the_same_arrays(tokenizer):
         arrays += [t.numpy() for t in finetune.tagging_tensors(encoded[b: b + 3], tokenizer.pad_id,
                                                                 len(classes))]
     assert digest(arrays) == TAGGING_ARRAYS
+
+
+def test_prompts_of_different_lengths_get_the_windows_training_uses(predictor, tokenizer):
+    """One budget rule: each prompt's windows depend on its own length, as in training."""
+    import finetune
+
+    text = EDGE_CASES[5][0]
+    prompts = ["人", "一个很长的提示词" * 4]     # the second one is cut to SEQ_LEN // 2 tokens
+    got = serving_inputs(predictor, [(text, prompts)])
+    for prompt in prompts:
+        served = [(ids, c0) for _, p, ids, c0, *_ in got if p == prompt]
+        trained = [(list(x.input.ids), x.input.content_start) for x in finetune.encode_examples(
+            [{"content": text, "prompt": prompt, "result_list": []}], tokenizer, SEQ_LEN)]
+        assert served == trained
+        assert served == [(ids, c0) for ids, c0, *_ in expected_inputs(tokenizer, text, prompt, SEQ_LEN)]
+        assert all(len(ids) <= SEQ_LEN for ids, _ in served)
+    short, long = (sum(p == prompt for _, p, *_ in got) for prompt in prompts)
+    assert short < long
+
+
+def test_an_empty_text_or_no_prompt_has_no_input(predictor):
+    inputs, tokens = predictor.build_inputs([("", [PERSON]), ("张三", []), (" \r\n", [PLACE])])
+    assert inputs == [] and len(tokens) == 3
+    assert predictor.extract([("", [PERSON]), ("张三", [])]) == [{PERSON: []}, {}]
