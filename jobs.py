@@ -5,13 +5,12 @@ annotation changes) writes a *queued* job and returns at once; triggers that
 arrive while a job is queued collapse into it. A worker thread runs the
 project's jobs one after another while holding ``<project>/train.lock`` (an
 ``flock``, so several gunicorn workers never train the same project twice).
-A job runs our own scripts as subprocesses, logging to ``job.log``::
-
-    convert.py -> doccano.py -> finetune.py -> evaluate.py (validation)
-
-and then ``ModelStore.promote`` moves the checked model in atomically. A job
-that fails, or whose process dies, leaves the served model as it was; its
-state says why.
+A job is one process, ``train_job.py JOB_DIR``, in its own process group,
+logging to ``job.log``: it reads ``spec.json`` (label config, tasks, served
+model, settings) and writes ``result.json``; then ``ModelStore.promote`` moves
+the checked model in atomically. A job that fails, or whose process dies,
+leaves the served model as it was; its state says why. A server restarted
+after a crash stops a job process that outlived it and removes its checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -29,16 +29,12 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from convert import expand_prompts, read_jsonl, write_jsonl
 from label_config import LabelConfigError, parse_label_config
+from train_job import RESULT, JobError, JobSpec
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STATES = ("queued", "running", "failed", "done")
-
-
-class JobError(RuntimeError):
-    """A training step failed; the message is shown in the job state."""
 
 
 @contextmanager
@@ -162,7 +158,7 @@ class JobRunner:
             if not queued:
                 return None
             job_dir = self._jobs_dir(project) / queued[0]["id"]
-            self._update(job_dir, state="running", started=time.time(), pid=os.getpid())
+            self._update(job_dir, state="running", started=time.time(), runner_pid=os.getpid())
             return job_dir
 
     def _work(self, project):
@@ -177,47 +173,61 @@ class JobRunner:
                 return
 
     def _recover(self, project):
-        """Mark jobs of a process that died as failed; restart queued ones."""
+        """Fail the jobs of a process that died (stopping what is left of them); restart queued ones."""
         with flock(self.store.project_dir(project) / "train.lock", blocking=False) as mine:
             if not mine:
-                return
+                return      # a live process holds the lock: its jobs are not interrupted
             for job in self.list(project):
                 if job.get("state") == "running":
-                    self._update(self._jobs_dir(project) / job["id"], state="failed",
-                                 finished=time.time(),
+                    job_dir = self._jobs_dir(project) / job["id"]
+                    stopped = stop_job_process(job.get("job_pid"), job_dir)
+                    shutil.rmtree(job_dir / "work" / "ckpt", ignore_errors=True)
+                    self._update(job_dir, state="failed", finished=time.time(),
                                  error="interrupted: the process running this job stopped")
-                    log.error("project %s: job %s was interrupted; the served model is unchanged",
-                              project, job["id"])
+                    log.error("project %s: job %s was interrupted%s; the served model is unchanged",
+                              project, job["id"], " (its training process was stopped)" if stopped else "")
         if any(j.get("state") == "queued" for j in self.list(project)):
             self._ensure_worker(project)
 
     # -- one job -------------------------------------------------------------
     def _run(self, project, job_dir: Path):
         started = time.time()
-        logf = open(job_dir / "job.log", "a", encoding="utf-8")
         try:
-            result = self._train(project, job_dir, logf)
+            spec = self._spec(project, job_dir)
+            spec.write(job_dir)
+            result = self._execute(job_dir)
+            result = self._finish(project, job_dir, spec, result)
             self._update(job_dir, state="done", finished=time.time(), **result)
             log.info("project %s: job %s done in %.0fs: %s", project, job_dir.name,
                      time.time() - started, result.get("summary"))
         except Exception as exc:   # a failed job must never take the server down
             message = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
-            logf.write(f"\nFAILED: {message}\n")
+            with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
+                logf.write(f"\nFAILED: {message}\n")
             self._update(job_dir, state="failed", finished=time.time(), error=message)
             log.error("project %s: job %s failed: %s (log: %s); the served model is unchanged",
                       project, job_dir.name, message, job_dir / "job.log")
         finally:
-            logf.close()
             shutil.rmtree(job_dir / "work" / "ckpt", ignore_errors=True)
+            self._prune_jobs(project)
 
-    def _step(self, logf, name, args, cwd):
-        logf.write(f"\n$ {' '.join(str(a) for a in args)}\n")
-        logf.flush()
-        proc = subprocess.run([self.python, str(HERE / name), *map(str, args)], cwd=cwd,
-                              stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            tail = _tail(Path(logf.name))
-            raise JobError(f"{name} exited with code {proc.returncode}: {tail}")
+    def _spec(self, project, job_dir: Path) -> JobSpec:
+        """What this job trains: its label config, its tasks, the served model, the settings."""
+        config_file = job_dir / "label_config.xml"
+        label_config = (config_file.read_text(encoding="utf-8") if config_file.is_file()
+                        else self.annotations.label_config(project))
+        try:
+            parse_label_config(label_config)
+        except LabelConfigError as exc:
+            raise JobError(f"no usable label config for project {project}: {exc}") from None
+        tasks, source = self._tasks(project, job_dir)
+        live = self.store.live(project)
+        s = self.settings
+        return JobSpec(project=project, label_config=label_config, tasks=tasks, source=source,
+                       model_path=live.path, model_version=live.version, device=self.store.device,
+                       batch_size=s.train_batch_size, max_seq_len=s.train_max_seq_len,
+                       learning_rate=s.train_learning_rate, num_epochs=s.train_epochs,
+                       min_dev_tasks=s.train_min_dev_tasks)
 
     def _tasks(self, project, job_dir) -> tuple[list[dict], str]:
         request_tasks = job_dir / "request_tasks.json"
@@ -229,97 +239,61 @@ class JobRunner:
                 "Label Studio API"
         return self.annotations.tasks(project), "webhooks"
 
-    def _train(self, project, job_dir: Path, logf) -> dict:
-        work = job_dir / "work"
-        work.mkdir(exist_ok=True)
-        config_file = job_dir / "label_config.xml"
-        label_config = (config_file.read_text(encoding="utf-8") if config_file.is_file()
-                        else self.annotations.label_config(project))
+    def _execute(self, job_dir: Path) -> dict:
+        """Run ``train_job.py JOB_DIR`` in its own process group; its ``result.json``.
+
+        The process id is recorded in the job state, so that a server restarted
+        after a crash can stop a job process that outlived it (``_recover``).
+        """
+        (job_dir / RESULT).unlink(missing_ok=True)
+        with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
+            proc = subprocess.Popen([self.python, str(HERE / "train_job.py"), str(job_dir)],
+                                    cwd=job_dir, stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            self._update(job_dir, job_pid=proc.pid)
+            code = proc.wait()
         try:
-            controls = parse_label_config(label_config)
-        except LabelConfigError as exc:
-            raise JobError(f"no usable label config for project {project}: {exc}") from None
-        tasks, source = self._tasks(project, job_dir)
-        (work / "tasks.json").write_text(json.dumps(tasks, ensure_ascii=False), encoding="utf-8")
-        logf.write(f"{len(tasks)} tasks from {source}\n")
-        control = controls[0]
-        args = ["--label_studio_file", work / "tasks.json", "--doccano_file", work / "doccano.jsonl",
-                "--text_key", control.data_key]
-        for c in controls:
-            if c.data_key == control.data_key:
-                args += ["--from_name", c.from_name]
-        self._step(logf, "convert.py", args, work)
-        n_records = sum(1 for line in open(work / "doccano.jsonl", encoding="utf-8") if line.strip())
-        if n_records == 0:
-            raise JobError(f"no annotated tasks to train on ({len(tasks)} tasks from {source})")
+            result = json.loads((job_dir / RESULT).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            result = {}
+        if code != 0 or "error" in result or "candidate" not in result:
+            raise JobError(result.get("error") or f"train_job.py exited with code {code}: "
+                           f"{_tail(job_dir / 'job.log')}")
+        return result
 
-        held_out = n_records >= self.settings.train_min_dev_tasks
-        splits = ["0.8", "0.2", "0"] if held_out else ["1", "0", "0"]
-        # every (task, label) pair, labels nobody annotated yet included: /predict asks
-        # every label of every task, so the model must learn where each one is absent
-        labels = [label for c in controls if c.data_key == control.data_key for label, _ in c.labels]
-        self._step(logf, "doccano.py", ["--doccano_file", work / "doccano.jsonl", "--save_dir", work / "data",
-                                        "--splits", *splits, "--task_type", "ext",
-                                        "--negative_ratio", "-1", "--labels", *labels], work)
-        prompts = {label: ps for c in controls if c.data_key == control.data_key
-                   for label, ps in c.labels if list(ps) != [label]}
-        if prompts:     # train on the words the server prompts with (predicted_values)
-            for name in ("train.txt", "dev.txt"):
-                path = work / "data" / name
-                write_jsonl(expand_prompts(read_jsonl(path), prompts), path)
-        dev = work / "data" / ("dev.txt" if held_out else "train.txt")
-
-        live = self.store.live(project)
-        lr, epochs = self.settings.train_learning_rate, self.settings.train_epochs
-        args = ["--train_path", work / "data" / "train.txt", "--dev_path", dev,
-                "--save_dir", work / "ckpt", "--model", live.path,
-                "--batch_size", self.settings.train_batch_size,
-                "--max_seq_len", self.settings.train_max_seq_len,
-                "--device", self.store.device, "--logging_steps", 20, "--valid_steps", 0]
-        if lr:
-            args += ["--learning_rate", lr]
-        if epochs:
-            args += ["--num_epochs", epochs]
-        self._step(logf, "finetune.py", args, work)
-        best = work / "ckpt" / "model_best"
-
-        # validation: the new checkpoint loads and predicts in a fresh process
-        self._step(logf, "evaluate.py", ["--model_path", best, "--test_path", dev,
-                                         "--max_seq_len", self.settings.train_max_seq_len,
-                                         "--device", self.store.device,
-                                         "--output_json", work / "eval_new.json"], work)
-        new = json.loads((work / "eval_new.json").read_text(encoding="utf-8"))
-        train_metrics = json.loads((work / "ckpt" / "metrics.json").read_text(encoding="utf-8"))
-        promote, old = True, None
-        if held_out:    # compare with the served model on the same held-out annotations
-            self._step(logf, "evaluate.py", ["--model_path", live.path, "--test_path", dev,
-                                             "--max_seq_len", self.settings.train_max_seq_len,
-                                             "--device", self.store.device,
-                                             "--output_json", work / "eval_old.json"], work)
-            old = json.loads((work / "eval_old.json").read_text(encoding="utf-8"))
-            promote = new["f1"] >= old["f1"]
+    def _finish(self, project, job_dir: Path, spec: JobSpec, result: dict) -> dict:
+        """Promote the candidate (or keep it unserved) and say what happened."""
+        new, old = result["metrics"], result["previous_metrics"]
+        promote = result["promote"]
+        metrics_on = "held-out annotations" if result["held_out"] else "training annotations"
         meta = {
             "project": project, "job": job_dir.name, "created": time.time(),
-            "base_model": live.version, "annotated_tasks": n_records, "source": source,
-            "metrics_on": "held-out annotations" if held_out else "training annotations",
-            "held_out": held_out,
+            "base_model": spec.model_version, "annotated_tasks": result["annotated_tasks"],
+            "source": spec.source, "metrics_on": metrics_on, "held_out": result["held_out"],
             "dev": {k: new[k] for k in ("precision", "recall", "f1", "examples")},
-            "train_seconds": train_metrics.get("train_seconds"),
-            "epochs_run": train_metrics.get("epochs_run"),
-            "kind": train_metrics.get("kind"),
+            "previous_dev": {k: old[k] for k in ("precision", "recall", "f1")},
+            "train_seconds": result.get("train_seconds"), "epochs_run": result.get("epochs_run"),
+            "kind": result.get("kind"),
         }
-        version = self.store.promote(project, best, meta, make_current=promote)
+        version = self.store.promote(project, Path(result["candidate"]), meta, make_current=promote)
         if promote:
             self.store.predictor(self.store.project_dir(project) / version)   # warm it up here
-        summary = (f"{version} f1={new['f1']:.3f} on {meta['metrics_on']}"
-                   + (f" (served model: {old['f1']:.3f})" if old else ""))
+        summary = (f"{version} f1={new['f1']:.3f} on {metrics_on} "
+                   f"(served model {spec.model_version}: {old['f1']:.3f})")
         if not promote:
             summary += "; not better than the served model, kept but not served"
-        logf.write(summary + "\n")
+        with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
+            logf.write(summary + "\n")
         return {"model_version": version, "promoted": promote, "metrics": meta["dev"],
-                "previous_metrics": old and {k: old[k] for k in ("precision", "recall", "f1")},
-                "held_out": held_out, "annotated_tasks": n_records, "source": source,
+                "previous_metrics": meta["previous_dev"], "held_out": result["held_out"],
+                "annotated_tasks": result["annotated_tasks"], "source": spec.source,
                 "summary": summary}
+
+    def _prune_jobs(self, project):
+        """Keep the directories of the newest ``KEEP_JOBS`` finished jobs of a project."""
+        finished = [j for j in self.list(project) if j.get("state") in ("done", "failed")]
+        for job in finished[: max(0, len(finished) - self.settings.keep_jobs)]:
+            shutil.rmtree(self._jobs_dir(project) / job["id"], ignore_errors=True)
 
 
 def _tail(path: Path, lines=6) -> str:
@@ -328,6 +302,33 @@ def _tail(path: Path, lines=6) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text[-lines:] if line.strip())[-800:]
+
+
+def _is_job_process(pid: int, job_dir: Path) -> bool:
+    """True if ``pid`` leads its own process group and runs ``train_job.py job_dir``."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return os.getpgid(pid) == pid and any(a.endswith(b"train_job.py") for a in args) \
+            and os.fsencode(str(job_dir)) in args
+    except (OSError, ProcessLookupError):
+        return False
+
+
+def stop_job_process(pid, job_dir: Path, grace=10.0) -> bool:
+    """Stop the process group of a job that outlived its server; whether one was running."""
+    if not isinstance(pid, int) or not _is_job_process(pid, job_dir):
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.time() + wait
+        while time.time() < deadline and _is_job_process(pid, job_dir):
+            time.sleep(0.1)
+        if not _is_job_process(pid, job_dir):
+            return True
+    return True
 
 
 def fetch_label_studio_tasks(url: str, api_key: str, project: str) -> list[dict]:

@@ -239,7 +239,29 @@ def _children(pid):
     return [line.split(None, 1) for line in out.stdout.splitlines() if line.strip()]
 
 
-def test_a_killed_server_leaves_no_partial_version(gunicorn, scratch_small, tmp_path):
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return state != "Z"
+
+
+def _still_alive(pid, seconds=5.0):
+    """Whether ``pid`` is alive after up to ``seconds`` for a killed process to go."""
+    deadline = time.time() + seconds
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return _alive(pid)
+
+
+@pytest.mark.parametrize("job_survives", [False, True], ids=["job-killed-too", "job-orphaned"])
+def test_a_killed_server_leaves_no_partial_version(gunicorn, scratch_small, tmp_path, job_survives):
+    """The server dies at once (master, worker, maybe the job's process); a restart recovers.
+
+    A job process that outlived its server is stopped by the restarted server,
+    and its partial checkpoint removed."""
     env = dict(UIE_MODEL=str(scratch_small), TRAIN_EPOCHS="500", TRAIN_MAX_SEQ_LEN="64",
                MODEL_DIR=str(tmp_path / "models"))
     server = gunicorn(**env)
@@ -247,22 +269,27 @@ def test_a_killed_server_leaves_no_partial_version(gunicorn, scratch_small, tmp_
     job = requests.post(server.url + "/train", json={"annotations": tasks, "project": "2.1",
                                                      "label_config": CLUENER_CONFIG}, timeout=10).json()["job"]
     base = requests.post(server.url + "/setup", json={"project": "2.1"}, timeout=10).json()["model_version"]
+    job_dir = tmp_path / "models" / "2" / "jobs" / job["id"]
     deadline = time.time() + 120
-    while time.time() < deadline:   # wait until finetune.py is training
+    while time.time() < deadline:   # wait until the job process is training
         procs = [p for w in _children(server.proc.pid) for p in _children(int(w[0]))]
-        if any("finetune.py" in args for _, args in procs):
+        if any("train_job.py" in args for _, args in procs) and (job_dir / "work" / "ckpt").is_dir():
             break
         time.sleep(0.5)
     else:
-        raise AssertionError("finetune.py never started")
+        raise AssertionError("train_job.py never started training")
     time.sleep(3)
-    # the whole server dies at once: master, worker, training subprocess
+    job_pids = [int(pid) for pid, args in procs if "train_job.py" in args]
+    state = json.loads((job_dir / "state.json").read_text())
+    assert state["job_pid"] == job_pids[0] and os.getpgid(job_pids[0]) == job_pids[0]
     for w in _children(server.proc.pid):
-        for pid, _ in _children(int(w[0])):
-            os.kill(int(pid), signal.SIGKILL)
+        if not job_survives:
+            for pid in job_pids:
+                os.kill(pid, signal.SIGKILL)
         os.kill(int(w[0]), signal.SIGKILL)
     server.proc.kill()
     server.proc.wait()
+    assert _still_alive(job_pids[0], 0 if job_survives else 5) == job_survives
 
     project_dir = tmp_path / "models" / "2"
     assert not (project_dir / "current").exists()
@@ -272,6 +299,8 @@ def test_a_killed_server_leaves_no_partial_version(gunicorn, scratch_small, tmp_
     jobs = requests.get(again.url + "/jobs?project=2", timeout=10).json()["jobs"]
     assert [(j["id"], j["state"]) for j in jobs] == [(job["id"], "failed")]
     assert "interrupted" in jobs[0]["error"]
+    assert not _still_alive(job_pids[0]), "the orphaned job process was not stopped"
+    assert not (job_dir / "work" / "ckpt").exists()
     assert requests.post(again.url + "/setup", json={"project": "2.1"}, timeout=10).json()["model_version"] == base
     assert not [p for p in project_dir.iterdir() if p.name.startswith((".tmp", "v"))]
 

@@ -1,0 +1,182 @@
+"""One training job, in one process: annotations -> UIE examples -> finetune -> evaluate.
+
+    python train_job.py JOB_DIR
+
+``JOB_DIR/spec.json`` (written by ``jobs.JobRunner``) says what to train:
+the label config, the annotated tasks, the served model and the training
+settings. The job converts the tasks (``convert``), builds UIE examples
+(``doccano``), fine-tunes (``finetune``), scores the new model and the
+served one on the same annotations (``evaluate``) and writes
+``JOB_DIR/result.json``; the caller promotes the candidate. Everything runs
+as function calls in this one process: nothing that comes from Label Studio
+(labels, prompts, texts, project ids) is ever a command-line argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from convert import expand_prompts, label_studio_to_doccano, write_jsonl
+from label_config import LabelConfigError, parse_label_config
+
+log = logging.getLogger("train_job")
+SPEC, RESULT = "spec.json", "result.json"
+
+
+class JobError(RuntimeError):
+    """A training step failed; the message is shown in the job state."""
+
+
+@dataclass
+class JobSpec:
+    """What one job trains, from what, and how."""
+
+    project: str
+    label_config: str
+    tasks: list
+    source: str                    # where the tasks came from: webhooks, train request, ...
+    model_path: str                # the model served now: training starts from it
+    model_version: str
+    device: str = "cpu"
+    batch_size: int = 16
+    max_seq_len: int = 128
+    learning_rate: float | None = None
+    num_epochs: int | None = None
+    min_dev_tasks: int = 50
+    extra: dict = field(default_factory=dict)
+
+    def write(self, job_dir: Path):
+        (Path(job_dir) / SPEC).write_text(json.dumps(asdict(self), ensure_ascii=True),
+                                          encoding="utf-8")
+
+    @classmethod
+    def read(cls, job_dir: Path) -> "JobSpec":
+        return cls(**json.loads((Path(job_dir) / SPEC).read_text(encoding="utf-8")))
+
+
+@dataclass
+class Examples:
+    """The UIE examples a job trains and scores on."""
+
+    train: list
+    dev: list
+    records: int        # annotated tasks that became doccano records
+    held_out: bool      # dev is held out (else it is the training set)
+
+
+def build_examples(tasks, label_config: str, min_dev_tasks: int) -> Examples:
+    """Label Studio tasks -> UIE examples for every (task, label) pair of the config.
+
+    Labels nobody annotated yet are negatives too (``/predict`` asks every label
+    of every task), and a label with ``predicted_values`` is trained on the words
+    the server prompts with. With ``min_dev_tasks`` annotated tasks or more, 20 %
+    are held out.
+    """
+    import doccano
+
+    try:
+        controls = parse_label_config(label_config)
+    except LabelConfigError as exc:
+        raise JobError(f"no usable label config: {exc}") from None
+    control = controls[0]
+    same_text = [c for c in controls if c.data_key == control.data_key]
+    records = label_studio_to_doccano(tasks, text_key=control.data_key,
+                                      from_names={c.from_name for c in same_text})
+    if not records:
+        raise JobError(f"no annotated tasks to train on ({len(tasks)} tasks)")
+    held_out = len(records) >= min_dev_tasks
+    labels = [label for c in same_text for label, _ in c.labels]
+    try:
+        train, dev, _ = doccano.convert_doccano(records, splits=(0.8, 0.2, 0) if held_out else (1, 0, 0),
+                                                negative_ratio=-1, labels=labels)
+    except ValueError as exc:
+        raise JobError(f"the annotations cannot be trained on: {exc}") from None
+    prompts = {label: ps for c in same_text for label, ps in c.labels if list(ps) != [label]}
+    if prompts:
+        train, dev = expand_prompts(train, prompts), expand_prompts(dev, prompts)
+    return Examples(train, dev if held_out else train, len(records), held_out)
+
+
+def _score(model_path, examples, spec: JobSpec) -> dict:
+    """Span P/R/F1 of the model in ``model_path``, loaded afresh from its files."""
+    import uie_model
+    from evaluate import evaluate_examples
+
+    predictor = uie_model.UIEPredictor.from_dir(model_path, device=spec.device,
+                                                max_seq_len=spec.max_seq_len)
+    return evaluate_examples(predictor, examples)
+
+
+def train(spec: JobSpec, work: Path) -> dict:
+    """Run the job in ``work``; returns what ``result.json`` holds.
+
+    ``candidate`` is the trained checkpoint; ``promote`` says whether it scored
+    at least as well as the served model on the same annotations (held-out ones
+    when there are enough, else the training ones).
+    """
+    import finetune
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    log.info("%d tasks from %s", len(spec.tasks), spec.source)
+    examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks)
+    (work / "data").mkdir(exist_ok=True)
+    write_jsonl(examples.train, work / "data" / "train.txt")
+    write_jsonl(examples.dev, work / "data" / "dev.txt")
+    log.info("%d annotated tasks -> %d training examples, %d %s examples", examples.records,
+             len(examples.train), len(examples.dev), "held-out" if examples.held_out else "scoring")
+    trained = finetune.finetune(
+        examples.train, examples.dev, spec.model_path, work / "ckpt",
+        learning_rate=spec.learning_rate, num_epochs=spec.num_epochs,
+        batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
+        logging_steps=20, valid_steps=0)
+    candidate = work / "ckpt" / "model_best"
+    new = _score(candidate, examples.dev, spec)
+    old = _score(spec.model_path, examples.dev, spec)
+    log.info("f1 %.4f (served model %s: %.4f)", new["f1"], spec.model_version, old["f1"])
+    return {"candidate": str(candidate), "promote": new["f1"] >= old["f1"],
+            "metrics": new, "previous_metrics": old, "held_out": examples.held_out,
+            "annotated_tasks": examples.records, "source": spec.source,
+            "train_seconds": trained.get("train_seconds"), "epochs_run": trained.get("epochs_run"),
+            "kind": trained.get("kind")}
+
+
+def run(job_dir) -> int:
+    """Read ``spec.json``, train, write ``result.json`` (or ``{"error"}``); exit status."""
+    import uie_model
+
+    job_dir = Path(job_dir)
+    uie_model.use_all_cores()
+    started = time.time()
+    try:
+        result = train(JobSpec.read(job_dir), job_dir / "work")
+        status = 0
+    except JobError as exc:
+        result, status = {"error": str(exc)}, 1
+    except Exception as exc:   # noqa: BLE001  (reported in the job state, with the log)
+        log.exception("training failed")
+        result, status = {"error": f"{type(exc).__name__}: {exc}"}, 1
+    result["seconds"] = round(time.time() - started, 1)
+    tmp = job_dir / f".{RESULT}.tmp"
+    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    tmp.replace(job_dir / RESULT)
+    return status
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not (Path(argv[0]) / SPEC).is_file():
+        print("usage: python train_job.py JOB_DIR  (a directory holding spec.json)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+                        force=True)
+    return run(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
