@@ -8,13 +8,22 @@ Layout under ``MODEL_DIR``::
     <project>/jobs/<job>/      training jobs (see jobs.py)
 
 A version directory only ever appears by ``os.rename`` of a complete,
-validated directory, so nothing half-written is loaded. Every process reads
-``current`` on each request, so all gunicorn workers switch to a new version
-without a restart.
+validated directory whose files were synced to disk, so nothing half-written
+is loaded, even after a power loss; its ``meta.json`` records a checksum of its
+weights, checked on load. Every process reads ``current`` on each request, so
+all gunicorn workers switch to a new version without a restart.
+
+Damaged state never takes a project back to the untrained base model: when
+``current`` is unreadable or names a version that does not load, the newest
+promoted version that loads is served, the failure is logged once and shown
+in ``/health`` (``ModelStore.problems``), and the broken files are not retried
+until they change. The newest ``KEEP_VERSIONS`` versions of a project stay on
+disk, and each process keeps at most ``MAX_LOADED_MODELS`` models loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +31,7 @@ import re
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +60,64 @@ def project_key(raw) -> str:
     return key
 
 
+def fsync_path(path: Path):
+    """Flush a file's or a directory's entry to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path):
+    """Flush every file and directory under ``root`` (``root`` included) to disk."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
+
+
 def atomic_write(path: Path, text: str):
+    """Replace ``path`` by ``text``: whole or not at all, also across a power loss."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def weights_checksum(path) -> str:
+    """sha256 of a model directory's ``model_state.pdparams``."""
+    h = hashlib.sha256()
+    with open(Path(path) / "model_state.pdparams", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_meta(version_dir: Path) -> dict:
+    """A version's ``meta.json``; ``ModelLoadError`` if it is missing or not a JSON object."""
+    try:
+        meta = json.loads((Path(version_dir) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{version_dir}: unreadable meta.json ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{version_dir}: meta.json is not a JSON object")
+    return meta
+
+
+def _signature(path: Path) -> tuple:
+    """What a model directory's files look like now (to retry a failed load only after a change)."""
+    out = []
+    for name in ("meta.json", *uie_model.MODEL_FILES):
+        try:
+            st = (Path(path) / name).stat()
+            out.append((name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -61,7 +125,6 @@ class LiveModel:
     version: str
     path: str
     predictor: UIEPredictor
-    trained: bool
 
 
 class ModelStore:
@@ -73,9 +136,12 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.device = uie_model.select_device(settings.device)
         self.base = source or self._resolve_base()
-        self._predictors: dict[str, UIEPredictor] = {}
-        self._load_lock = threading.Lock()
+        self._predictors: OrderedDict[str, UIEPredictor] = OrderedDict()   # least recent first
+        self._lock = threading.Lock()         # guards the dicts below
+        self._load_lock = threading.Lock()    # one model load at a time
         self._serving: dict[str, str] = {}    # project -> path of the model it is served by
+        self._failed: dict[str, tuple] = {}   # path -> (files' signature, why it does not load)
+        self._problems: dict[str, dict] = {}  # project -> what is wrong with its files now
         self.predictor(self.base.path)  # load at start-up, not on the first request
 
     def _resolve_base(self) -> ModelSource:
@@ -93,18 +159,44 @@ class ModelStore:
 
     # -- loading ---------------------------------------------------------
     def predictor(self, path) -> UIEPredictor:
+        """The loaded model in ``path`` (loaded now if need be); ``ModelLoadError`` if it cannot be."""
         path = str(path)
-        found = self._predictors.get(path)
-        if found is not None:
-            return found
+        with self._lock:
+            if path in self._predictors:
+                self._predictors.move_to_end(path)
+                return self._predictors[path]
         with self._load_lock:
-            if path not in self._predictors:
-                max_seq_len = self.serving_seq_len(path)
-                log.info("loading model %s on %s (max_seq_len %d)", path, self.device, max_seq_len)
-                self._predictors[path] = UIEPredictor.from_dir(
+            with self._lock:
+                if path in self._predictors:
+                    return self._predictors[path]
+            max_seq_len = self.serving_seq_len(path)
+            log.info("loading model %s on %s (max_seq_len %d)", path, self.device, max_seq_len)
+            try:
+                predictor = UIEPredictor.from_dir(
                     path, device=self.device, max_seq_len=max_seq_len,
                     batch_size=self.settings.batch_size, threshold=self.settings.score_threshold)
-            return self._predictors[path]
+            except ModelLoadError:
+                raise
+            except Exception as exc:   # damaged files surface as many exception types
+                raise ModelLoadError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from exc
+            with self._lock:
+                self._predictors[path] = predictor
+                self._evict_least_recent()
+            return predictor
+
+    def _evict_least_recent(self):
+        """Unload the least recently used models beyond ``MAX_LOADED_MODELS`` (never the base)."""
+        limit = max(1, self.settings.max_loaded_models)
+        for path in [p for p in self._predictors if p != self.base.path]:
+            if len(self._predictors) <= limit:
+                break
+            log.info("unloading model %s (least recently used of %d loaded)", path, len(self._predictors))
+            del self._predictors[path]
+
+    def loaded(self) -> list[str]:
+        """Paths of the models this process holds, least recently used first."""
+        with self._lock:
+            return list(self._predictors)
 
     def serving_seq_len(self, path) -> int:
         """``MAX_SEQ_LEN``, but no longer than a scratch model was trained on.
@@ -117,14 +209,14 @@ class ModelStore:
         if uie_model.is_scratch_model(path) and trained.is_file():
             try:
                 limit = min(limit, int(json.loads(trained.read_text(encoding="utf-8"))["max_seq_len"]))
-            except (ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError):
                 pass
         return limit
 
     def _evict_unused(self):
         """Forget loaded models that no project serves any more (old versions)."""
         keep = {self.base.path} | set(self._serving.values())
-        with self._load_lock:
+        with self._lock:
             for path in [p for p in self._predictors if p not in keep]:
                 log.info("unloading model %s (no longer served)", path)
                 del self._predictors[path]
@@ -137,46 +229,115 @@ class ModelStore:
     def project_dir(self, project: str) -> Path:
         return self.root / project
 
-    def current_version(self, project: str) -> str | None:
+    def read_current(self, project: str) -> tuple[str | None, str | None]:
+        """``(version, None)`` from ``<project>/current``, ``(None, None)`` if there is none,
+        or ``(None, why)`` if it is unreadable or names no complete version."""
         try:
-            name = (self.project_dir(project) / "current").read_text(encoding="utf-8").strip()
+            raw = (self.project_dir(project) / "current").read_bytes()
         except FileNotFoundError:
-            return None
-        if VERSION_RE.match(name) and (self.project_dir(project) / name / "meta.json").is_file():
-            return name
-        log.error("project %s: 'current' names %r, which is not a complete version", project, name)
-        return None
+            return None, None
+        except OSError as exc:
+            return None, f"'current' cannot be read ({exc.strerror or exc})"
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None, "'current' is not UTF-8 text"
+        if not VERSION_RE.match(name):
+            return None, f"'current' holds {name[:80]!r}, which is not a version name"
+        if not (self.project_dir(project) / name / "meta.json").is_file():
+            return None, f"'current' names {name}, which is not a complete version"
+        return name, None
+
+    def current_version(self, project: str) -> str | None:
+        return self.read_current(project)[0]
+
+    def _load_version(self, project: str, version: str) -> LiveModel:
+        """A version, loaded; a version that failed is not retried until its files change."""
+        path = self.project_dir(project) / version
+        signature = _signature(path)
+        failed = self._failed.get(str(path))
+        if failed and failed[0] == signature:
+            raise ModelLoadError(failed[1])
+        try:
+            if str(path) not in self.loaded():
+                expected = read_meta(path).get("weights_sha256")
+                if expected and weights_checksum(path) != expected:
+                    raise ModelLoadError("its weights do not match the checksum in meta.json")
+            predictor = self.predictor(path)
+        except (ModelLoadError, OSError) as exc:
+            with self._lock:
+                self._failed[str(path)] = (signature, str(exc))
+            raise ModelLoadError(str(exc)) from None
+        return LiveModel(version, str(path), predictor)
 
     def live(self, project: str) -> LiveModel:
-        """The model that serves ``project`` now."""
-        version = self.current_version(project)
+        """The model that serves ``project`` now.
+
+        ``current``'s version; if it cannot be read or loaded, the newest promoted
+        version that loads; the base model if the project has none.
+        """
+        wanted, problem = self.read_current(project)
+        problems = [problem] if problem else []
+        candidates = [wanted] if wanted else []
+        if problem or wanted:   # fall back only where a version was served
+            candidates += [v for v in self._promoted_newest_first(project) if v != wanted]
         live = None
-        if version is not None:
-            path = str(self.project_dir(project) / version)
+        for version in candidates:
             try:
-                live = LiveModel(version, path, self.predictor(path), True)
+                live = self._load_version(project, version)
+                break
             except ModelLoadError as exc:
-                log.error("project %s: version %s cannot be loaded (%s); serving the base model",
-                          project, version, exc)
+                problems.append(f"version {version} cannot be loaded: {exc}")
         if live is None:
-            live = LiveModel(self.base.version, self.base.path, self.predictor(self.base.path), False)
-        if self._serving.get(project) != live.path:
-            previous = self._serving.get(project)
-            self._serving[project] = live.path
-            if previous is not None:
-                self._evict_unused()
+            live = LiveModel(self.base.version, self.base.path, self.predictor(self.base.path))
+        self._note_problems(project, problems, live)
+        self._note_serving(project, live)
         return live
 
+    def _note_problems(self, project, problems, live):
+        """Remember (and log once) what is wrong with a project's files."""
+        entry = {"errors": problems, "served_version": live.version} if problems else None
+        with self._lock:
+            changed = self._problems.get(project) != entry
+            if entry:
+                self._problems[project] = entry
+            else:
+                self._problems.pop(project, None)
+        if changed and entry:
+            log.error("project %s: %s; serving %s", project, "; ".join(problems), live.version)
+        elif changed:
+            log.info("project %s: its versions load again; serving %s", project, live.version)
+
+    def _note_serving(self, project, live):
+        with self._lock:
+            previous = self._serving.get(project)
+            self._serving[project] = live.path
+        if previous is not None and previous != live.path:
+            self._evict_unused()
+
+    def problems(self) -> dict[str, dict]:
+        """Projects whose ``current`` or versions are damaged: the errors and what is served."""
+        with self._lock:
+            return {p: dict(v) for p, v in self._problems.items()}
+
     def versions(self, project: str) -> list[dict]:
+        """Every complete version of a project, oldest first (unreadable ones are left out)."""
         out = []
         pdir = self.project_dir(project)
         if pdir.is_dir():
             for child in sorted(pdir.iterdir()):
                 if VERSION_RE.match(child.name) and (child / "meta.json").is_file():
-                    meta = json.loads((child / "meta.json").read_text(encoding="utf-8"))
-                    out.append(dict(meta, model_version=child.name))
+                    try:
+                        out.append(dict(read_meta(child), model_version=child.name))
+                    except ModelLoadError as exc:
+                        log.warning("project %s: version %s left out: %s", project, child.name, exc)
         out.sort(key=lambda m: int(VERSION_RE.match(m["model_version"]).group(1)))
         return out
+
+    def _promoted_newest_first(self, project: str) -> list[str]:
+        """Versions that were served once (not those kept unserved), newest first."""
+        return [v["model_version"] for v in reversed(self.versions(project))
+                if v.get("promoted", True)]
 
     def next_version(self, project: str) -> str:
         numbers = [int(VERSION_RE.match(v["model_version"]).group(1)) for v in self.versions(project)]
@@ -186,21 +347,46 @@ class ModelStore:
         return f"v{max(numbers, default=0) + 1}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def promote(self, project: str, checkpoint: Path, meta: dict, make_current=True) -> str:
-        """Copy a validated checkpoint in as the project's next version, atomically."""
+        """Copy a validated checkpoint in as the project's next version, atomically.
+
+        Its files are synced to disk before it is renamed into place, and
+        ``current`` is switched only then; ``meta.json`` records whether it was
+        served and the sha256 of its weights.
+        """
         pdir = self.project_dir(project)
         pdir.mkdir(parents=True, exist_ok=True)
         version = self.next_version(project)
         tmp = pdir / f".tmp-{version}"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("static", ".cache_info"))
-        (tmp / "meta.json").write_text(json.dumps(dict(meta, model_version=version), indent=2),
-                                       encoding="utf-8")
+        meta = dict(meta, model_version=version, promoted=make_current,
+                    weights_sha256=weights_checksum(tmp))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        fsync_tree(tmp)
         os.rename(tmp, pdir / version)
+        fsync_path(pdir)
         if make_current:
             atomic_write(pdir / "current", version + "\n")
         log.info("project %s: version %s is %s", project, version,
                  "now live" if make_current else "kept but not served")
+        self.prune(project)
         return version
+
+    def prune(self, project: str) -> list[str]:
+        """Delete all but ``KEEP_VERSIONS`` versions: the current one and the newest others."""
+        keep = max(1, self.settings.keep_versions)
+        current = self.current_version(project)
+        names = [v["model_version"] for v in self.versions(project)]
+        others = [v for v in names if v != current]
+        room = keep - 1 if current in names else keep
+        removed = others[: max(0, len(others) - room)]
+        pdir = self.project_dir(project)
+        for version in removed:
+            doomed = pdir / f".tmp-deleted-{version}"
+            os.rename(pdir / version, doomed)   # gone at once for every reader
+            shutil.rmtree(doomed, ignore_errors=True)
+            log.info("project %s: version %s deleted (KEEP_VERSIONS=%d)", project, version, keep)
+        return removed
 
     def cleanup_partial(self):
         """Remove temporary version directories left by a process that died mid-copy."""
