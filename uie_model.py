@@ -156,6 +156,15 @@ def scratch_vocab() -> list[str]:
 # --------------------------------------------------------------------------
 # Tokenisation with exact offsets
 
+# The tokenizer remembers the pieces of up to WORD_CACHE_SIZE words of at most
+# WORD_CACHE_CHARS characters: at most ~3 KB each (a word split into one piece
+# per character), so the cache stays under ~50 MB whatever the texts; most words
+# take a few hundred bytes. Longer words are split anew each time (a word of
+# more than 100 characters is one [UNK] without any look-up).
+WORD_CACHE_CHARS = 32
+WORD_CACHE_SIZE = 16384
+
+
 class OffsetTokenizer:
     """WordPiece tokenisation (as ErnieTokenizer does it) with character offsets.
 
@@ -172,8 +181,8 @@ class OffsetTokenizer:
         self.pad_id = vocab["[PAD]"]
         self.cls_id = vocab["[CLS]"]
         self.sep_id = vocab["[SEP]"]
-        self._wordpiece = lru_cache(maxsize=65536)(self._wordpiece_uncached)
-        self._norm = lru_cache(maxsize=65536)(self._norm_uncached)
+        self._wordpiece = lru_cache(maxsize=WORD_CACHE_SIZE)(self._wordpiece_uncached)
+        self._norm = lru_cache(maxsize=65536)(self._norm_uncached)    # single characters
 
     @classmethod
     def from_dir(cls, path) -> "OffsetTokenizer":
@@ -224,7 +233,8 @@ class OffsetTokenizer:
             joined = "".join(word)
             # position in the normalised word -> index in text
             index = [i for piece, i in zip(word, where) for _ in piece]
-            for tid, s, e in self._wordpiece(joined):
+            cached = len(joined) <= WORD_CACHE_CHARS
+            for tid, s, e in (self._wordpiece if cached else self._wordpiece_uncached)(joined):
                 ids.append(tid)
                 starts.append(index[s])
                 ends.append(index[e - 1] + 1)

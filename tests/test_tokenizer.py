@@ -63,3 +63,50 @@ def test_pair_spans_follows_uie_decoding():
     spans = uie_model.pair_spans(start, end, 0.5)
     assert [(s, e) for s, e, _ in spans] == [(0, 1), (2, 3), (5, 5)]
     assert spans[0][2] == pytest.approx(0.81)
+
+
+def test_long_words_are_not_kept_in_the_caches(tokenizers):
+    """Words of up to MAX_TEXT_CHARS characters must not pile up in the word cache."""
+    ours, ernie = tokenizers
+    fresh = uie_model.OffsetTokenizer(ours.vocab, ours.do_lower_case)
+    rng = random.Random(3)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lengths = [2000] * 100 + [101, 150, 60, 40, uie_model.WORD_CACHE_CHARS + 1]
+    words = ["".join(rng.choice(letters) for _ in range(n)) for n in lengths]
+    texts = [f"张三 {w}，Hello" for w in words]
+    results = [fresh.tokenize(t) for t in texts]
+    assert fresh._wordpiece.cache_info().currsize == 1             # "hello" only
+    assert fresh._norm.cache_info().currsize <= len(set("".join(texts)))   # single characters
+    # the same tokens as ErnieTokenizer's, and as the cached tokenizer's
+    for t, (ids, _, _) in zip(texts[-5:], results[-5:]):
+        assert ids == ernie.convert_tokens_to_ids(ernie.tokenize(t))
+    assert [fresh.tokenize(t) for t in texts] == results
+    assert [ours.tokenize(t) for t in texts] == results
+
+
+def test_the_word_cache_is_bounded(tokenizers):
+    """Distinct words of the longest cached length, each char its own piece (the worst
+    case): the cache keeps WORD_CACHE_SIZE of them, in a few tens of MB."""
+    import tracemalloc
+
+    ours, _ = tokenizers
+    fresh = uie_model.OffsetTokenizer(ours.vocab, ours.do_lower_case)
+    rng = random.Random(5)
+
+    def word():
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789")
+                       for _ in range(uie_model.WORD_CACHE_CHARS))
+
+    sample = 2000
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(sample):
+            fresh.tokenize(word())
+        per_word = (tracemalloc.get_traced_memory()[0] - base) / sample
+    finally:
+        tracemalloc.stop()
+    for _ in range(uie_model.WORD_CACHE_SIZE):
+        fresh.tokenize(word())
+    assert fresh._wordpiece.cache_info().currsize == uie_model.WORD_CACHE_SIZE
+    assert per_word * uie_model.WORD_CACHE_SIZE < 64 * 2**20, f"{per_word:.0f} bytes a word"
