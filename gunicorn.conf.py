@@ -1,14 +1,32 @@
-"""gunicorn settings from the environment (HOST, PORT, WORKERS, THREADS, LOG_LEVEL)."""
+"""gunicorn settings, read from the environment by ``Settings.from_env`` (see settings.py).
+
+HOST, PORT, WORKERS, THREADS, GUNICORN_TIMEOUT and LOG_LEVEL have their
+defaults there, like every other setting; a bad value stops gunicorn with
+the message ``Settings`` gives.
+"""
 
 import os
+import sys
 
-bind = f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '9090'}"
-workers = int(os.environ.get("WORKERS") or 1)
-threads = int(os.environ.get("THREADS") or 4)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # gunicorn's cwd may be elsewhere
+
+from settings import ConfigError, Settings  # noqa: E402
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:
+    raise SystemExit(f"configuration error: {exc}") from None
+
+_host = _settings.host
+if ":" in _host and not _host.startswith("["):
+    _host = f"[{_host}]"                  # an IPv6 address
+bind = f"{_host}:{_settings.port}"
+workers = _settings.workers
+threads = _settings.threads
 worker_class = "gthread"
 # A large batch on a big model on the CPU can take minutes; Label Studio waits 100 s.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 300)
+timeout = _settings.gunicorn_timeout
 graceful_timeout = 30
-loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
+loglevel = _settings.log_level.lower()
 accesslog = "-"
 preload_app = False   # each worker loads its model after the fork (Paddle is not fork-safe)

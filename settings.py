@@ -1,13 +1,18 @@
 """Configuration from the environment: one frozen ``Settings`` per process.
 
 Every variable is documented in the README's configuration table; the
-defaults below are the ones that table shows.
+defaults below are the ones that table shows, and the only ones: gunicorn
+(``gunicorn.conf.py``) and the development server (``python _wsgi.py``) read
+their settings here too. Each field ``name`` is read from the environment
+variable ``NAME``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -44,6 +49,16 @@ def _choice(env, name, default, choices):
     return value
 
 
+def _text(env, name, default=""):
+    """A string that can be sent as UTF-8 (the environment may hold undecodable bytes)."""
+    value = env.get(name) or default
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} is not valid UTF-8 text") from None
+    return value
+
+
 def _auto_float(env, name):
     """A float, or None for ``auto`` / unset (the model kind decides)."""
     raw = (env.get(name) or "auto").strip().lower()
@@ -68,10 +83,16 @@ class Settings:
     task_score: str = "min"
     score_threshold: float = 0.5
     basic_auth_user: str = ""
-    basic_auth_pass: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
     log_level: str = "INFO"
+    # gunicorn
     workers: int = 1
     threads: int = 4
+    gunicorn_timeout: int = 300
+    # request limits
+    max_request_mb: int = 100
+    max_tasks_per_request: int = 1000
+    max_queries_per_request: int = 5000      # tasks x prompts of one /predict
     # training
     train_epochs: int | None = None          # None: chosen by model kind
     train_learning_rate: float | None = None  # None: chosen by model kind
@@ -87,9 +108,18 @@ class Settings:
     label_studio_api_key: str = field(default="", repr=False)
 
     @classmethod
+    def env_name(cls, key: str) -> str:
+        """The environment variable of the field ``key`` (any case); ``ConfigError`` if none."""
+        names = [f.name for f in fields(cls)]
+        if key.strip().lower() not in names:
+            raise ConfigError(f"{key!r} is not a setting; settings are: {', '.join(names)}")
+        return key.strip().upper()
+
+    @classmethod
     def from_env(cls, env=None) -> "Settings":
+        """Read every setting from ``env`` (``os.environ``); ``ConfigError`` names a bad one."""
         env = os.environ if env is None else env
-        user, password = env.get("BASIC_AUTH_USER", ""), env.get("BASIC_AUTH_PASS", "")
+        user, password = _text(env, "BASIC_AUTH_USER"), _text(env, "BASIC_AUTH_PASS")
         if bool(user) != bool(password):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         return cls(
@@ -105,9 +135,14 @@ class Settings:
             score_threshold=_float(env, "SCORE_THRESHOLD", cls.score_threshold),
             basic_auth_user=user,
             basic_auth_pass=password,
-            log_level=(env.get("LOG_LEVEL") or cls.log_level).upper(),
+            log_level=_choice(env, "LOG_LEVEL", cls.log_level, LOG_LEVELS).upper(),
             workers=_int(env, "WORKERS", cls.workers, 1),
             threads=_int(env, "THREADS", cls.threads, 1),
+            gunicorn_timeout=_int(env, "GUNICORN_TIMEOUT", cls.gunicorn_timeout, 1),
+            max_request_mb=_int(env, "MAX_REQUEST_MB", cls.max_request_mb, 1),
+            max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", cls.max_tasks_per_request, 1),
+            max_queries_per_request=_int(env, "MAX_QUERIES_PER_REQUEST",
+                                         cls.max_queries_per_request, 1),
             train_epochs=_auto_int(env, "TRAIN_EPOCHS"),
             train_learning_rate=_auto_float(env, "TRAIN_LEARNING_RATE"),
             train_batch_size=_int(env, "TRAIN_BATCH_SIZE", cls.train_batch_size, 1),
@@ -118,5 +153,5 @@ class Settings:
             keep_jobs=_int(env, "KEEP_JOBS", cls.keep_jobs, 1),
             max_loaded_models=_int(env, "MAX_LOADED_MODELS", cls.max_loaded_models, 1),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
-            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or "",
+            label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
         )
