@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "parse_time",
     "select_annotation",
+    "task_text",
+    "TaskTextError",
     "task_to_doccano",
     "label_studio_to_doccano",
     "expand_prompts",
@@ -99,19 +101,34 @@ def select_annotation(task: dict) -> dict | None:
 # --------------------------------------------------------------------------
 # one task -> one doccano record
 # --------------------------------------------------------------------------
-def _task_text(task: dict, text_key: str | None) -> str | None:
-    """Find the task text: data[text_key], the only string in data, or data['text']."""
-    data = task.get("data")
+class TaskTextError(ValueError):
+    """A task has no text that can be predicted or trained on; the message says why."""
+
+
+def task_text(task: Any, text_key: str | None) -> str:
+    """The text of a task, the same for prediction (the server) and training (this script).
+
+    ``data[text_key]``; without a key (this script's CLI), the only string in
+    ``data``, else ``data["text"]``. The server always passes the ``$key`` of
+    the ``<Text>`` object. A missing, non-string or empty text, or one that is
+    not valid Unicode (a lone surrogate, which UTF-8 cannot hold), raises
+    ``TaskTextError``.
+    """
+    data = task.get("data") if isinstance(task, dict) else None
     if not isinstance(data, dict):
-        return None
-    if text_key is not None:
-        value = data.get(text_key)
-        return value if isinstance(value, str) else None
-    strings = [v for v in data.values() if isinstance(v, str)]
-    if len(strings) == 1:
-        return strings[0]
-    value = data.get("text")
-    return value if isinstance(value, str) else None
+        raise TaskTextError("the task has no 'data' object")
+    if text_key is None:
+        string_keys = [k for k, v in data.items() if isinstance(v, str)]
+        text_key = string_keys[0] if len(string_keys) == 1 else "text"
+    text = data.get(text_key)
+    if not isinstance(text, str) or not text:
+        raise TaskTextError(f"data.{text_key} is missing, empty or not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TaskTextError(f"data.{text_key} is not valid Unicode (a lone surrogate at "
+                            f"character {exc.start})") from None
+    return text
 
 
 def task_to_doccano(
@@ -127,14 +144,10 @@ def task_to_doccano(
     annotation = select_annotation(task)
     if annotation is None:
         return None
-    text = _task_text(task, text_key)
-    if text is None:
-        logger.warning(
-            "Task %s: no text found (text_key=%r, data keys=%s); skipped",
-            task_id,
-            text_key,
-            sorted(task.get("data", {}) or {}) if isinstance(task.get("data"), dict) else None,
-        )
+    try:
+        text = task_text(task, text_key)
+    except TaskTextError as exc:
+        logger.warning("Task %s: no text found (%s); skipped", task_id, exc)
         return None
 
     result = annotation.get("result") or []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from convert import TaskTextError, task_text
 from label_config import Control, parse_label_config
 from model_store import LiveModel, ModelStore
 
@@ -51,14 +52,14 @@ class UIEBackend:
         """One prediction per task, in task order, also when nothing was found."""
         live = self.store.live(self.project)
         controls = self.controls
-        jobs, where = [], []          # one extraction job per (task, control) with a text
+        queries, where = [], []       # one (text, prompts) query per (task, control) with a text
         for t, task in enumerate(tasks):
             for control in controls:
                 text = self._task_text(task, control)
                 if text is not None:
-                    jobs.append((text, control.prompts))
+                    queries.append((text, control.prompts))
                     where.append((t, control, text))
-        extracted = live.predictor.extract(jobs) if jobs else []
+        extracted = live.predictor.extract(queries) if queries else []
         regions = [[] for _ in tasks]
         for (t, control, text), by_prompt in zip(where, extracted):
             regions[t].extend(self._regions(control, text, by_prompt))
@@ -73,12 +74,13 @@ class UIEBackend:
 
     # -- helpers ----------------------------------------------------------
     def _task_text(self, task, control: Control) -> str | None:
+        """The text ``control`` labels (``convert.task_text``, as training reads it), or
+        None, logged, for an empty prediction: no usable text, or longer than ``MAX_TEXT_CHARS``."""
         task_id = task.get("id") if isinstance(task, dict) else None
-        data = task.get("data") if isinstance(task, dict) else None
-        text = data.get(control.data_key) if isinstance(data, dict) else None
-        if not isinstance(text, str) or not text:
-            log.warning("task %s: data.%s is missing, empty or not a string; empty prediction",
-                        task_id, control.data_key)
+        try:
+            text = task_text(task, control.data_key)
+        except TaskTextError as exc:
+            log.warning("task %s: %s; empty prediction", task_id, exc)
             return None
         if len(text) > self.settings.max_text_chars:
             log.warning("task %s: text of %d characters is longer than MAX_TEXT_CHARS=%d; "

@@ -122,6 +122,23 @@ def test_bad_tasks_get_empty_predictions_and_the_rest_is_predicted(trained_clien
     assert "empty prediction" in caplog.text
 
 
+def test_prediction_and_training_read_the_same_text_of_a_task(trained_client):
+    """Exactly the tasks convert.py trains on (``convert.task_text``) get a prediction."""
+    import convert
+
+    good = EDGE_CASES[0][0]
+    tasks = [{"id": 1, "data": {"text": good, "title": "标题"}}, {"id": 2, "data": {"text": ""}},
+             {"id": 3, "data": {"text": 42}}, {"id": 4, "data": {"content": good}},
+             {"id": 5, "data": {"text": good + "\ud800"}}, {"id": 6, "data": "text"}]
+    body = json.dumps({"tasks": tasks, "label_config": LABEL_CONFIG}, ensure_ascii=True)
+    answer = trained_client.post("/predict", data=body, content_type="application/json")
+    assert answer.status_code == 200
+    predicted = [bool(r["result"]) for r in answer.json["results"]]
+    annotated = [dict(t, annotations=[{"id": 1, "result": []}]) for t in tasks]
+    trained = [convert.task_to_doccano(t, text_key="text") is not None for t in annotated]
+    assert predicted == trained == [True, False, False, False, False, False]
+
+
 def test_text_longer_than_max_text_chars_is_not_predicted(make_app, trained_model, caplog):
     client = make_app(uie_model=str(trained_model), max_text_chars=30).test_client()
     long_text = EDGE_CASES[5][0]
