@@ -1,30 +1,42 @@
-"""HTTP layer: the Flask app Label Studio connects to, and its gunicorn entry.
+"""HTTP layer: the Flask app Label Studio connects to, its gunicorn entry, the dev server.
 
     gunicorn -c gunicorn.conf.py _wsgi:app        # what `make run` does
     python _wsgi.py --host 127.0.0.1 --port 9090  # Flask's development server
 
 Endpoints follow what Label Studio 1.23 sends (see the README): ``/health``,
 ``/setup``, ``/predict``, ``/webhook``, ``/train``, ``/versions``, ``/jobs``,
-``/metrics``. Bad input is answered 4xx with ``{"error": ...}``.
+``/metrics``. They are module-level views on the ``api`` blueprint and find
+the process-wide parts in ``current_app.extensions["uie"]``; ``create_app``
+only wires them together. Bad input is answered 4xx with ``{"error": ...}``;
+an unexpected error 500 with a request id only (the details go to the log).
 """
 
 from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import logging
 import os
+import re
 import threading
 import time
+import uuid
 
-from flask import Flask, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from label_config import LabelConfigError
 from my_ml_backend import UIEBackend
 from settings import Settings
 
 log = logging.getLogger("uie-backend")
+api = Blueprint("uie", __name__)
+
+OPEN_PATHS = ("/", "/health")     # answered without basic auth (Label Studio's health check)
+MAX_JSON_DEPTH = 100               # Label Studio's requests nest about 8 levels deep
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Metrics:
@@ -52,16 +64,61 @@ class Metrics:
                         uptime_seconds=round(time.time() - self.started, 1))
 
 
+class JSONProvider(DefaultJSONProvider):
+    """UTF-8 JSON answers in the given key order.
+
+    A string holding a lone surrogate (which JSON input may carry as
+    ``"\\ud800"`` but UTF-8 cannot) makes the whole answer ASCII-escaped
+    instead of failing to encode.
+    """
+
+    ensure_ascii = False
+    sort_keys = False
+
+    def dumps(self, obj, **kwargs) -> str:
+        text = super().dumps(obj, **kwargs)
+        if _SURROGATE.search(text):
+            text = super().dumps(obj, **dict(kwargs, ensure_ascii=True))
+        return text
+
+
+# -- request parsing ------------------------------------------------------------
+def _ext() -> dict:
+    """The app's process-wide parts: store, annotations, jobs, metrics, settings."""
+    return current_app.extensions["uie"]
+
+
 def _json_body() -> dict:
-    body = request.get_json(silent=True, force=True)
-    if body is None:
-        raise BadRequest("request body is not valid JSON")
+    """The request body as a JSON object (400 otherwise; 413 past ``MAX_REQUEST_MB``)."""
+    try:
+        data = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(f"the request body is larger than MAX_REQUEST_MB="
+                                    f"{_ext()['settings'].max_request_mb} MB") from None
+    try:
+        body = json.loads(data)
+    except RecursionError:
+        raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError:          # also bytes that are not UTF-8
+        raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_depth(body)
     return body
 
 
-def _project(raw):
+def _check_depth(value, limit=MAX_JSON_DEPTH):
+    """400 when ``value`` nests lists/objects deeper than ``limit`` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise BadRequest(f"request body is nested more than {limit} levels deep")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def _project(raw) -> str:
     from model_store import project_key
 
     try:
@@ -70,6 +127,278 @@ def _project(raw):
         raise BadRequest(str(exc)) from None
 
 
+def _optional_str(body: dict, key: str, what: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be {what}")
+    return value
+
+
+def _backend(project: str, label_config: str | None = None) -> UIEBackend:
+    ext = _ext()
+    if label_config is None:
+        label_config = ext["annotations"].label_config(project)
+    return UIEBackend(ext["store"], project, label_config, ext["jobs"])
+
+
+def _keep_label_config(project: str, label_config: str):
+    """Store a project's label config; 422 when it cannot be stored (not valid Unicode)."""
+    try:
+        _ext()["annotations"].set_label_config(project, label_config)
+    except ValueError as exc:
+        raise LabelConfigError(str(exc)) from None
+
+
+# -- views ----------------------------------------------------------------------
+@api.get("/")
+@api.get("/health")
+def health():
+    ext = _ext()
+    store, settings = ext["store"], ext["settings"]
+    base = store.base
+    return jsonify(status="UP", model_class=UIEBackend.__name__, model_version=base.version,
+                   model={"uie_model": settings.uie_model, "kind": base.kind, "path": base.path,
+                          "fallback": bool(base.fallback_reason),
+                          "fallback_reason": base.fallback_reason or None},
+                   device=store.device)
+
+
+@api.post("/setup")
+def setup():
+    body = _json_body()
+    _ext()["metrics"].add(setup_requests=1)
+    project = _project(body.get("project"))
+    schema = _optional_str(body, "schema", "the label config XML string")
+    version = _backend(project, schema).setup()
+    if schema:
+        _keep_label_config(project, schema)
+    return jsonify(model_version=version)
+
+
+@api.post("/predict")
+def predict():
+    body = _json_body()
+    tasks = body.get("tasks")
+    if tasks is None:
+        raise BadRequest("'tasks' is missing")
+    if not isinstance(tasks, list):
+        raise BadRequest("'tasks' must be a list of tasks")
+    label_config = _optional_str(body, "label_config", "the label config XML string")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'params' must be an object")
+    project = _project(body.get("project"))
+    model = _backend(project, label_config)
+    if not model.label_config:
+        raise BadRequest("'label_config' is missing and no /setup was received for this project")
+    _check_predict_size(len(tasks), model)
+    started = time.perf_counter()
+    results = model.predict(tasks, context=(params or {}).get("context"))
+    _ext()["metrics"].add(predict_requests=1, predicted_tasks=len(tasks),
+                          predicted_regions=sum(len(r["result"]) for r in results),
+                          predict_seconds=time.perf_counter() - started)
+    return jsonify(results=results, model_version=results[0]["model_version"] if results
+                   else model.model_version)
+
+
+def _check_predict_size(n_tasks: int, model: UIEBackend):
+    """413 past ``MAX_TASKS_PER_REQUEST`` tasks or ``MAX_QUERIES_PER_REQUEST`` tasks x prompts."""
+    settings = _ext()["settings"]
+    if n_tasks > settings.max_tasks_per_request:
+        raise RequestEntityTooLarge(
+            f"{n_tasks} tasks in one request; at most MAX_TASKS_PER_REQUEST="
+            f"{settings.max_tasks_per_request}: send fewer tasks at a time")
+    prompts = sum(len(control.prompts) for control in model.controls)
+    if n_tasks * prompts > settings.max_queries_per_request:
+        raise RequestEntityTooLarge(
+            f"{n_tasks} tasks x {prompts} prompts = {n_tasks * prompts} model queries in one "
+            f"request; at most MAX_QUERIES_PER_REQUEST={settings.max_queries_per_request}: "
+            f"send fewer tasks at a time")
+
+
+@api.post("/webhook")
+def webhook():
+    body = _json_body()
+    _ext()["metrics"].add(webhooks=1)
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise BadRequest("'action' is missing")
+    project = _project(body.get("project"))
+    answer = {"status": "ok", "action": action, "project": project}
+    warning = _webhook_label_config(project, body.get("project"))
+    if warning:
+        answer["warning"] = warning
+    handler = WEBHOOK_HANDLERS.get(action)
+    if handler is None:
+        answer["status"] = "ignored"
+    else:
+        answer["job"] = handler(project, action, body)
+    return jsonify(answer)
+
+
+def _webhook_label_config(project: str, project_obj) -> str | None:
+    """Keep the label config a webhook carries; a warning (not an error) if it cannot be kept."""
+    config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
+    if not isinstance(config, str):
+        return None
+    try:
+        _keep_label_config(project, config)
+    except LabelConfigError as exc:
+        log.warning("project %s: webhook label config not kept: %s", project, exc)
+        return f"label config not kept: {exc}"
+    return None
+
+
+def _annotation_changed(project: str, action: str, body: dict):
+    annotation, task = body.get("annotation"), body.get("task")
+    if not isinstance(annotation, dict) or not isinstance(task, dict):
+        raise BadRequest(f"{action} needs 'annotation' and 'task' objects")
+    annotation_id = annotation.get("id")
+    if isinstance(annotation_id, bool) or not isinstance(annotation_id, (int, str)) \
+            or annotation_id == "":
+        raise BadRequest(f"{action} needs 'annotation.id' (a number or a string)")
+    ext = _ext()
+    stored = ext["annotations"].upsert(project, task, annotation)
+    if stored is False:         # an older copy than the one kept, or a deleted annotation
+        return None
+    return ext["jobs"].annotation_changed(project, 1)
+
+
+def _annotations_deleted(project: str, action: str, body: dict):
+    deleted = body.get("annotations")
+    if not isinstance(deleted, list):
+        raise BadRequest(f"{action} needs an 'annotations' list")
+    ids = [a.get("id") for a in deleted if isinstance(a, dict)]
+    ext = _ext()
+    ext["annotations"].delete(project, ids)
+    return ext["jobs"].annotation_changed(project, len(ids))
+
+
+def _start_training(project: str, action: str, body: dict):
+    _ext()["metrics"].add(train_requests=1)
+    return _backend(project).fit(action)
+
+
+WEBHOOK_HANDLERS = {"ANNOTATION_CREATED": _annotation_changed,
+                    "ANNOTATION_UPDATED": _annotation_changed,
+                    "ANNOTATIONS_DELETED": _annotations_deleted,
+                    "START_TRAINING": _start_training}
+
+
+@api.post("/train")
+def train():
+    body = _json_body()
+    _ext()["metrics"].add(train_requests=1)
+    tasks = body.get("annotations")
+    if tasks is not None and not isinstance(tasks, list):
+        raise BadRequest("'annotations' must be a list of tasks with their annotations")
+    project = _project(body.get("project"))
+    label_config = body.get("label_config")
+    if isinstance(label_config, str):
+        _keep_label_config(project, label_config)
+    job = _backend(project).fit("TRAIN", {"tasks": tasks})
+    return jsonify(status="ok", job=job), 201
+
+
+@api.get("/versions")
+def versions():
+    store = _ext()["store"]
+    project = request.args.get("project")
+    projects = [_project(project)] if project else store.projects()
+    details = {p: {"current": store.live(p).version, "versions": store.versions(p)}
+               for p in projects}
+    names = [store.base.version] + [v["model_version"] for d in details.values()
+                                    for v in d["versions"]]
+    return jsonify(versions=list(dict.fromkeys(names)), base=store.base.version,
+                   projects=details)
+
+
+@api.get("/jobs")
+def job_list():
+    project = request.args.get("project")
+    return jsonify(jobs=_ext()["jobs"].list(_project(project) if project else None))
+
+
+@api.get("/metrics")
+def metrics_view():
+    ext = _ext()
+    return jsonify(dict(ext["metrics"].snapshot(), jobs=ext["jobs"].summary()))
+
+
+# -- hooks and error handlers -------------------------------------------------------
+def start_request():
+    """Give every request an id: in the ``X-Request-Id`` answer header and the error log."""
+    g.request_id = uuid.uuid4().hex[:16]
+
+
+def check_auth():
+    """401 unless the request carries ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` (when set)."""
+    settings = _ext()["settings"]
+    if not settings.basic_auth_user or request.path in OPEN_PATHS:
+        return None
+    if _credentials_match(request.authorization, settings):
+        return None
+    response = jsonify(error="authentication required")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Basic realm="uie-backend", charset="UTF-8"'
+    return response
+
+
+def _credentials_match(auth, settings: Settings) -> bool:
+    """Compare as UTF-8 bytes in constant time (``compare_digest`` refuses non-ASCII ``str``)."""
+    if auth is None or auth.type != "basic":
+        return False
+    user_ok = hmac.compare_digest(_utf8(auth.username or ""), _utf8(settings.basic_auth_user))
+    password_ok = hmac.compare_digest(_utf8(auth.password or ""), _utf8(settings.basic_auth_pass))
+    return user_ok and password_ok
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def require_json():
+    """415 for a body that is not declared ``application/json``.
+
+    A web page can post ``text/plain`` or a form to any address without asking;
+    ``application/json`` needs a CORS preflight, which this server never grants.
+    """
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    if has_body and request.mimetype != "application/json":
+        raise UnsupportedMediaType("the request body must be JSON sent with "
+                                   "'Content-Type: application/json'")
+
+
+def add_request_id(response):
+    response.headers["X-Request-Id"] = _request_id()
+    return response
+
+
+def _request_id() -> str:
+    return g.get("request_id") or "-"
+
+
+def http_error(exc: HTTPException):
+    _ext()["metrics"].add(errors_4xx=1 if exc.code < 500 else 0,
+                          errors_5xx=1 if exc.code >= 500 else 0)
+    return jsonify(error=exc.description), exc.code
+
+
+def config_error(exc: LabelConfigError):
+    _ext()["metrics"].add(errors_4xx=1)
+    return jsonify(error=str(exc)), 422
+
+
+def unexpected_error(exc: Exception):
+    """500 with a request id only; the exception and its traceback go to the log."""
+    request_id = _request_id()
+    log.exception("request %s: unexpected error on %s %s", request_id, request.method, request.path)
+    _ext()["metrics"].add(errors_5xx=1)
+    return jsonify(error=f"internal error; the server log has the details under request id "
+                         f"{request_id}", request_id=request_id), 500
+
+
+# -- the app --------------------------------------------------------------------
 def configure_logging(level: str):
     """Log at ``LOG_LEVEL`` through the root logger (gunicorn's stderr)."""
     root = logging.getLogger()
@@ -81,7 +410,7 @@ def configure_logging(level: str):
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app: load the base model once, start the job runner."""
+    """Build the app: load the base model once, start the job runner, wire the views."""
     from annotation_store import AnnotationStore
     from jobs import JobRunner
     from model_store import ModelStore
@@ -91,163 +420,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = ModelStore(settings)
     annotations = AnnotationStore(store.root / "annotations.sqlite3")
     jobs = JobRunner(store, annotations)
-    metrics = Metrics()
 
     app = Flask(__name__)
-    app.json.ensure_ascii = False
-    app.json.sort_keys = False
+    app.json = JSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
     app.extensions["uie"] = {"store": store, "annotations": annotations, "jobs": jobs,
-                             "metrics": metrics, "settings": settings}
-
-    def backend(project, label_config=None):
-        if label_config is None:
-            label_config = annotations.label_config(project)
-        return UIEBackend(store, project, label_config, jobs)
-
-    @app.before_request
-    def check_auth():
-        if not settings.basic_auth_user or request.path == "/health" or request.path == "/":
-            return None
-        auth = request.authorization
-        ok = (auth is not None and auth.type == "basic"
-              and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
-              and hmac.compare_digest(auth.password or "", settings.basic_auth_pass))
-        if ok:
-            return None
-        response = jsonify(error="authentication required")
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Basic realm="uie-backend"'
-        return response
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        metrics.add(errors_4xx=1 if exc.code < 500 else 0, errors_5xx=1 if exc.code >= 500 else 0)
-        return jsonify(error=exc.description), exc.code
-
-    @app.errorhandler(LabelConfigError)
-    def config_error(exc):
-        metrics.add(errors_4xx=1)
-        return jsonify(error=str(exc)), 422
-
-    @app.errorhandler(Exception)
-    def unexpected(exc):
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        metrics.add(errors_5xx=1)
-        return jsonify(error=f"internal error: {type(exc).__name__}: {exc}"), 500
-
-    @app.get("/")
-    @app.get("/health")
-    def health():
-        base = store.base
-        return jsonify(status="UP", model_class=UIEBackend.__name__, model_version=base.version,
-                       model={"uie_model": settings.uie_model, "kind": base.kind, "path": base.path,
-                              "fallback": bool(base.fallback_reason),
-                              "fallback_reason": base.fallback_reason or None},
-                       device=store.device)
-
-    @app.post("/setup")
-    def setup():
-        body = _json_body()
-        metrics.add(setup_requests=1)
-        project = _project(body.get("project"))
-        schema = body.get("schema")
-        if schema is not None and not isinstance(schema, str):
-            raise BadRequest("'schema' must be the label config XML string")
-        model = backend(project, schema)
-        version = model.setup()
-        if schema:
-            annotations.set_label_config(project, schema)
-        return jsonify(model_version=version)
-
-    @app.post("/predict")
-    def predict():
-        body = _json_body()
-        tasks = body.get("tasks")
-        if tasks is None:
-            raise BadRequest("'tasks' is missing")
-        if not isinstance(tasks, list):
-            raise BadRequest("'tasks' must be a list of tasks")
-        label_config = body.get("label_config")
-        if label_config is not None and not isinstance(label_config, str):
-            raise BadRequest("'label_config' must be the label config XML string")
-        project = _project(body.get("project"))
-        model = backend(project, label_config)
-        if not model.label_config:
-            raise BadRequest("'label_config' is missing and no /setup was received for this project")
-        started = time.perf_counter()
-        results = model.predict(tasks, context=(body.get("params") or {}).get("context"))
-        metrics.add(predict_requests=1, predicted_tasks=len(tasks),
-                    predicted_regions=sum(len(r["result"]) for r in results),
-                    predict_seconds=time.perf_counter() - started)
-        return jsonify(results=results, model_version=results[0]["model_version"] if results
-                       else model.model_version)
-
-    @app.post("/webhook")
-    def webhook():
-        body = _json_body()
-        metrics.add(webhooks=1)
-        action = body.get("action")
-        if not isinstance(action, str):
-            raise BadRequest("'action' is missing")
-        project = _project(body.get("project"))
-        project_obj = body.get("project") if isinstance(body.get("project"), dict) else {}
-        if isinstance(project_obj.get("label_config"), str):
-            annotations.set_label_config(project, project_obj["label_config"])
-        answer = {"status": "ok", "action": action, "project": project}
-        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            annotation, task = body.get("annotation"), body.get("task")
-            if not isinstance(annotation, dict) or not isinstance(task, dict):
-                raise BadRequest(f"{action} needs 'annotation' and 'task' objects")
-            annotations.upsert(project, task, annotation)
-            answer["job"] = jobs.annotation_changed(project, 1)
-        elif action == "ANNOTATIONS_DELETED":
-            deleted = body.get("annotations")
-            if not isinstance(deleted, list):
-                raise BadRequest("ANNOTATIONS_DELETED needs an 'annotations' list")
-            ids = [a.get("id") for a in deleted if isinstance(a, dict)]
-            annotations.delete(project, ids)
-            answer["job"] = jobs.annotation_changed(project, len(ids))
-        elif action == "START_TRAINING":
-            metrics.add(train_requests=1)
-            answer["job"] = backend(project).fit(action)
-        else:
-            answer["status"] = "ignored"
-        return jsonify(answer)
-
-    @app.post("/train")
-    def train():
-        body = _json_body()
-        metrics.add(train_requests=1)
-        tasks = body.get("annotations")
-        if tasks is not None and not isinstance(tasks, list):
-            raise BadRequest("'annotations' must be a list of tasks with their annotations")
-        project = _project(body.get("project"))
-        label_config = body.get("label_config")
-        if isinstance(label_config, str):
-            annotations.set_label_config(project, label_config)
-        job = backend(project).fit("TRAIN", {"tasks": tasks})
-        return jsonify(status="ok", job=job), 201
-
-    @app.get("/versions")
-    def versions():
-        project = request.args.get("project")
-        projects = [_project(project)] if project else store.projects()
-        details = {p: {"current": store.live(p).version, "versions": store.versions(p)}
-                   for p in projects}
-        names = [store.base.version] + [v["model_version"] for d in details.values()
-                                        for v in d["versions"]]
-        return jsonify(versions=list(dict.fromkeys(names)), base=store.base.version,
-                       projects=details)
-
-    @app.get("/jobs")
-    def job_list():
-        project = request.args.get("project")
-        return jsonify(jobs=jobs.list(_project(project) if project else None))
-
-    @app.get("/metrics")
-    def metrics_view():
-        return jsonify(dict(metrics.snapshot(), jobs=jobs.summary()))
-
+                             "metrics": Metrics(), "settings": settings}
+    app.before_request(start_request)      # in this order: id, auth, content type
+    app.before_request(check_auth)
+    app.before_request(require_json)
+    app.after_request(add_request_id)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(LabelConfigError, config_error)
+    app.register_error_handler(Exception, unexpected_error)
+    app.register_blueprint(api)
     return app
 
 

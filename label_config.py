@@ -41,6 +41,11 @@ def parse_label_config(xml: str) -> list[Control]:
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("label config is missing or empty")
     try:
+        xml.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LabelConfigError(f"label config is not valid Unicode: a lone surrogate at "
+                               f"character {exc.start}") from None
+    try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"label config is not valid XML: {exc}") from None

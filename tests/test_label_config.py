@@ -44,3 +44,10 @@ def test_several_controls_and_objects():
 def test_configs_uie_cannot_serve(xml, message):
     with pytest.raises(LabelConfigError, match=message):
         parse_label_config(xml)
+
+
+def test_a_lone_surrogate_is_a_label_config_error_not_a_crash():
+    config = '<View><Text name="text" value="$text"/><Labels name="l" toName="text">' \
+             '<Label value="PER\ud800"/></Labels></View>'
+    with pytest.raises(LabelConfigError, match="not valid Unicode: a lone surrogate at character"):
+        parse_label_config(config)
