@@ -186,13 +186,17 @@ class OffsetTokenizer:
 
     @classmethod
     def from_dir(cls, path) -> "OffsetTokenizer":
+        """The tokenizer of a model directory; ``ModelLoadError`` if its files are unusable."""
         path = Path(path)
-        with open(path / "vocab.txt", encoding="utf-8") as f:
-            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        try:
+            with open(path / "vocab.txt", encoding="utf-8") as f:
+                vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{path / 'vocab.txt'}: cannot read the vocabulary ({exc})") from exc
         lower = True
         cfg = path / "tokenizer_config.json"
         if cfg.exists():
-            lower = bool(json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case", True))
+            lower = bool(read_json_object(cfg).get("do_lower_case", True))
         for tok in SPECIAL_TOKENS:
             if tok not in vocab:
                 raise ModelLoadError(f"{path / 'vocab.txt'} has no {tok} token")
@@ -396,6 +400,58 @@ def pad_batch(inputs, pad_id: int) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------
 # Model files
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a model file; ``ModelLoadError`` for anything else."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:     # UnicodeDecodeError is a ValueError
+        raise ModelLoadError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, not {type(value).__name__}")
+    return value
+
+
+def read_state_dict(path) -> dict:
+    """The named weights in a ``.pdparams`` file (read as PaddleNLP reads them)."""
+    from paddlenlp.transformers.model_utils import load_state_dict
+
+    try:
+        state = load_state_dict(str(path))
+    except Exception as exc:   # pickle, EOF, OS errors, whatever a damaged file raises
+        raise ModelLoadError(f"{path}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+    if not (isinstance(state, dict)
+            and all(isinstance(k, str) and hasattr(v, "shape") for k, v in state.items())):
+        raise ModelLoadError(f"{path}: not a dictionary of named weights")
+    return state
+
+
+def weight_shapes(state) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in state.items()}
+
+
+def check_weights(model, shapes: dict, where) -> None:
+    """``ModelLoadError`` unless ``shapes`` (name -> shape of the weights read) are
+    exactly the weights of ``model``, each in the model's shape."""
+    expected = weight_shapes(model.state_dict())
+
+    def some(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    problems = []
+    missing = sorted(expected.keys() - shapes.keys())
+    unexpected = sorted(shapes.keys() - expected.keys())
+    mismatched = [f"{k} {shapes[k]} instead of {expected[k]}"
+                  for k in sorted(expected.keys() & shapes.keys()) if shapes[k] != expected[k]]
+    if missing:
+        problems.append(f"{len(missing)} of the model's {len(expected)} weights are missing ({some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights are not the model's ({some(unexpected)})")
+    if mismatched:
+        problems.append(f"shapes differ: {some(mismatched)}")
+    if problems:
+        raise ModelLoadError(f"{where} does not fit the model of config.json: {'; '.join(problems)}")
+
+
 def _hash_files(path: Path) -> str:
     h = hashlib.sha1()
     for name in ("config.json", "vocab.txt", "model_state.pdparams"):
@@ -568,20 +624,42 @@ def select_device(device: str) -> str:
 
 
 def load_uie(path):
-    """The ``UIE`` module stored in ``path`` (eval mode)."""
+    """The ``UIE`` module stored in ``path`` (eval mode).
+
+    Every failure is a ``ModelLoadError``: missing files, a config or
+    tokenizer config that is not a JSON object, unreadable weights, and
+    weights that are not exactly the model's (missing, foreign or extra
+    names, other shapes), which PaddleNLP would only warn about and fill
+    with random values.
+    """
     from paddlenlp.transformers import UIE
 
     path = Path(path)
     if not is_model_dir(path):
         missing = [n for n in MODEL_FILES if not (path / n).is_file()]
         raise ModelLoadError(f"{path} is not a UIE checkpoint: missing {', '.join(missing)}")
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json_object(path / "config.json")
     if cfg.get("architectures", ["UIE"]) != ["UIE"]:
         raise ModelLoadError(f"{path}: architecture {cfg.get('architectures')} is not supported (UIE only)")
+    read_json_object(path / "tokenizer_config.json")
+    weights = path / "model_state.pdparams"
+    state = read_state_dict(weights)
+    shapes = weight_shapes(state)
     try:
-        model = UIE.from_pretrained(str(path))
+        # PaddleNLP skips weights of another shape (check_weights names them)
+        model = UIE.from_pretrained(str(path), state_dict=state, ignore_mismatched_sizes=True)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot load weights: {exc}") from exc
+        raise ModelLoadError(f"{path}: cannot build the model of config.json or load its weights: {exc}") from exc
+    del state
+    check_weights(model, shapes, weights)
+    try:
+        with open(path / "vocab.txt", "rb") as f:
+            n_vocab = sum(1 for _ in f)
+    except OSError as exc:
+        raise ModelLoadError(f"{path / 'vocab.txt'}: cannot read the vocabulary ({exc})") from exc
+    if n_vocab > model.config.vocab_size:
+        raise ModelLoadError(f"{path / 'vocab.txt'} has {n_vocab} tokens, the model embeds "
+                             f"{model.config.vocab_size}: they do not belong together")
     model.eval()
     return model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,18 +63,15 @@ def digest(arrays):
 
 
 class Recorder:
-    """Stands in for the UIE: keeps what it is called with, finds nothing."""
+    """Stands in for the model: keeps the arrays it is given, finds nothing."""
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self):
         self.calls = []
 
-    def __call__(self, **kwargs):
-        import paddle
-
-        self.calls.append({k: v.numpy() for k, v in kwargs.items()})
-        shape = kwargs["input_ids"].shape
-        return paddle.zeros(shape), paddle.zeros(shape)
+    def __call__(self, arrays):
+        self.calls.append(arrays)
+        shape = arrays["input_ids"].shape
+        return np.zeros(shape, "float32"), np.zeros(shape, "float32")
 
 
 def test_the_long_text_spans_several_windows(tokenizer):
@@ -129,14 +127,11 @@ TRAINING_ARRAYS = "45e64ad5bbcd51c318e3cb2013dbeefead25d72c"
 TAGGING_ARRAYS = "c3d4a595b0a953bf171574928323a45ae3e1e1c4"
 
 
-def test_serving_feeds_the_model_the_same_arrays(predictor, scratch_small):
-    recorder = Recorder(predictor.model.config)
-    real, predictor.model = predictor.model, recorder
-    try:
-        result = predictor.extract(QUERIES)
-    finally:
-        predictor.model = real
-    assert result == [{PERSON: [], PLACE: []} for _ in QUERIES]
+def test_serving_feeds_the_model_the_same_arrays(predictor, monkeypatch):
+    recorder = Recorder()
+    monkeypatch.setattr(predictor, "forward",
+                        lambda inputs: recorder(uie_model.pad_batch(inputs, predictor.tokenizer.pad_id)))
+    assert predictor.extract(QUERIES) == [{PERSON: [], PLACE: []} for _ in QUERIES]
     arrays = [call[k] for call in recorder.calls
               for k in ("input_ids", "token_type_ids", "position_ids", "attention_mask")]
     assert digest(arrays) == SERVING_ARRAYS
@@ -185,3 +180,130 @@ def test_an_empty_text_or_no_prompt_has_no_input(predictor):
     inputs, tokens = predictor.build_inputs([("", [PERSON]), ("张三", []), (" \r\n", [PLACE])])
     assert inputs == [] and len(tokens) == 3
     assert predictor.extract([("", [PERSON]), ("张三", [])]) == [{PERSON: []}, {}]
+
+
+# --------------------------------------------------------------------------
+# Loading refuses what does not fit (never another exception than ModelLoadError)
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    return uie_model.build_scratch(path, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64)
+
+
+@pytest.fixture
+def model_copy(tiny, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny, tmp_path / "model"))
+
+
+def save_state(path, state):
+    import paddle
+
+    paddle.save(state, str(path / "model_state.pdparams"))
+
+
+def load_state(path):
+    import paddle
+
+    return paddle.load(str(path / "model_state.pdparams"))
+
+
+def test_a_tiny_model_loads(tiny):
+    model = uie_model.load_uie(tiny)
+    assert not model.training
+    predictor = uie_model.UIEPredictor.from_dir(tiny, max_seq_len=SEQ_LEN)
+    assert predictor.extract([("张三在北京。", [PERSON])])[0].keys() == {PERSON}
+
+
+def test_an_empty_state_dict_is_refused(model_copy):
+    save_state(model_copy, {})
+    with pytest.raises(uie_model.ModelLoadError, match=r"model_state.pdparams does not fit .*missing"):
+        uie_model.load_uie(model_copy)
+
+
+def test_a_foreign_state_dict_is_refused(model_copy):
+    save_state(model_copy, {"bert." + k: v for k, v in load_state(model_copy).items()})
+    with pytest.raises(uie_model.ModelLoadError, match=r"missing.*not the model's") as err:
+        uie_model.load_uie(model_copy)
+    assert "bert.ernie.embeddings" in str(err.value)
+
+
+def test_extra_weights_are_refused(model_copy):
+    import numpy as np
+
+    state = load_state(model_copy)
+    state["linear_middle.weight"] = np.zeros((32, 1), dtype="float32")
+    save_state(model_copy, state)
+    with pytest.raises(uie_model.ModelLoadError, match="linear_middle.weight"):
+        uie_model.load_uie(model_copy)
+
+
+def test_a_shape_mismatch_is_refused(model_copy):
+    import numpy as np
+
+    state = load_state(model_copy)
+    state["linear_start.weight"] = np.zeros((31, 1), dtype="float32")
+    save_state(model_copy, state)
+    with pytest.raises(uie_model.ModelLoadError, match=r"linear_start.weight \(31, 1\) instead of \(32, 1\)"):
+        uie_model.load_uie(model_copy)
+
+
+def test_a_config_of_another_shape_is_refused(model_copy):
+    cfg = json.loads((model_copy / "config.json").read_text())
+    cfg["intermediate_size"] = 128
+    (model_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(uie_model.ModelLoadError, match="shapes differ"):
+        uie_model.load_uie(model_copy)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not-a-dict"])
+def test_unreadable_weights_are_refused(model_copy, damage):
+    weights = model_copy / "model_state.pdparams"
+    data = weights.read_bytes()
+    if damage == "not-a-dict":
+        save_state(model_copy, [1, 2, 3])
+    else:
+        weights.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
+                             "garbage": bytes(range(256)) * 64}[damage])
+    with pytest.raises(uie_model.ModelLoadError, match="model_state.pdparams"):
+        uie_model.load_uie(model_copy)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("text", ["{oops", "[1, 2]", "", "\udcff"])
+def test_invalid_json_files_are_refused(model_copy, name, text):
+    (model_copy / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(uie_model.ModelLoadError, match=name):
+        uie_model.load_uie(model_copy)
+    with pytest.raises(uie_model.ModelLoadError, match=name):
+        uie_model.UIEPredictor.from_dir(model_copy)
+
+
+@pytest.mark.parametrize("damage", ["missing", "binary", "no-special-tokens", "directory"])
+def test_a_missing_or_garbage_vocabulary_is_refused(model_copy, damage):
+    vocab = model_copy / "vocab.txt"
+    if damage == "missing":
+        vocab.unlink()
+    elif damage == "binary":
+        vocab.write_bytes(b"[PAD]\n\xff\xfe\x00garbage\n")
+    elif damage == "no-special-tokens":
+        vocab.write_text("a\nb\n")
+    else:
+        vocab.unlink()
+        vocab.mkdir()
+    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt"):
+        uie_model.OffsetTokenizer.from_dir(model_copy)
+    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt"):
+        uie_model.UIEPredictor.from_dir(model_copy)
+
+
+def test_a_vocabulary_larger_than_the_embeddings_is_refused(model_copy):
+    vocab = model_copy / "vocab.txt"
+    vocab.write_text(vocab.read_text() + "".join(f"extra{k}\n" for k in range(10)))
+    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt has .* tokens"):
+        uie_model.load_uie(model_copy)
+    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt has .* tokens"):
+        uie_model.UIEPredictor.from_dir(model_copy)
