@@ -283,7 +283,9 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     if init_from_ckpt:
         state_path = Path(init_from_ckpt)
         state_path = state_path / "model_state.pdparams" if state_path.is_dir() else state_path
-        model.set_state_dict(paddle.load(str(state_path)))
+        state = uie_model.read_state_dict(state_path)
+        uie_model.check_weights(model, uie_model.weight_shapes(state), state_path)
+        model.set_state_dict(state)
     tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
     max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
     origins = []

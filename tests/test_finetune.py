@@ -88,3 +88,17 @@ def test_a_scratch_model_trained_with_tagging_saves_only_the_uie(tmp_path, scrat
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["tagging_weight"] == 1.0
 
+
+
+def test_init_from_ckpt_refuses_weights_of_another_model(tmp_path, scratch_small):
+    import paddle
+
+    import finetune
+    import uie_model
+
+    state = paddle.load(str(scratch_small / "model_state.pdparams"))
+    paddle.save({"bert." + k: v for k, v in state.items()}, str(tmp_path / "foreign.pdparams"))
+    with pytest.raises(uie_model.ModelLoadError, match="foreign.pdparams does not fit"):
+        finetune.finetune(uie_examples()[:2], None, scratch_small, tmp_path / "out", num_epochs=1,
+                          max_seq_len=SEQ_LEN, device="cpu", init_from_ckpt=tmp_path / "foreign.pdparams")
+    assert not (tmp_path / "out" / "model_best").exists()
