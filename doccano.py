@@ -475,23 +475,44 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (PaddleNLP doccano.py flags); returns the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """PaddleNLP doccano.py's flags (and ``--labels``)."""
     parser = argparse.ArgumentParser(description="Convert doccano JSONL into UIE train/dev/test files.")
-    parser.add_argument("--doccano_file", default="./data/doccano.json", type=str)
-    parser.add_argument("--save_dir", default="./data", type=str)
-    parser.add_argument("--negative_ratio", default=5, type=int)
-    parser.add_argument("--splits", default=[0.8, 0.1, 0.1], type=float, nargs="*")
-    parser.add_argument("--task_type", choices=["ext", "cls"], default="ext", type=str)
-    parser.add_argument("--options", default=["正向", "负向"], type=str, nargs="+")
-    parser.add_argument("--prompt_prefix", default="情感倾向", type=str)
-    parser.add_argument("--is_shuffle", default="True", type=_str2bool)
-    parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--separator", type=str, default="##")
-    parser.add_argument("--schema_lang", choices=["ch", "en"], default="ch")
+    parser.add_argument("--doccano_file", default="./data/doccano.json", type=str,
+                        help="the doccano JSONL file (one record a line, as exported by doccano or convert.py)")
+    parser.add_argument("--save_dir", default="./data", type=str,
+                        help="where train.txt, dev.txt and test.txt are written")
+    parser.add_argument("--negative_ratio", default=5, type=int,
+                        help="extraction only: at most this many negative examples (an absent label, an "
+                             "unrelated relation prompt) per positive one of a training record (a record without "
+                             "positives keeps all); -1 keeps them all. Dev and test keep every negative")
+    parser.add_argument("--splits", default=[0.8, 0.1, 0.1], type=float, nargs="*",
+                        help="shares of the records for train, dev and test (2 or 3 numbers summing to 1; "
+                             "none: everything is train), e.g. 0.8 0.1 0.1")
+    parser.add_argument("--task_type", choices=["ext", "cls"], default="ext", type=str,
+                        help="ext: entity and relation extraction; cls: text classification")
+    parser.add_argument("--options", default=["正向", "负向"], type=str, nargs="+",
+                        help="classification only: the class names listed in the prompt")
+    parser.add_argument("--prompt_prefix", default="情感倾向", type=str,
+                        help="classification only: the prompt before the options, e.g. 情感倾向[正向,负向]")
+    parser.add_argument("--is_shuffle", default="True", type=_str2bool,
+                        help="shuffle the records before splitting them (True or False)")
+    parser.add_argument("--seed", type=int, default=1000,
+                        help="seed of the shuffling and of the negative sampling")
+    parser.add_argument("--separator", type=str, default="##",
+                        help="entity-level classification: separates an entity label from its class, "
+                             "e.g. 手机##正向")
+    parser.add_argument("--schema_lang", choices=["ch", "en"], default="ch",
+                        help="language of relation prompts: ch gives 'subject的relation', "
+                             "en gives 'relation of subject'")
     parser.add_argument("--labels", nargs="*", default=[],
                         help="entity labels beyond those in the data, used as negatives")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (PaddleNLP doccano.py flags); returns the exit code."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:

@@ -413,10 +413,6 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     return result
 
 
-def _str2bool(v):
-    return str(v).lower() in ("1", "true", "yes", "y")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train_path", required=True, help="UIE examples to train on (doccano.py's train.txt)")

@@ -360,3 +360,13 @@ def test_cli_bad_input_exits_2(tmp_path, case):
     if case != "bad_bool":
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert not (tmp_path / "o" / "train.txt").exists()
+
+
+def test_every_cli_flag_says_what_it_does():
+    parser = doccano.build_parser()
+    flags = {a.option_strings[-1]: a for a in parser._actions if a.option_strings}
+    assert set(flags) >= {"--doccano_file", "--save_dir", "--negative_ratio", "--splits", "--task_type",
+                          "--options", "--prompt_prefix", "--is_shuffle", "--seed", "--separator",
+                          "--schema_lang", "--labels"}
+    assert all(action.help for action in flags.values()), [f for f, a in flags.items() if not a.help]
+    assert "-1 keeps them all" in flags["--negative_ratio"].help
