@@ -623,6 +623,15 @@ def select_device(device: str) -> str:
     return device
 
 
+def max_position_of(path) -> int:
+    """The longest input the model in ``path`` has positions for (``config.json``)."""
+    try:
+        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+                   .get("max_position_embeddings", 512))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"{path}: unreadable config.json ({exc})") from None
+
+
 def load_uie(path):
     """The ``UIE`` module stored in ``path`` (eval mode).
 
@@ -668,25 +677,47 @@ def load_uie(path):
 # Prediction
 
 class UIEPredictor:
-    """Batched UIE span extraction over many texts and prompts."""
+    """Batched UIE span extraction over many texts and prompts.
 
-    def __init__(self, model, tokenizer: OffsetTokenizer, device="cpu", max_seq_len=512,
-                 batch_size=16, threshold=0.5):
-        self.model = model
+    ``engine`` runs the forward pass (``inference_engine``: Paddle Inference or
+    dygraph; a dygraph ``UIE`` module is taken as it is). With ``batch_wait_ms``
+    the forward passes of concurrent ``extract`` calls are batched together
+    (``batcher.Batcher``); otherwise each call runs its own batches.
+    """
+
+    def __init__(self, engine, tokenizer: OffsetTokenizer, device="cpu", max_seq_len=512,
+                 batch_size=16, threshold=0.5, max_position=None, batch_wait_ms=None):
+        import inference_engine
+
+        if isinstance(engine, paddle.nn.Layer):
+            max_position = max_position or engine.config.max_position_embeddings
+            engine = inference_engine.DygraphEngine(engine, device)
+        self.engine = engine
         self.tokenizer = tokenizer
         self.device = device
-        max_pos = getattr(model.config, "max_position_embeddings", 512)
-        self.max_seq_len = min(max_seq_len, max_pos)
+        self.max_seq_len = min(max_seq_len, max_position or 512)
         self.batch_size = batch_size
         self.threshold = threshold
-        self._lock = threading.Lock()
+        self._batcher = None
+        if batch_wait_ms is not None:
+            from batcher import Batcher
+
+            self._batcher = Batcher(self.forward, batch_size, batch_wait_ms)
 
     @classmethod
-    def from_dir(cls, path, device="cpu", **kwargs) -> "UIEPredictor":
-        import paddle
+    def from_dir(cls, path, device="cpu", engine=None, **kwargs) -> "UIEPredictor":
+        """The model in ``path``, run by ``engine`` (default: its dygraph module)."""
+        import inference_engine
 
         paddle.set_device(device)
-        return cls(load_uie(path), OffsetTokenizer.from_dir(path), device=device, **kwargs)
+        tokenizer = OffsetTokenizer.from_dir(path)   # first: a broken vocabulary loads no model
+        engine = engine or inference_engine.DygraphEngine.from_dir(path, device)
+        return cls(engine, tokenizer, device=device, max_position=max_position_of(path), **kwargs)
+
+    def close(self):
+        """Stop the batching thread (the model is being unloaded)."""
+        if self._batcher is not None:
+            self._batcher.close()
 
     def build_inputs(self, queries):
         """Tokenise ``queries`` [(text, prompts)] into model inputs.
@@ -716,13 +747,25 @@ class UIEPredictor:
 
     def forward(self, inputs):
         """Start/end probabilities (numpy) for a batch of ``EncodedInput`` (padded here)."""
-        import paddle
+        return self.engine(pad_batch(inputs, self.tokenizer.pad_id))
 
-        arrays = pad_batch(inputs, self.tokenizer.pad_id)
-        with self._lock, paddle.no_grad():
-            paddle.set_device(self.device)
-            start, end = self.model(**{k: paddle.to_tensor(v) for k, v in arrays.items()})
-            return start.numpy(), end.numpy()
+    def rows(self, encoded) -> list[tuple]:
+        """``(start_probs, end_probs)`` of every ``EncodedInput``, each of its own length.
+
+        Batches hold inputs of similar length (little padding); through the
+        batcher they also hold the inputs of concurrent calls.
+        """
+        if self._batcher is not None:
+            return self._batcher.run(encoded)
+        out = [None] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].ids))
+        for b in range(0, len(order), self.batch_size):
+            batch = order[b: b + self.batch_size]
+            start, end = self.forward([encoded[k] for k in batch])
+            for row, k in enumerate(batch):
+                n = len(encoded[k].ids)
+                out[k] = (start[row, :n], end[row, :n])
+        return out
 
     def extract(self, queries) -> list[dict[str, list[Span]]]:
         """Spans for every ``(text, prompts)`` query, as ``{prompt: [Span]}`` per query.
@@ -732,19 +775,16 @@ class UIEPredictor:
         queries = [(text, list(dict.fromkeys(prompts))) for text, prompts in queries]
         inputs, tokens = self.build_inputs(queries)
         results = [{p: {} for p in prompts} for _, prompts in queries]
-        order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2].ids))
-        for b in range(0, len(order), self.batch_size):
-            batch = [inputs[k] for k in order[b: b + self.batch_size]]
-            start, end = self.forward([x for _, _, x in batch])
-            for row, (q, prompt, x) in enumerate(batch):
-                c0, c1 = x.content_start, x.content_start + x.n_content
-                _, t_starts, t_ends = tokens[q]
-                found = results[q][prompt]
-                for s, e, score in pair_spans(start[row, c0:c1], end[row, c0:c1], self.threshold):
-                    if not x.own_lo <= x.lo + s < x.own_hi:
-                        continue
-                    key = (t_starts[x.lo + s], t_ends[x.lo + e])
-                    if score > found.get(key, -1.0):
-                        found[key] = score
+        rows = self.rows([x for _, _, x in inputs])
+        for (q, prompt, x), (start, end) in zip(inputs, rows):
+            c0, c1 = x.content_start, x.content_start + x.n_content
+            _, t_starts, t_ends = tokens[q]
+            found = results[q][prompt]
+            for s, e, score in pair_spans(start[c0:c1], end[c0:c1], self.threshold):
+                if not x.own_lo <= x.lo + s < x.own_hi:
+                    continue
+                key = (t_starts[x.lo + s], t_ends[x.lo + e])
+                if score > found.get(key, -1.0):
+                    found[key] = score
         return [{p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
                  for p, spans in res.items()} for res in results]

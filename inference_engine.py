@@ -1,0 +1,265 @@
+"""How a UIE's forward pass runs: Paddle Inference on an exported static model, or dygraph.
+
+- ``export_static(model_dir)`` turns a UIE checkpoint into the static model
+  ``model_dir/static/inference.{pdmodel,pdiparams}`` (the files, input names
+  and place that ``Taskflow(task_path=model_dir)`` uses), with
+  ``static/export.json`` recording the sha256 of the weights it came from and
+  of both files. It writes a temporary directory and renames it into place,
+  so an export is whole or absent, and writes the ``.cache_info`` with which
+  Taskflow takes the export as it is.
+- ``load_engine`` gives the forward pass of a model directory: Paddle
+  Inference (oneDNN on CPU, CUDA on GPU) over a checked export, or the dygraph
+  UIE when ``INFERENCE_ENGINE=dygraph`` or when the export is missing,
+  damaged or does not load (the reason is kept and shown in ``/health``). It
+  never exports unless asked to (``export=True``): exporting belongs to
+  start-up and to training jobs, never to a request.
+
+An engine is a callable ``engine(arrays) -> (start_probs, end_probs)`` over
+the padded arrays of ``uie_model.pad_batch``; one call runs at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("paddle-inference", "dygraph")
+STATIC_DIR = "static"
+PREFIX = "inference"
+STAMP = "export.json"
+INPUT_NAMES = ("input_ids", "token_type_ids", "position_ids", "attention_mask")
+
+
+class ExportError(RuntimeError):
+    """A static model could not be exported, or an export is missing or damaged."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def set_math_threads(n: int):
+    """Math threads of Paddle's dygraph kernels (MKL/OpenMP) for the calling thread."""
+    import paddle
+
+    paddle.base.core.set_num_threads(max(1, int(n)))
+
+
+def default_threads(workers: int = 1) -> int:
+    """The cores this process may use, shared among ``workers`` processes."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+
+
+# --------------------------------------------------------------------------
+# Export
+
+def _files_in(static_dir: Path) -> tuple[Path, Path]:
+    return Path(static_dir) / f"{PREFIX}.pdmodel", Path(static_dir) / f"{PREFIX}.pdiparams"
+
+
+def static_files(model_dir) -> tuple[Path, Path]:
+    """The ``.pdmodel`` and ``.pdiparams`` of ``model_dir``'s export."""
+    return _files_in(Path(model_dir) / STATIC_DIR)
+
+
+def check_static(model_dir) -> str | None:
+    """Why the export of ``model_dir`` cannot be used (``None`` if it can)."""
+    model_dir = Path(model_dir)
+    stamp_path = model_dir / STATIC_DIR / STAMP
+    try:
+        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no static model has been exported"
+    except (OSError, ValueError) as exc:
+        return f"{stamp_path} is unreadable ({exc})"
+    if not isinstance(stamp, dict):
+        return f"{stamp_path} is not a JSON object"
+    try:
+        if stamp.get("weights_sha256") != _sha256(model_dir / "model_state.pdparams"):
+            return "the static model was exported from other weights"
+        for path in static_files(model_dir):
+            if stamp.get(path.name) != _sha256(path):
+                return f"{path.name} is missing or damaged"
+    except OSError as exc:
+        return f"the static model cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def export_static(model_dir, force: bool = False) -> Path:
+    """Export ``model_dir``'s UIE to ``model_dir/static/`` (unless a good export is there)."""
+    import paddle
+
+    import uie_model
+
+    model_dir = Path(model_dir)
+    target = model_dir / STATIC_DIR
+    if not force and check_static(model_dir) is None:
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{STATIC_DIR}-", dir=model_dir))
+    try:
+        model = uie_model.load_uie(model_dir)
+        spec = [paddle.static.InputSpec(shape=[None, None], dtype="int64", name=n) for n in INPUT_NAMES]
+        paddle.jit.save(paddle.jit.to_static(model, input_spec=spec), str(tmp / PREFIX))
+        del model
+        stamp = {"weights_sha256": _sha256(model_dir / "model_state.pdparams")}
+        stamp.update({p.name: _sha256(p) for p in _files_in(tmp)})
+        (tmp / STAMP).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+        _replace_dir(tmp, target)
+        _mark_for_taskflow(model_dir)
+    except uie_model.ModelLoadError as exc:
+        raise ExportError(f"{model_dir}: cannot export a static model: {exc}") from exc
+    except Exception as exc:   # paddle.jit raises many kinds
+        raise ExportError(f"{model_dir}: cannot export a static model: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        gc.collect()
+    log.info("exported the static model of %s", model_dir)
+    return target
+
+
+def _mark_for_taskflow(model_dir: Path):
+    """Tell Taskflow the export matches the weights (its ``.cache_info``: md5 + "taskflow").
+
+    ``Taskflow(task_path=model_dir)`` then loads ``static/`` as it is, instead of
+    rewriting ``model_state.pdparams`` and exporting again.
+    """
+    md5 = hashlib.md5()
+    with open(model_dir / "model_state.pdparams", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            md5.update(block)
+    (model_dir / ".cache_info").write_text(md5.hexdigest() + "taskflow", encoding="utf-8")
+
+
+def _replace_dir(new: Path, target: Path):
+    """Put directory ``new`` at ``target``; an old ``target`` is moved aside first."""
+    for root, _, files in os.walk(new):
+        for name in files:
+            with open(Path(root) / name, "rb") as f:
+                os.fsync(f.fileno())
+    if target.exists():
+        old = target.with_name(f".{target.name}-old-{os.getpid()}-{threading.get_ident()}")
+        os.rename(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if check_static(target.parent) is not None:   # another process put a good one there?
+            raise
+
+
+# --------------------------------------------------------------------------
+# Engines
+
+class DygraphEngine:
+    """The UIE module itself, in Paddle's dygraph mode.
+
+    ``threads`` sets the math threads of the calling thread before each pass;
+    ``None`` leaves them as they are (training sets its own).
+    """
+
+    name = "dygraph"
+
+    def __init__(self, model, device="cpu", threads=None, reason=""):
+        self.model = model
+        self.device = device
+        self.threads = threads
+        self.reason = reason      # why not Paddle Inference, when it was asked for
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_dir(cls, model_dir, device="cpu", threads=None, reason=""):
+        import uie_model
+
+        return cls(uie_model.load_uie(model_dir), device, threads, reason)
+
+    def __call__(self, arrays: dict[str, np.ndarray]):
+        import paddle
+
+        with self._lock, paddle.no_grad():
+            paddle.set_device(self.device)
+            if self.threads:        # None: leave the calling thread's setting alone
+                set_math_threads(self.threads)
+            start, end = self.model(**{k: paddle.to_tensor(arrays[k]) for k in INPUT_NAMES})
+            return start.numpy(), end.numpy()
+
+
+class PaddleInferenceEngine:
+    """A Paddle Inference predictor over the checked static export of a model directory."""
+
+    name = "paddle-inference"
+    reason = ""
+
+    def __init__(self, model_dir, device="cpu", threads=1):
+        import paddle
+
+        problem = check_static(model_dir)
+        if problem:
+            raise ExportError(problem)
+        model_file, params_file = static_files(model_dir)
+        config = paddle.inference.Config(str(model_file), str(params_file))
+        if device == "gpu":
+            config.enable_use_gpu(100, 0)
+            # the passes Taskflow also leaves out on GPU for UIE
+            config.delete_pass("embedding_eltwise_layernorm_fuse_pass")
+            config.delete_pass("fused_multi_transformer_encoder_pass")
+        else:
+            config.disable_gpu()
+            config.enable_mkldnn()
+            config.set_mkldnn_cache_capacity(32)    # bound the kernels cached per input shape
+        config.set_cpu_math_library_num_threads(threads)
+        config.switch_use_feed_fetch_ops(False)
+        config.disable_glog_info()
+        config.enable_memory_optim()
+        self.predictor = paddle.inference.create_predictor(config)
+        names = self.predictor.get_input_names()
+        if sorted(names) != sorted(INPUT_NAMES):
+            raise ExportError(f"the static model takes {names}, not {list(INPUT_NAMES)}")
+        self._inputs = {n: self.predictor.get_input_handle(n) for n in names}
+        self._outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
+        self.device = device
+        self.threads = threads
+        self._lock = threading.Lock()
+
+    def __call__(self, arrays: dict[str, np.ndarray]):
+        with self._lock:
+            for name, handle in self._inputs.items():
+                handle.reshape(arrays[name].shape)
+                handle.copy_from_cpu(np.ascontiguousarray(arrays[name]))
+            self.predictor.run()
+            start, end = (o.copy_to_cpu() for o in self._outputs)
+            return start, end
+
+
+def load_engine(model_dir, engine="paddle-inference", device="cpu", threads=1, export=False):
+    """The forward pass of ``model_dir`` with ``engine``; falls back to dygraph, saying why.
+
+    With ``export=True`` a missing or damaged export is made first (start-up,
+    training jobs); otherwise it is served by dygraph.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"INFERENCE_ENGINE={engine!r} must be one of {', '.join(ENGINES)}")
+    if engine == "dygraph":
+        return DygraphEngine.from_dir(model_dir, device, threads)
+    try:
+        if export:
+            export_static(model_dir)
+        return PaddleInferenceEngine(model_dir, device, threads)
+    except Exception as exc:   # noqa: BLE001  (any failure: serve with dygraph, say why)
+        reason = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s: Paddle Inference unavailable (%s); serving with dygraph", model_dir, reason)
+        return DygraphEngine.from_dir(model_dir, device, threads, reason=reason)

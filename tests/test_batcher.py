@@ -1,0 +1,95 @@
+"""batcher: concurrent requests share forward passes, and a small one does not wait for a big one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN
+from test_inference_engine import cluener_texts
+
+
+class Counting:
+    """An engine that counts its calls and the inputs in them."""
+
+    def __init__(self, engine, fail_when=None):
+        self.engine, self.calls, self.fail_when = engine, [], fail_when
+
+    def __call__(self, arrays):
+        self.calls.append(arrays["input_ids"].shape[0])
+        if self.fail_when and self.fail_when(arrays):
+            raise RuntimeError("boom")
+        return self.engine(arrays)
+
+
+def make(model_dir, batch_wait_ms=None, batch_size=8, fail_when=None):
+    import inference_engine
+    import uie_model
+
+    engine = Counting(inference_engine.load_engine(model_dir, "paddle-inference", export=True), fail_when)
+    return uie_model.UIEPredictor.from_dir(model_dir, engine=engine, max_seq_len=SEQ_LEN,
+                                           batch_size=batch_size, batch_wait_ms=batch_wait_ms), engine
+
+
+def same(a, b):
+    """Same spans; scores equal but for float rounding (a row's padding differs by batch)."""
+    return all(x.keys() == y.keys() and all(
+        [(s.start, s.end) for s in x[p]] == [(s.start, s.end) for s in y[p]]
+        and all(abs(s.score - t.score) < 1e-6 for s, t in zip(x[p], y[p])) for p in x)
+        for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, trained_model):
+    import shutil
+
+    path = tmp_path_factory.mktemp("batcher") / "model"
+    shutil.copytree(trained_model, path)
+    return path
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers(model_dir):
+    queries = [[(text, [PERSON, PLACE])] for text, _ in EDGE_CASES] * 4
+    alone, _ = make(model_dir)
+    expected = [alone.extract(q) for q in queries]
+    batched, engine = make(model_dir, batch_wait_ms=50)
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        got = list(pool.map(batched.extract, queries))
+    assert len(got) == len(expected) and same(got, expected)
+    n_inputs = sum(len(alone.build_inputs(q)[0]) for q in queries)
+    assert sum(engine.calls) == n_inputs
+    assert len(engine.calls) < len(queries), f"no request shared a batch: {engine.calls}"
+    assert max(engine.calls) <= 8
+    batched.close()
+
+
+def test_a_small_request_does_not_wait_for_a_big_one(model_dir):
+    predictor, _ = make(model_dir, batch_wait_ms=1, batch_size=4)
+    big = [(t, [PERSON, PLACE]) for t in cluener_texts(400)]
+    finished = {}
+
+    def run(name, queries):
+        predictor.extract(queries)
+        finished[name] = time.perf_counter()
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=run, args=("big", big))
+    thread.start()
+    time.sleep(0.3)
+    run("small", [(EDGE_CASES[0][0], [PERSON, PLACE])])
+    thread.join()
+    assert finished["small"] < finished["big"]
+    print(f"\nsmall request answered after {finished['small'] - started - 0.3:.2f}s, "
+          f"big one after {finished['big'] - started:.2f}s")
+    predictor.close()
+
+
+def test_a_failing_pass_fails_its_callers_only(model_dir):
+    predictor, _ = make(model_dir, batch_wait_ms=0, fail_when=lambda a: a["input_ids"].shape[1] > 40)
+    with pytest.raises(RuntimeError, match="boom"):
+        predictor.extract([(EDGE_CASES[5][0], [PERSON])])        # long: windows of 48 tokens
+    assert predictor.extract([("张三", [PERSON])]) == [{PERSON: predictor.extract([("张三", [PERSON])])[0][PERSON]}]
+    predictor.close()
