@@ -59,6 +59,13 @@ def _text(env, name, default=""):
     return value
 
 
+def _nonnegative(env, name, default):
+    value = _float(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name}={value} must be 0 or more")
+    return value
+
+
 def _auto_float(env, name):
     """A float, or None for ``auto`` / unset (the model kind decides)."""
     raw = (env.get(name) or "auto").strip().lower()
@@ -104,6 +111,10 @@ class Settings:
     keep_versions: int = 5
     keep_jobs: int = 20
     max_loaded_models: int = 4
+    # inference
+    inference_engine: str = "paddle-inference"
+    cpu_threads: int | None = None           # None: the cores divided by WORKERS
+    batch_wait_ms: float = 5.0
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
 
@@ -152,6 +163,15 @@ class Settings:
             keep_versions=_int(env, "KEEP_VERSIONS", cls.keep_versions, 1),
             keep_jobs=_int(env, "KEEP_JOBS", cls.keep_jobs, 1),
             max_loaded_models=_int(env, "MAX_LOADED_MODELS", cls.max_loaded_models, 1),
+            inference_engine=_choice(env, "INFERENCE_ENGINE", cls.inference_engine,
+                                     ("paddle-inference", "dygraph")),
+            cpu_threads=_auto_int(env, "CPU_THREADS"),
+            batch_wait_ms=_nonnegative(env, "BATCH_WAIT_MS", cls.batch_wait_ms),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
         )
+
+    @property
+    def math_threads(self) -> int:
+        """``CPU_THREADS``, or this process's share of the cores (``WORKERS`` share them)."""
+        return self.cpu_threads or max(1, len(os.sched_getaffinity(0)) // max(1, self.workers))
