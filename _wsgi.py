@@ -2,6 +2,7 @@
 
     gunicorn -c gunicorn.conf.py _wsgi:app        # what `make run` does
     python _wsgi.py --host 127.0.0.1 --port 9090  # Flask's development server
+    label-studio-ml start <this directory>        # the tutorial's command: runs the line above
 
 Endpoints follow what Label Studio 1.23 sends (see the README): ``/health``,
 ``/setup``, ``/predict``, ``/webhook``, ``/train``, ``/versions``, ``/jobs``,
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +31,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from label_config import LabelConfigError
 from my_ml_backend import UIEBackend
-from settings import Settings
+from settings import ConfigError, Settings
 
 log = logging.getLogger("uie-backend")
 api = Blueprint("uie", __name__)
@@ -452,15 +454,103 @@ def __getattr__(name):
     return _app
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="UIE ML backend for Label Studio (dev server)")
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9090")))
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
-    create_app().run(host=args.host, port=args.port, debug=args.debug, threaded=True,
-                     use_reloader=False)
+# -- the development server, with label-studio-ml 1.0.9's flags ---------------------------
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VAL")
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of label-studio-ml 1.0.9's ``_wsgi.py`` template, mapped to settings.
+
+    Every flag overrides the environment variable named in its help; the
+    rest of the configuration comes from the environment as for gunicorn.
+    """
+    parser = argparse.ArgumentParser(
+        description="UIE ML backend for Label Studio on Flask's development server "
+                    "(`make run` serves it with gunicorn). Settings not given here come from "
+                    "the environment; see the README.")
+    parser.add_argument("-p", "--port", type=int, default=None,
+                        help="port to listen on (PORT; default 9090)")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (HOST; default 127.0.0.1, not the template's "
+                             "0.0.0.0: pass --host 0.0.0.0 to listen on every interface)")
+    parser.add_argument("--kwargs", "--with", dest="kwargs", metavar="KEY=VAL", nargs="+",
+                        type=_key_value, default=[],
+                        help="any setting by name, case-insensitive: uie_model=uie-nano sets "
+                             "UIE_MODEL (see the README's configuration table)")
+    parser.add_argument("-d", "--debug", action="store_true",
+                        help="log at DEBUG (LOG_LEVEL=DEBUG) unless --log-level is given; "
+                             "Flask's interactive debugger stays off, since it would run code "
+                             "for anyone who can reach the port")
+    parser.add_argument("--log-level", dest="log_level",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None,
+                        help="logging level (LOG_LEVEL; default INFO)")
+    parser.add_argument("--model-dir", dest="model_dir", default=None,
+                        help="where base models, trained versions, jobs and webhook annotations "
+                             "are kept (MODEL_DIR; default checkpoint/, relative to the current "
+                             "directory)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the configuration and load the model as the server would, "
+                             "then exit: 0 when it serves what UIE_MODEL asks for, 1 with a "
+                             "message otherwise (no server is started)")
+    return parser
+
+
+def cli_env(args: argparse.Namespace, env) -> dict:
+    """``env`` with the variables the given flags set (``ConfigError`` for an unknown key)."""
+    out = dict(env)
+    flags = {"PORT": args.port, "HOST": args.host, "MODEL_DIR": args.model_dir,
+             "LOG_LEVEL": args.log_level or ("DEBUG" if args.debug else None)}
+    out.update({name: str(value) for name, value in flags.items() if value is not None})
+    for key, value in args.kwargs:
+        out[Settings.env_name(key)] = value
+    return out
+
+
+def check(settings: Settings) -> int:
+    """``--check``: load the model as the server would; 0 if it serves what was asked for."""
+    from model_store import ModelStore
+    from uie_model import ModelLoadError
+
+    configure_logging(settings.log_level)
+    try:
+        store = ModelStore(settings)
+    except (ModelLoadError, OSError) as exc:
+        print(f"check failed: {exc}", file=sys.stderr)
+        return 1
+    base = store.base
+    if base.fallback_reason:
+        print(f"check failed: {base.fallback_reason}; the server would serve an untrained "
+              f"scratch model instead", file=sys.stderr)
+        return 1
+    print(f"check ok: {UIEBackend.__name__} serves {base.version} ({base.kind} model {base.path}) "
+          f"on {store.device}; MODEL_DIR={settings.model_dir}")
+    return 0
+
+
+def main(argv=None, env=None) -> int:
+    """``python _wsgi.py [flags]``: check the configuration, or serve it on Flask's dev server."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(cli_env(args, os.environ if env is None else env))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        return check(settings)
+    from uie_model import ModelLoadError
+
+    try:
+        app = create_app(settings)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False, debug=False)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
