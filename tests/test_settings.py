@@ -46,6 +46,10 @@ VARIABLES = [
     ("KEEP_VERSIONS", "2", "keep_versions", 2),
     ("KEEP_JOBS", "3", "keep_jobs", 3),
     ("MAX_LOADED_MODELS", "1", "max_loaded_models", 1),
+    ("INFERENCE_ENGINE", "Dygraph", "inference_engine", "dygraph"),
+    ("CPU_THREADS", "2", "cpu_threads", 2),
+    ("CPU_THREADS", "auto", "cpu_threads", None),
+    ("BATCH_WAIT_MS", "0", "batch_wait_ms", 0.0),
     ("LABEL_STUDIO_URL", "http://ls:8080/", "label_studio_url", "http://ls:8080"),
     ("LABEL_STUDIO_API_KEY", "token", "label_studio_api_key", "token"),
 ]
@@ -59,7 +63,9 @@ def test_each_variable_sets_its_field(variable, raw, field, value):
 
 def test_every_field_is_read_from_the_environment():
     tested = {variable for variable, *_ in VARIABLES} | {"BASIC_AUTH_USER", "BASIC_AUTH_PASS"}
-    assert {Settings.env_name(f.name) for f in dataclasses.fields(Settings)} == tested
+    fields = {Settings.env_name(f.name) for f in dataclasses.fields(Settings)}
+    assert fields - tested == set(), "a setting without a row in VARIABLES"
+    assert tested - fields == set(), "a row in VARIABLES for a setting that does not exist"
 
 
 def test_basic_auth_needs_both_and_accepts_any_unicode():
@@ -102,6 +108,9 @@ def test_secrets_are_not_in_the_repr():
     ({"TRAIN_EPOCHS": "0"}, "TRAIN_EPOCHS=0 must be at least 1"),
     ({"TRAIN_LEARNING_RATE": "fast"}, "TRAIN_LEARNING_RATE='fast' is not a number"),
     ({"TRAIN_EVERY_N": "-1"}, "TRAIN_EVERY_N=-1 must be at least 0"),
+    ({"INFERENCE_ENGINE": "onnx"}, "INFERENCE_ENGINE='onnx' must be one of paddle-inference, dygraph"),
+    ({"CPU_THREADS": "0"}, "CPU_THREADS=0 must be at least 1"),
+    ({"BATCH_WAIT_MS": "-1"}, "BATCH_WAIT_MS=-1.0 must be 0 or more"),
 ])
 def test_a_bad_value_names_the_variable(env, message):
     with pytest.raises(ConfigError) as error:
