@@ -22,7 +22,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +251,157 @@ def save_best(model, model_dir, save_dir, metrics):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def span_loss(start_p, end_p, start_t, end_t, mask, pos_weight):
+    """Binary cross-entropy of start and end probabilities over the cells ``mask``
+    weighs (1 on every real token), a target cell counting ``pos_weight`` times."""
+    import paddle
+
+    bce = paddle.nn.functional.binary_cross_entropy
+    w_start = mask * (1 + (pos_weight - 1) * start_t)
+    w_end = mask * (1 + (pos_weight - 1) * end_t)
+    return (bce(start_p, start_t, weight=w_start, reduction="sum")
+            + bce(end_p, end_t, weight=w_end, reduction="sum")) / (2 * mask.sum())
+
+
+def make_optimizer(model, extra_parameters, learning_rate, total_steps, warmup_proportion, weight_decay):
+    """AdamW over ``model`` and ``extra_parameters`` and its schedule: linear warm-up
+    over ``warmup_proportion`` of ``total_steps``, then linear decay to 0. Biases and
+    norms take no weight decay; gradients are clipped to a global norm of 1."""
+    import paddle
+
+    warmup = max(1, int(total_steps * warmup_proportion))
+    schedule = paddle.optimizer.lr.LambdaDecay(
+        learning_rate, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+    decay_params = [p.name for n, p in model.named_parameters()
+                    if not any(k in n for k in ("bias", "norm"))]
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule, parameters=model.parameters() + list(extra_parameters),
+        weight_decay=weight_decay, apply_decay_param_fun=lambda name: name in decay_params,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
+    return optimizer, schedule
+
+
+@dataclass
+class TaggingTask:
+    """The auxiliary tagging task of a scratch model (``encode_tagging``) and its
+    throwaway head: ``2 * len(classes)`` start/end probabilities per token."""
+
+    inputs: list
+    classes: list
+    head: object
+    weight: float
+
+
+@dataclass
+class Trainer:
+    """``finetune``'s loop: optimizer steps over length-bucketed batches, dev
+    evaluations, the best model saved (``save``), early stopping."""
+
+    model: object
+    tokenizer: object
+    encoded: list
+    optimizer: object
+    schedule: object
+    rng: random.Random
+    predictor: object
+    dev_examples: list
+    save: object                  # save(metrics): write the model as the best so far
+    batch_size: int
+    pos_weight: float
+    patience: int
+    max_seconds: float | None = None
+    tagging: TaggingTask | None = None
+    step: int = 0
+    seen: int = 0
+    best: dict | None = None
+    bad_evals: int = 0
+    history: list = field(default_factory=list)
+    started: float = 0.0
+    _tag_iter: object = field(default=None, repr=False)
+
+    def _tag_batches(self):
+        while True:
+            yield from batches(self.tagging.inputs, self.batch_size, self.rng)
+
+    def loss(self, items):
+        """The span loss of a batch of ``TrainingInput`` (plus the tagging loss of a
+        batch of the tagging task)."""
+        ids, types, pos, mask, start_t, end_t = to_tensors(items, self.tokenizer.pad_id)
+        start_p, end_p = self.model(input_ids=ids, token_type_ids=types, position_ids=pos,
+                                    attention_mask=mask)
+        loss = span_loss(start_p, end_p, start_t, end_t, mask, self.pos_weight)
+        if self.tagging:
+            tag_items = [self.tagging.inputs[k] for k in next(self._tag_iter)]
+            loss = loss + self.tagging.weight * self.tagging_loss(tag_items)
+        return loss
+
+    def tagging_loss(self, items):
+        import paddle
+
+        ids, types, pos, mask, asked, start_t, end_t = tagging_tensors(
+            items, self.tokenizer.pad_id, len(self.tagging.classes))
+        hidden = self.model.ernie(input_ids=ids, token_type_ids=types, position_ids=pos,
+                                  attention_mask=mask)[0]
+        probs = paddle.nn.functional.sigmoid(self.tagging.head(hidden))
+        start_p, end_p = probs[:, :, 0::2], probs[:, :, 1::2]
+        cell = mask.unsqueeze(-1) * asked
+        return span_loss(start_p, end_p, start_t, end_t, cell, self.pos_weight)
+
+    def train_step(self, items) -> float:
+        """One optimizer step on ``items``; returns its loss."""
+        loss = self.loss(items)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.clear_grad()
+        self.step += 1
+        self.seen += len(items)
+        return float(loss)
+
+    def evaluate(self, epoch) -> bool:
+        """Score the model on dev and save it if it is the best so far; True to stop
+        (dev F1 1.0, ``patience`` evaluations without a better one, or out of time)."""
+        self.model.eval()
+        metrics = evaluate_examples(self.predictor, self.dev_examples)
+        self.model.train()
+        metrics.update(epoch=epoch, step=self.step, seconds=round(time.time() - self.started, 1))
+        self.history.append(metrics)
+        log.info("eval epoch %d step %d: precision %.4f recall %.4f f1 %.4f", epoch, self.step,
+                 metrics["precision"], metrics["recall"], metrics["f1"])
+        if self.best is None or metrics["f1"] > self.best["f1"]:
+            self.best, self.bad_evals = metrics, 0
+            self.save(metrics)
+        elif self.best["f1"] > 0:    # a model that has found nothing yet is not "stuck"
+            self.bad_evals += 1
+        return metrics["f1"] >= 1.0 or self.bad_evals >= self.patience or (
+            self.max_seconds is not None and time.time() - self.started > self.max_seconds)
+
+    def run(self, num_epochs, total_steps, epoch_order, logging_steps, valid_steps) -> int:
+        """Train up to ``num_epochs`` epochs over ``epoch_order()`` (the input indices of
+        each epoch); evaluate every ``valid_steps`` steps and after every epoch.
+        Returns the number of epochs run."""
+        self.started = time.time()
+        self._tag_iter = self._tag_batches() if self.tagging else None
+        self.model.train()
+        loss_sum, loss_n = 0.0, 0
+        for epoch in range(1, num_epochs + 1):
+            stop = False
+            for batch in batches(self.encoded, self.batch_size, self.rng, epoch_order()):
+                loss_sum += self.train_step([self.encoded[k] for k in batch])
+                loss_n += 1
+                if self.step % logging_steps == 0:
+                    log.info("epoch %d/%d step %d/%d loss %.5f lr %.2e %.1f examples/s", epoch,
+                             num_epochs, self.step, total_steps, loss_sum / loss_n, self.schedule.get_lr(),
+                             self.seen / max(time.time() - self.started, 1e-9))
+                    loss_sum, loss_n = 0.0, 0
+                if valid_steps and self.step % valid_steps == 0 and self.evaluate(epoch):
+                    stop = True
+                    break
+            if stop or self.evaluate(epoch):
+                return epoch
+        return num_epochs
+
+
 def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate=None,
              num_epochs=None, batch_size=16, max_seq_len=128, seed=1000, logging_steps=10,
              valid_steps=100, device="cpu", patience=None, weight_decay=0.01,
@@ -274,11 +425,75 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     learning_rate = learning_rate or DEFAULTS[kind]["learning_rate"]
     pos_weight = pos_weight or DEFAULTS[kind]["pos_weight"]
     patience = patience or DEFAULTS[kind]["patience"]
+    tagging_weight = DEFAULTS[kind]["tagging_weight"] if tagging_weight is None else tagging_weight
     dev_examples = dev_examples or train_examples
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
     paddle.set_device(device)
+    model = load_model(model_dir, init_from_ckpt)
+    tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
+    max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
+    origins = []
+    encoded = encode_examples(train_examples, tokenizer, max_seq_len, origins)
+    if not encoded:
+        raise DataError("no training example has any token")
+    tagging = None
+    if tagging_weight > 0:
+        tag_classes, tag_encoded = encode_tagging(train_examples, tokenizer, max_seq_len)
+        if tag_encoded:
+            head = paddle.nn.Linear(model.config.hidden_size, 2 * len(tag_classes))
+            tagging = TaggingTask(tag_encoded, tag_classes, head, tagging_weight)
+    predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
+                                       batch_size=max(batch_size, 32))
+    rng = random.Random(seed)
+
+    def epoch_order():
+        if max_negatives is None:
+            return range(len(encoded))
+        return sample_negatives(train_examples, origins, max_negatives, rng)
+
+    steps_per_epoch = math.ceil(len(epoch_order()) / batch_size)
+    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
+        20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
+    total_steps = steps_per_epoch * num_epochs
+    optimizer, schedule = make_optimizer(model, tagging.head.parameters() if tagging else [],
+                                         learning_rate, total_steps, warmup_proportion, weight_decay)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    log.info("model %s (%s), %d train examples -> %d inputs, %d dev examples, lr %g, "
+             "%d epochs x %d steps, batch %d, device %s, tagging %s, negatives per content %s",
+             model_dir, kind, len(train_examples), len(encoded), len(dev_examples), learning_rate,
+             num_epochs, steps_per_epoch, batch_size, device,
+             f"{tagging_weight:g} x {len(tagging.classes)} classes" if tagging else "off",
+             "all" if max_negatives is None else max_negatives)
+
+    def save(metrics):
+        save_best(model, model_dir, save_dir, dict(metrics, max_seq_len=max_seq_len, kind=kind))
+        log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
+
+    trainer = Trainer(model=model, tokenizer=tokenizer, encoded=encoded, optimizer=optimizer,
+                      schedule=schedule, rng=rng, predictor=predictor, dev_examples=dev_examples,
+                      save=save, batch_size=batch_size, pos_weight=pos_weight, patience=patience,
+                      max_seconds=max_seconds, tagging=tagging)
+    epochs_run = trainer.run(num_epochs, total_steps, epoch_order, logging_steps, valid_steps)
+    elapsed = time.time() - trainer.started
+    result = dict(trainer.best, train_examples=len(train_examples), train_inputs=len(encoded),
+                  dev_examples=len(dev_examples), epochs_run=epochs_run, steps=trainer.step,
+                  train_seconds=round(elapsed, 1),
+                  examples_per_second=round(trainer.seen / max(elapsed, 1e-9), 2),
+                  learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
+                  tagging_weight=tagging.weight if tagging else 0.0, max_negatives=max_negatives,
+                  model=str(model_dir), kind=kind, history=trainer.history)
+    (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def load_model(model_dir, init_from_ckpt=None):
+    """The UIE of ``model_dir``, with the weights of ``init_from_ckpt`` (a
+    ``.pdparams`` file or its directory) when given; they must fit it."""
+    import uie_model
+
     model = uie_model.load_uie(model_dir)
     if init_from_ckpt:
         state_path = Path(init_from_ckpt)
@@ -286,131 +501,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         state = uie_model.read_state_dict(state_path)
         uie_model.check_weights(model, uie_model.weight_shapes(state), state_path)
         model.set_state_dict(state)
-    tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
-    max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
-    origins = []
-    encoded = encode_examples(train_examples, tokenizer, max_seq_len, origins)
-    if not encoded:
-        raise DataError("no training example has any token")
-    tagging_weight = DEFAULTS[kind].get("tagging_weight", 0.0) if tagging_weight is None else tagging_weight
-    tagger, tag_encoded, tag_classes = None, [], []
-    if tagging_weight > 0:
-        tag_classes, tag_encoded = encode_tagging(train_examples, tokenizer, max_seq_len)
-        if tag_encoded:
-            tagger = paddle.nn.Linear(model.config.hidden_size, 2 * len(tag_classes))
-    predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
-                                       batch_size=max(batch_size, 32))
-    def epoch_order():
-        if max_negatives is None:
-            return range(len(encoded))
-        return sample_negatives(train_examples, origins, max_negatives, rng)
-
-    rng = random.Random(seed)
-    steps_per_epoch = math.ceil(len(epoch_order()) / batch_size)
-    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
-        20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
-    total_steps = steps_per_epoch * num_epochs
-    warmup = max(1, int(total_steps * warmup_proportion))
-    schedule = paddle.optimizer.lr.LambdaDecay(
-        learning_rate, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
-    decay_params = [p.name for n, p in model.named_parameters()
-                    if not any(k in n for k in ("bias", "norm"))]
-    parameters = model.parameters() + (tagger.parameters() if tagger else [])
-    optimizer = paddle.optimizer.AdamW(
-        learning_rate=schedule, parameters=parameters, weight_decay=weight_decay,
-        apply_decay_param_fun=lambda name: name in decay_params,
-        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    log.info("model %s (%s), %d train examples -> %d inputs, %d dev examples, lr %g, "
-             "%d epochs x %d steps, batch %d, device %s, tagging %s, negatives per content %s",
-             model_dir, kind, len(train_examples), len(encoded), len(dev_examples), learning_rate,
-             num_epochs, steps_per_epoch, batch_size, device,
-             f"{tagging_weight:g} x {len(tag_classes)} classes" if tagger else "off",
-             "all" if max_negatives is None else max_negatives)
-
-    best, bad_evals, step, seen = None, 0, 0, 0
-    started = time.time()
-    history = []
-
-    def run_eval(epoch):
-        nonlocal best, bad_evals
-        model.eval()
-        metrics = evaluate_examples(predictor, dev_examples)
-        model.train()
-        metrics.update(epoch=epoch, step=step, seconds=round(time.time() - started, 1))
-        history.append(metrics)
-        log.info("eval epoch %d step %d: precision %.4f recall %.4f f1 %.4f", epoch, step,
-                 metrics["precision"], metrics["recall"], metrics["f1"])
-        if best is None or metrics["f1"] > best["f1"]:
-            best, bad_evals = metrics, 0
-            save_best(model, model_dir, save_dir, dict(metrics, max_seq_len=max_seq_len, kind=kind))
-            log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
-        elif best["f1"] > 0:    # a model that has found nothing yet is not "stuck"
-            bad_evals += 1
-        return metrics["f1"] >= 1.0 or bad_evals >= patience or (
-            max_seconds is not None and time.time() - started > max_seconds)
-
-    def span_loss(start_p, end_p, start_t, end_t, mask):
-        bce = paddle.nn.functional.binary_cross_entropy
-        w_start = mask * (1 + (pos_weight - 1) * start_t)
-        w_end = mask * (1 + (pos_weight - 1) * end_t)
-        return (bce(start_p, start_t, weight=w_start, reduction="sum")
-                + bce(end_p, end_t, weight=w_end, reduction="sum")) / (2 * mask.sum())
-
-    def tag_batches():
-        while True:
-            yield from batches(tag_encoded, batch_size, rng)
-
-    def tagging_loss(items):
-        ids, types, pos, mask, asked, start_t, end_t = tagging_tensors(items, tokenizer.pad_id, len(tag_classes))
-        hidden = model.ernie(input_ids=ids, token_type_ids=types, position_ids=pos, attention_mask=mask)[0]
-        probs = paddle.nn.functional.sigmoid(tagger(hidden))
-        start_p, end_p = probs[:, :, 0::2], probs[:, :, 1::2]
-        cell = mask.unsqueeze(-1) * asked
-        return span_loss(start_p, end_p, start_t, end_t, cell)
-
-    tag_iter = tag_batches() if tagger else None
-    model.train()
-    stop = False
-    loss_sum, loss_n = 0.0, 0
-    for epoch in range(1, num_epochs + 1):
-        for batch in batches(encoded, batch_size, rng, epoch_order()):
-            ids, types, pos, mask, start_t, end_t = to_tensors([encoded[k] for k in batch], tokenizer.pad_id)
-            start_p, end_p = model(input_ids=ids, token_type_ids=types, position_ids=pos,
-                                   attention_mask=mask)
-            loss = span_loss(start_p, end_p, start_t, end_t, mask)
-            if tagger:
-                loss = loss + tagging_weight * tagging_loss([tag_encoded[k] for k in next(tag_iter)])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.clear_grad()
-            step += 1
-            seen += len(batch)
-            loss_sum += float(loss)
-            loss_n += 1
-            if step % logging_steps == 0:
-                now = time.time()
-                log.info("epoch %d/%d step %d/%d loss %.5f lr %.2e %.1f examples/s", epoch,
-                         num_epochs, step, total_steps, loss_sum / loss_n, schedule.get_lr(),
-                         seen / max(now - started, 1e-9))
-                loss_sum, loss_n = 0.0, 0
-            if valid_steps and step % valid_steps == 0 and run_eval(epoch):
-                stop = True
-                break
-        if stop or run_eval(epoch):
-            break
-    elapsed = time.time() - started
-    result = dict(best, train_examples=len(train_examples), train_inputs=len(encoded),
-                  dev_examples=len(dev_examples), epochs_run=epoch, steps=step,
-                  train_seconds=round(elapsed, 1),
-                  examples_per_second=round(seen / max(elapsed, 1e-9), 2),
-                  learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
-                  tagging_weight=tagging_weight if tagger else 0.0, max_negatives=max_negatives,
-                  model=str(model_dir), kind=kind, history=history)
-    (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    return model
 
 
 def main(argv=None):
