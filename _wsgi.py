@@ -158,11 +158,13 @@ def health():
     ext = _ext()
     store, settings = ext["store"], ext["settings"]
     base = store.base
+    engines = store.engines()
     return jsonify(status="UP", model_class=UIEBackend.__name__, model_version=base.version,
                    model={"uie_model": settings.uie_model, "kind": base.kind, "path": base.path,
                           "fallback": bool(base.fallback_reason),
-                          "fallback_reason": base.fallback_reason or None},
-                   device=store.device)
+                          "fallback_reason": base.fallback_reason or None,
+                          **engines.get(base.path, {})},
+                   device=store.device, loaded_models=engines, problems=store.problems())
 
 
 @api.post("/setup")

@@ -227,7 +227,8 @@ class JobRunner:
                        model_path=live.path, model_version=live.version, device=self.store.device,
                        batch_size=s.train_batch_size, max_seq_len=s.train_max_seq_len,
                        learning_rate=s.train_learning_rate, num_epochs=s.train_epochs,
-                       min_dev_tasks=s.train_min_dev_tasks)
+                       min_dev_tasks=s.train_min_dev_tasks, inference_engine=s.inference_engine,
+                       threads=s.math_threads)
 
     def _tasks(self, project, job_dir) -> tuple[list[dict], str]:
         request_tasks = job_dir / "request_tasks.json"

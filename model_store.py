@@ -35,6 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import inference_engine
 import uie_model
 from uie_model import ModelLoadError, ModelSource, UIEPredictor
 
@@ -142,7 +143,7 @@ class ModelStore:
         self._serving: dict[str, str] = {}    # project -> path of the model it is served by
         self._failed: dict[str, tuple] = {}   # path -> (files' signature, why it does not load)
         self._problems: dict[str, dict] = {}  # project -> what is wrong with its files now
-        self.predictor(self.base.path)  # load at start-up, not on the first request
+        self.predictor(self.base.path, export=True)  # at start-up, not on the first request
 
     def _resolve_base(self) -> ModelSource:
         spec = self.settings.uie_model
@@ -158,8 +159,13 @@ class ModelStore:
                                fallback_reason=f"UIE_MODEL={spec} could not be loaded: {exc}")
 
     # -- loading ---------------------------------------------------------
-    def predictor(self, path) -> UIEPredictor:
-        """The loaded model in ``path`` (loaded now if need be); ``ModelLoadError`` if it cannot be."""
+    def predictor(self, path, export=False) -> UIEPredictor:
+        """The loaded model in ``path`` (loaded now if need be); ``ModelLoadError`` if it cannot be.
+
+        It runs on ``INFERENCE_ENGINE`` with ``CPU_THREADS`` math threads; a
+        missing static export is made only with ``export`` (start-up): a
+        request never exports, it is served by dygraph instead.
+        """
         path = str(path)
         with self._lock:
             if path in self._predictors:
@@ -169,20 +175,38 @@ class ModelStore:
             with self._lock:
                 if path in self._predictors:
                     return self._predictors[path]
-            max_seq_len = self.serving_seq_len(path)
-            log.info("loading model %s on %s (max_seq_len %d)", path, self.device, max_seq_len)
-            try:
-                predictor = UIEPredictor.from_dir(
-                    path, device=self.device, max_seq_len=max_seq_len,
-                    batch_size=self.settings.batch_size, threshold=self.settings.score_threshold)
-            except ModelLoadError:
-                raise
-            except Exception as exc:   # damaged files surface as many exception types
-                raise ModelLoadError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from exc
+            predictor = self._load(path, export)
             with self._lock:
                 self._predictors[path] = predictor
                 self._evict_least_recent()
             return predictor
+
+    def _load(self, path: str, export: bool) -> UIEPredictor:
+        s = self.settings
+        max_seq_len = self.serving_seq_len(path)
+        log.info("loading model %s on %s", path, self.device)
+        try:
+            engine = inference_engine.load_engine(path, s.inference_engine, self.device,
+                                                  s.math_threads, export=export)
+            predictor = UIEPredictor.from_dir(path, device=self.device, engine=engine,
+                                              max_seq_len=max_seq_len, batch_size=s.batch_size,
+                                              threshold=s.score_threshold, batch_wait_ms=s.batch_wait_ms)
+        except ModelLoadError:
+            raise
+        except Exception as exc:   # damaged files surface as many exception types
+            raise ModelLoadError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from exc
+        log.info("loaded model %s on %s: %s, %d math threads, max_seq_len %d%s", path, self.device,
+                 engine.name, s.math_threads, max_seq_len, f" ({engine.reason})" if engine.reason else "")
+        return predictor
+
+    def engines(self) -> dict[str, dict]:
+        """How each loaded model runs: engine, threads, and why not Paddle Inference if so."""
+        with self._lock:
+            loaded = dict(self._predictors)
+        return {path: {"engine": p.engine.name, "threads": self.settings.math_threads,
+                       "device": self.device, **({"engine_fallback_reason": p.engine.reason}
+                                                 if p.engine.reason else {})}
+                for path, p in loaded.items()}
 
     def _evict_least_recent(self):
         """Unload the least recently used models beyond ``MAX_LOADED_MODELS`` (never the base)."""
@@ -191,7 +215,7 @@ class ModelStore:
             if len(self._predictors) <= limit:
                 break
             log.info("unloading model %s (least recently used of %d loaded)", path, len(self._predictors))
-            del self._predictors[path]
+            self._predictors.pop(path).close()
 
     def loaded(self) -> list[str]:
         """Paths of the models this process holds, least recently used first."""
@@ -219,7 +243,7 @@ class ModelStore:
         with self._lock:
             for path in [p for p in self._predictors if p not in keep]:
                 log.info("unloading model %s (no longer served)", path)
-                del self._predictors[path]
+                self._predictors.pop(path).close()
 
     # -- versions ----------------------------------------------------------
     def projects(self) -> list[str]:
@@ -358,7 +382,7 @@ class ModelStore:
         version = self.next_version(project)
         tmp = pdir / f".tmp-{version}"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("static", ".cache_info"))
+        shutil.copytree(checkpoint, tmp)    # with its static export, if the job made one
         meta = dict(meta, model_version=version, promoted=make_current,
                     weights_sha256=weights_checksum(tmp))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from convert import expand_prompts, label_studio_to_doccano, write_jsonl
@@ -48,7 +48,8 @@ class JobSpec:
     learning_rate: float | None = None
     num_epochs: int | None = None
     min_dev_tasks: int = 50
-    extra: dict = field(default_factory=dict)
+    inference_engine: str = "paddle-inference"   # what the server will run the new model on
+    threads: int | None = None                   # math threads (None: as the process has them)
 
     def write(self, job_dir: Path):
         (Path(job_dir) / SPEC).write_text(json.dumps(asdict(self), ensure_ascii=True),
@@ -103,13 +104,28 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int) -> Examples:
 
 
 def _score(model_path, examples, spec: JobSpec) -> dict:
-    """Span P/R/F1 of the model in ``model_path``, loaded afresh from its files."""
+    """Span P/R/F1 of the model in ``model_path``, loaded afresh from its files on the
+    engine the server runs it with (so the new model's export is checked too)."""
+    import inference_engine
     import uie_model
     from evaluate import evaluate_examples
 
-    predictor = uie_model.UIEPredictor.from_dir(model_path, device=spec.device,
+    engine = inference_engine.load_engine(model_path, spec.inference_engine, spec.device, spec.threads)
+    predictor = uie_model.UIEPredictor.from_dir(model_path, device=spec.device, engine=engine,
                                                 max_seq_len=spec.max_seq_len)
     return evaluate_examples(predictor, examples)
+
+
+def _export(candidate: Path, spec: JobSpec):
+    """The static model the server will load, made here and not in a request."""
+    import inference_engine
+
+    if spec.inference_engine != "paddle-inference":
+        return
+    try:
+        inference_engine.export_static(candidate)
+    except inference_engine.ExportError as exc:
+        log.warning("%s; the new model will be served with dygraph", exc)
 
 
 def train(spec: JobSpec, work: Path) -> dict:
@@ -136,6 +152,7 @@ def train(spec: JobSpec, work: Path) -> dict:
         batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
         logging_steps=20, valid_steps=0)
     candidate = work / "ckpt" / "model_best"
+    _export(candidate, spec)
     new = _score(candidate, examples.dev, spec)
     old = _score(spec.model_path, examples.dev, spec)
     log.info("f1 %.4f (served model %s: %.4f)", new["f1"], spec.model_version, old["f1"])
@@ -150,11 +167,17 @@ def run(job_dir) -> int:
     """Read ``spec.json``, train, write ``result.json`` (or ``{"error"}``); exit status."""
     import uie_model
 
+    import inference_engine
+
     job_dir = Path(job_dir)
-    uie_model.use_all_cores()
     started = time.time()
     try:
-        result = train(JobSpec.read(job_dir), job_dir / "work")
+        spec = JobSpec.read(job_dir)
+        if spec.threads:
+            inference_engine.set_math_threads(spec.threads)
+        else:
+            uie_model.use_all_cores()
+        result = train(spec, job_dir / "work")
         status = 0
     except JobError as exc:
         result, status = {"error": str(exc)}, 1

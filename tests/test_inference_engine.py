@@ -126,3 +126,82 @@ def test_an_export_is_whole_or_absent(exported, tmp_path, monkeypatch):
         inference_engine.export_static(model_dir)
     assert not (model_dir / "static").exists()
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".static")]
+
+
+# --------------------------------------------------------------------------
+# The server's models run on INFERENCE_ENGINE
+
+def predict(client, project="1.1"):
+    from conftest import LABEL_CONFIG, tasks_for
+
+    answer = client.post("/predict", json={"tasks": tasks_for(), "project": project,
+                                           "label_config": LABEL_CONFIG})
+    assert answer.status_code == 200, answer.json
+    return answer.json["results"]
+
+
+def test_the_server_predicts_the_same_on_both_engines_and_says_which_it_uses(make_app, trained_model, tmp_path):
+    model = tmp_path / "checkpoint"
+    shutil.copytree(trained_model, model)
+    answers = {}
+    for engine in ("paddle-inference", "dygraph"):
+        client = make_app(uie_model=str(model), model_dir=str(tmp_path / engine), inference_engine=engine,
+                          cpu_threads=2).test_client()
+        health = client.get("/health").json
+        assert health["model"]["engine"] == engine and health["model"]["threads"] == 2
+        answers[engine] = predict(client)
+    assert (model / "static" / "inference.pdmodel").is_file()        # exported at start-up
+    a, b = answers.values()
+    assert [[(r["value"]["labels"], r["value"]["start"], r["value"]["end"]) for r in p["result"]] for p in a] == \
+           [[(r["value"]["labels"], r["value"]["start"], r["value"]["end"]) for r in p["result"]] for p in b]
+    assert all(abs(x["score"] - y["score"]) <= 1e-4 for p, q in zip(a, b) for x, y in zip(p["result"], q["result"]))
+    assert sum(len(p["result"]) for p in a) >= 10
+
+
+def test_a_trained_version_carries_its_export_and_a_missing_one_is_not_made_in_a_request(
+        make_app, scratch_small, tmp_path, caplog):
+    from test_jobs import annotated_tasks
+    from test_training import wait_job
+    from conftest import LABEL_CONFIG
+
+    app = make_app(uie_model=str(scratch_small), train_epochs=1, train_max_seq_len=SEQ_LEN)
+    client = app.test_client()
+    job = client.post("/train", json={"annotations": annotated_tasks(EDGE_CASES), "project": "3.1",
+                                      "label_config": LABEL_CONFIG}).json["job"]
+    done = wait_job(lambda p: client.get(p).json, "3", job["id"])
+    assert done["state"] == "done" and done["promoted"], done
+    store = app.extensions["uie"]["store"]
+    version_dir = store.project_dir("3") / done["model_version"]
+    import inference_engine
+
+    assert inference_engine.check_static(version_dir) is None          # exported by the job
+    predict(client, "3.1")
+    assert store.engines()[str(version_dir)]["engine"] == "paddle-inference"
+
+    # the same version in a new process, its export deleted: dygraph, and no export in the request
+    shutil.rmtree(version_dir / "static")
+    fresh = make_app(uie_model=str(scratch_small), model_dir=str(store.root)).test_client()
+    predict(fresh, "3.1")
+    loaded = fresh.get("/health").json["loaded_models"][str(version_dir)]
+    assert loaded["engine"] == "dygraph" and "no static model" in loaded["engine_fallback_reason"]
+    assert not (version_dir / "static").exists()
+
+
+def test_unloading_a_model_stops_its_batching_thread(make_app, scratch_small, trained_model, tmp_path):
+    import threading
+
+    def batchers():
+        return [t for t in threading.enumerate() if t.name.startswith("batcher") and t.is_alive()]
+
+    app = make_app(uie_model=str(scratch_small), max_loaded_models=2)
+    store = app.extensions["uie"]["store"]
+    before = len(batchers())
+    for project in ("1", "2", "3"):
+        store.promote(project, trained_model if project != "2" else scratch_small, {})
+        store.live(project)
+    import time
+
+    deadline = time.time() + 5
+    while len(batchers()) > before + 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(batchers()) - before <= 1 and len(store.loaded()) == 2
