@@ -53,13 +53,15 @@ import paddle  # noqa: E402  (after the environment above)
 
 
 def use_all_cores():
-    """Let Paddle's dygraph math use ``OMP_NUM_THREADS`` threads (it uses one unless told).
-
-    For one-process jobs (training, evaluation). The server does not call it yet:
-    whether the setting holds for gunicorn's request threads is unchecked (the
-    bench's profile measures what it would gain).
-    """
-    paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    """Let Paddle's dygraph math use ``CPU_THREADS`` threads, else ``OMP_NUM_THREADS``
+    (every core): it uses one unless told. For the one-process scripts and jobs;
+    the server sets its threads per model (``inference_engine``)."""
+    for name in ("CPU_THREADS", "OMP_NUM_THREADS"):     # CPU_THREADS=auto: every core
+        raw = os.environ.get(name, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            paddle.base.core.set_num_threads(int(raw))
+            return
+    paddle.base.core.set_num_threads(1)
 
 
 PRETRAINED_NAMES = (
