@@ -190,6 +190,8 @@ class OffsetTokenizer:
     def from_dir(cls, path) -> "OffsetTokenizer":
         """The tokenizer of a model directory; ``ModelLoadError`` if its files are unusable."""
         path = Path(path)
+        if not (path / "vocab.txt").is_file():
+            raise ModelLoadError(f"{path} is not a UIE checkpoint: missing vocab.txt")
         try:
             with open(path / "vocab.txt", encoding="utf-8") as f:
                 vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
