@@ -31,6 +31,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from label_config import LabelConfigError
 from my_ml_backend import UIEBackend
+from projects import project_key
 from settings import ConfigError, Settings
 
 log = logging.getLogger("uie-backend")
@@ -121,8 +122,6 @@ def _check_depth(value, limit=MAX_JSON_DEPTH):
 
 
 def _project(raw) -> str:
-    from model_store import project_key
-
     try:
         return project_key(raw)
     except ValueError as exc:

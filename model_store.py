@@ -37,30 +37,12 @@ from pathlib import Path
 
 import inference_engine
 import uie_model
+from projects import is_project_name
 from uie_model import ModelLoadError, ModelSource, UIEPredictor
 
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^v(\d+)-\d{8}-\d{6}$")
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-def project_key(raw) -> str:
-    """Label Studio's project reference as a directory name.
-
-    ``/setup`` and ``/predict`` send ``"<id>.<created timestamp>"``, webhooks
-    send ``{"id": <id>, ...}``; both become ``"<id>"``. No project is ``"default"``.
-    """
-    if isinstance(raw, dict):
-        raw = raw.get("id")
-    if raw is None or raw == "":
-        return "default"
-    key = str(raw).split(".", 1)[0].strip()
-    if not PROJECT_RE.match(key):
-        raise ValueError(f"project {raw!r} is not a Label Studio project id")
-    return key
-
-
 def fsync_path(path: Path):
     """Flush a file's or a directory's entry to disk."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0))
@@ -248,7 +230,7 @@ class ModelStore:
     # -- versions ----------------------------------------------------------
     def projects(self) -> list[str]:
         """Projects that have anything on disk (versions, jobs)."""
-        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and PROJECT_RE.match(d.name))
+        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and is_project_name(d.name))
 
     def project_dir(self, project: str) -> Path:
         return self.root / project
