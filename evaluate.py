@@ -80,6 +80,8 @@ def main(argv=None):
 
     import uie_model
 
+    if args.max_seq_len < uie_model.MIN_SEQ_LEN:
+        parser.error(f"--max_seq_len must be at least {uie_model.MIN_SEQ_LEN}")
     uie_model.use_all_cores()
     try:
         examples = read_examples(args.test_path)

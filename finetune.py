@@ -421,6 +421,8 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         raise DataError(f"max_negatives must be 0 or more, not {max_negatives}")
     if tagging_weight is not None and tagging_weight < 0:
         raise DataError(f"tagging_weight must be 0 or more, not {tagging_weight}")
+    if max_seq_len < uie_model.MIN_SEQ_LEN:
+        raise DataError(f"max_seq_len must be at least {uie_model.MIN_SEQ_LEN}, not {max_seq_len}")
     kind = model_kind(model_dir)
     learning_rate = learning_rate or DEFAULTS[kind]["learning_rate"]
     pos_weight = pos_weight or DEFAULTS[kind]["pos_weight"]

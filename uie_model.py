@@ -84,6 +84,11 @@ SCRATCH_SEED = 20240601
 SCRATCH_VOCAB_KIND = "uie-backend-scratch-char-v1"
 
 
+# The shortest model input the scripts accept (as MAX_SEQ_LEN): room for a
+# prompt of up to half of it and a few tokens of text.
+MIN_SEQ_LEN = 16
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be found, downloaded or loaded."""
 
@@ -316,7 +321,9 @@ def windows(n_tokens: int, budget: int):
     """
     if n_tokens <= budget:
         return [(0, n_tokens, 0, n_tokens)]
-    overlap = max(1, min(budget // 3, 96))
+    if budget < 1:
+        raise ValueError(f"no room for the text in a window of {budget} tokens (max_seq_len too short)")
+    overlap = max(1, min(budget // 3, 96)) if budget > 1 else 0
     stride = budget - overlap
     out, lo = [], 0
     while True:

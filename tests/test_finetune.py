@@ -102,3 +102,14 @@ def test_init_from_ckpt_refuses_weights_of_another_model(tmp_path, scratch_small
         finetune.finetune(uie_examples()[:2], None, scratch_small, tmp_path / "out", num_epochs=1,
                           max_seq_len=SEQ_LEN, device="cpu", init_from_ckpt=tmp_path / "foreign.pdparams")
     assert not (tmp_path / "out" / "model_best").exists()
+
+
+def test_a_max_seq_len_without_room_for_text_is_refused(tmp_path, scratch_small):
+    import evaluate
+    import finetune
+
+    with pytest.raises(finetune.DataError, match="max_seq_len must be at least 16"):
+        finetune.finetune(uie_examples()[:2], None, scratch_small, tmp_path, max_seq_len=4, device="cpu")
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--model_path", str(scratch_small), "--test_path", "none.txt", "--max_seq_len", "4"])
+    assert exit_.value.code == 2

@@ -110,3 +110,10 @@ def test_the_word_cache_is_bounded(tokenizers):
         fresh.tokenize(word())
     assert fresh._wordpiece.cache_info().currsize == uie_model.WORD_CACHE_SIZE
     assert per_word * uie_model.WORD_CACHE_SIZE < 64 * 2**20, f"{per_word:.0f} bytes a word"
+
+
+def test_windows_of_one_token_and_of_none():
+    assert uie_model.windows(3, 1) == [(0, 1, 0, 1), (1, 2, 1, 2), (2, 3, 2, 3)]
+    assert uie_model.windows(0, 0) == [(0, 0, 0, 0)]
+    with pytest.raises(ValueError, match="max_seq_len too short"):
+        uie_model.windows(3, 0)          # used to loop for ever
