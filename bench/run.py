@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets HOME/PPNLP_HOME before Paddle is imported)
+from serving import NEW, TODAY  # noqa: E402  (the servers compared in sections 1, 2 and 4)
 
 DEFAULT_SECTIONS = ("throughput", "latency", "training", "memory", "profile", "learning", "agreement")
 ALL_SECTIONS = DEFAULT_SECTIONS + ("recipes",)
@@ -80,13 +81,12 @@ def main(argv=None):
 
     if "profile" in sections:
         shapes = [s.strip() for s in args.profile_shapes.split(",") if s.strip()]
-        value = {shape: serving.profile(shape, quick=args.quick) for shape in shapes}
-        value["training_threads"] = training.training_threads()
-        save("profile", value)
+        save("profile", {shape: serving.profile(shape, quick=args.quick) for shape in shapes})
 
     if "training" in sections:
         value = {"rate": {shape: training.training_rate(shape, quick=args.quick)
                           for shape in ("nano", "base", "scratch")}}
+        value["threads"] = training.training_threads(quick=args.quick)
         value["train_to_served"] = training.train_to_served(
             n_tasks=60 if args.quick else 200, epochs=args.train_epochs or None)
         save("training", value)
@@ -169,6 +169,68 @@ def _ok(flag):
     return "**met**" if flag else "**missed**"
 
 
+# issue 9's goals, shown beside the numbers of sections 1, 2 and 4
+GOALS = {"b_over_b0": 2.5, "b_over_a_nano": 30, "b_s_over_c_s": 1.2, "p95_1_client_ms": 100}
+SERVER_NAMES = {NEW: "(b) new", TODAY: "(b0) today"}
+
+
+def _goal(value, met, digits=2, unit=""):
+    """A ratio, and whether it meets its goal (``met`` None: no goal for this row)."""
+    return f"{_f(value, digits)}{unit}" + ("" if met is None else f" {_ok(met)}")
+
+
+def _runs(engine) -> str:
+    """``": paddle-inference, 2 threads"`` from a server's ``/health`` engine (or a profile's)."""
+    if not engine or not engine.get("engine"):
+        return ""
+    threads = engine.get("threads", engine.get("math_threads"))
+    fallback = f" (fallback: {engine['engine_fallback_reason']})" if engine.get("engine_fallback_reason") else ""
+    return f": {engine['engine']}, {threads} thread{'s' if threads != 1 else ''}{fallback}"
+
+
+def _engine(section_shape, name) -> str:
+    """A server's name in a table, with the engine and threads it ran."""
+    return SERVER_NAMES.get(name, name) + _runs((section_shape.get("engines") or {}).get(name))
+
+
+def _new_format(section, key):
+    """(shape, result) of the shapes measured with (b) beside (b0) (``key`` in their result)."""
+    return [(s, section[s]) for s in ("base", "nano") if key in (section.get(s) or {})]
+
+
+def _old_note(section, key):
+    """A line about the shapes measured before (b) was compared with (b0), if any."""
+    old = [s for s in ("base", "nano") if s in section and key not in section[s]]
+    return [f"({', '.join(old)}: measured before today's path was compared; re-run this section.)", ""] if old else []
+
+
+def _table(header, rows):
+    """A markdown table; nothing when there are no rows."""
+    if not rows:
+        return []
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(x) for x in row) + " |" for row in rows)]
+
+
+def _profile_engine(prof) -> str:
+    """The engine the batch-size profile ran on (dygraph on one thread before it was recorded)."""
+    shape = next((v for k, v in prof.items() if k != "_run" and v.get("engine")), None)
+    if shape is None:
+        return "dygraph, 1 thread (today's path)"
+    threads = shape["math_threads"]
+    return f"{shape['engine']}, {threads} thread{'s' if threads != 1 else ''} (the new defaults)"
+
+
+def _memory_goal(new, today) -> str:
+    """Whether a server's worker memory is no higher than today's, idle and at its peak (WORKERS=1)."""
+    def worker(v, reading):
+        return max(v["workers_1"][reading]["worker_peak_mib"])
+
+    pairs = {label: (worker(new, r), worker(today, r)) for label, r in (("idle", "idle"), ("peak", "after_long_text"))}
+    detail = ", ".join(f"{label} {n:.0f} vs {t:.0f} MiB" for label, (n, t) in pairs.items())
+    return f"{_ok(all(n <= t for n, t in pairs.values()))} ({detail})"
+
+
 def report(results) -> str:
     lines = ["# Benchmarks", "",
              "Written by `make bench` (`python bench/run.py`); raw numbers in `results.json`, "
@@ -189,36 +251,44 @@ def report(results) -> str:
 
     t = results.get("throughput")
     if t:
+        cores = (t.get("_run") or {}).get("cores", "?")
+        shapes = _new_format(t, "b_over_b0")
         lines += ["## 1. Prediction throughput", "",
                   "CLUENER sentences, the tutorial's 7 labels (地名, 人名, 组织机构, 时间, 产品, 价格, 天气). "
                   "(a) one `Taskflow(\"information_extraction\")` call per text at default settings "
                   "(max_seq_len 512, Paddle Inference, its default of ceil(cores/2) threads); "
-                  "(b) one `POST /predict` with all tasks to gunicorn (`WORKERS=1`); "
-                  "(c) `UIEPredictor.forward` alone over exactly (b)'s batches.", "",
-                  "| shape | texts (a / b, c) | (a) Taskflow texts/s | (b) /predict texts/s | (c) forward texts/s | b/a | c/b | b ≥ 8× a | b within 1.2× of c | rounds |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for shape in ("base", "nano"):
-            r = t.get(shape)
-            if not r:
-                continue
-            rate = r["texts_per_s"]
-            lines.append(f"| {shape} | {r['taskflow_texts']} / {r['texts']} | {_f(rate['a'])} | {_f(rate['b'])} | "
-                         f"{_f(rate['c'])} | {_f(r['b_over_a'], 1)}× | {_f(r['c_over_b'])} | "
-                         f"{_ok(r['b_over_a'] >= 8)} | {_ok(r['c_over_b'] <= 1.2)} | {r['rounds']} |")
-        lines += ["", "Ratios in CPU seconds instead of wall seconds (less sensitive to the other work on the machine; "
-                  "Taskflow uses one thread, the server two):", "",
-                  "| shape | b/a (CPU) | c/b (CPU) | forward inputs | tokens | padded tokens | batches | in-process `extract` s | tokenisation s | Paddle Inference vs dygraph forward |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for shape in ("base", "nano"):
-            r = t.get(shape)
-            if not r:
-                continue
-            fi, pi = r["forward_inputs"], r.get("paddle_inference", {})
-            pis = (f"{pi['speedup']}× ({pi['texts']} texts: {pi['dygraph_forward_s']} s → {pi['paddle_inference_mkldnn_s']} s)"
-                   if "speedup" in pi else pi.get("error", "–"))
-            lines.append(f"| {shape} | {_f(r['cpu_b_over_a'], 1)}× | {_f(r['cpu_c_over_b'])} | {fi['inputs']} | "
-                         f"{fi['tokens']} | {fi['padded_tokens']} | {fi['batches']} | {_f(r['in_process_extract_s'])} | "
-                         f"{_f(r['tokenise_s'], 3)} | {pis} |")
+                  "(b) one `POST /predict` with all tasks to gunicorn with the new defaults (`WORKERS=1`, "
+                  "`INFERENCE_ENGINE=paddle-inference`, `CPU_THREADS` = every core, `BATCH_WAIT_MS=5`); "
+                  "(b0) the same request to a second gunicorn on today's path (`INFERENCE_ENGINE=dygraph "
+                  "CPU_THREADS=1`); (c) the forward pass alone: exactly (b)'s batches through "
+                  "`inference_engine.load_engine(model, \"paddle-inference\", \"cpu\", threads)` with (b)'s "
+                  "threads, in the benchmark's process. The four are timed back to back in each round.", "",
+                  f"Goals (issue 9, on 2 cores; measured on {cores}): (b) ≥ {GOALS['b_over_b0']}× (b0); "
+                  f"(b) ≥ {GOALS['b_over_a_nano']}× (a) on the nano shape; (b)'s seconds ≤ "
+                  f"{GOALS['b_s_over_c_s']} × (c)'s.", "", *_old_note(t, "b_over_b0")]
+        lines += _table(("shape", "texts (a / b, b0, c)", "(a) Taskflow texts/s", "(b) /predict, new texts/s",
+                         "(b0) /predict, today texts/s", "(c) forward alone texts/s", "b/b0", "b/a", "b s / c s",
+                         "rounds"),
+                        [(shape, f"{r['taskflow_texts']} / {r['texts']}", *(_f(r["texts_per_s"][k]) for k in
+                                                                             ("a", "b", "b0", "c")),
+                          _goal(r["b_over_b0"], r["b_over_b0"] >= GOALS["b_over_b0"], 1, "×"),
+                          _goal(r["b_over_a"], r["b_over_a"] >= GOALS["b_over_a_nano"] if shape == "nano" else None,
+                                1, "×"),
+                          _goal(r["b_s_over_c_s"], r["b_s_over_c_s"] <= GOALS["b_s_over_c_s"]), r["rounds"])
+                         for shape, r in shapes])
+        if shapes:
+            lines += ["", "The same ratios in CPU seconds instead of wall seconds (less sensitive to the other "
+                      "work on the machine; they also show what the extra threads cost), what each server runs "
+                      "(its `/health`), and where (b)'s time goes: one in-process `UIEPredictor.extract` on "
+                      "(c)'s engine (no HTTP, no batcher) and its tokenisation.", ""]
+        lines += _table(("shape", "b/b0 (CPU)", "b/a (CPU)", "b s / c s (CPU)", "(b) runs", "(b0) runs",
+                         "forward inputs", "tokens", "padded tokens", "batches", "in-process `extract` s",
+                         "tokenisation s"),
+                        [(shape, f"{_f(r['cpu_b_over_b0'], 1)}×", f"{_f(r['cpu_b_over_a'], 1)}×",
+                          _f(r["cpu_b_s_over_c_s"]), _engine(r, NEW), _engine(r, TODAY),
+                          *(r["forward_inputs"][k] for k in ("inputs", "tokens", "padded_tokens", "batches")),
+                          _f(r["in_process_extract_s"]), _f(r["tokenise_s"], 3))
+                         for shape, r in shapes])
         lines.append("")
 
     a = results.get("agreement")
@@ -226,7 +296,8 @@ def report(results) -> str:
         lines += ["### Same spans as Taskflow", "",
                   f"A trained model (`{Path(a['model']).name}`: a scratch UIE trained by `finetune.finetune`), "
                   f"{a['texts']} texts, labels {', '.join(a['labels'])}; Taskflow (max_seq_len 512, `position_prob` = "
-                  f"threshold) against one `/predict` (`SCORE_THRESHOLD` = threshold). A span is (label, start, end).", "",
+                  f"threshold) against one `/predict` (`SCORE_THRESHOLD` = threshold) to server (b), the new "
+                  f"defaults{_runs(a.get('engine'))}. A span is (label, start, end).", "",
                   "| threshold | texts with identical spans | spans found by both | only Taskflow | only the backend |",
                   "|---|---|---|---|---|"]
         for r in a["by_threshold"]:
@@ -238,12 +309,24 @@ def report(results) -> str:
     if lat:
         lines += ["## 2. Interactive latency", "",
                   "One task per `POST /predict`, a 100-character text, 7 labels; each client sends its next "
-                  "request when the last one is answered (gunicorn defaults: 1 worker, 4 threads).", "",
-                  "| shape | clients | requests | p50 ms | p95 ms | mean ms |", "|---|---|---|---|---|---|"]
-        for shape in ("base", "nano"):
-            for r in (lat.get(shape) or {}).get("results", []):
-                lines.append(f"| {shape} | {r['clients']} | {r['requests']} | {_f(r['p50_ms'], 0)} | "
-                             f"{_f(r['p95_ms'], 0)} | {_f(r['mean_ms'], 0)} |")
+                  "request when the last one is answered (gunicorn defaults: 1 worker, 4 threads). Servers (b) "
+                  "(the new defaults) and (b0) (today's path) as in section 1, the same texts to each, one "
+                  f"server after the other. Goals (issue 9, nano shape, (b)): p95 ≤ {GOALS['p95_1_client_ms']} ms "
+                  f"with 1 client and ≤ 2× that ({2 * GOALS['p95_1_client_ms']} ms) with 4 clients.", "",
+                  *_old_note(lat, "engines")]
+        rows = []
+        for shape, r in _new_format(lat, "engines"):
+            single = {row["server"]: row["p95_ms"] for row in r["results"] if row["clients"] == 1}
+            for row in sorted(r["results"], key=lambda x: (x["server"], x["clients"])):
+                goal = "–"
+                if shape == "nano" and row["server"] == NEW:
+                    limit = GOALS["p95_1_client_ms"] * (1 if row["clients"] == 1 else 2)
+                    goal = f"p95 ≤ {limit} ms: {_ok(row['p95_ms'] <= limit)}"
+                rows.append((shape, _engine(r, row["server"]), row["clients"], row["requests"],
+                             *(_f(row[k], 0) for k in ("p50_ms", "p95_ms", "mean_ms")),
+                             f"{_f(row['p95_ms'] / single[row['server']], 1)}×", goal))
+        lines += _table(("shape", "server", "clients", "requests", "p50 ms", "p95 ms", "mean ms",
+                         "p95 / 1-client p95", "goal"), rows)
         lines.append("")
 
     tr = results.get("training")
@@ -256,6 +339,16 @@ def report(results) -> str:
                   "| shape | examples | examples/s |", "|---|---|---|"]
         for shape, r in tr.get("rate", {}).items():
             lines.append(f"| {shape} | {r['examples']} | {_f(r['examples_per_second'], 1)} |")
+        th = tr.get("threads")
+        if th:
+            counts = [k for k in next(iter(th.values())) if k.endswith("_threads")]
+            lines += ["", "**Math threads** (a training job's `CPU_THREADS`): finetune's examples/s over its first "
+                      "steps (batch 16, max_seq_len 128) with one math thread and with every core, interleaved "
+                      "(twice; once with `--quick`), the best of each.", ""]
+            lines += _table(("shape", "steps", *(f"examples/s, {k.split('_')[0]} thread(s)" for k in counts),
+                             "speed-up"),
+                            [(shape, v.get("steps", 30), *(_f(v[k], 1) for k in counts), f"{_f(v['speedup'])}×")
+                             for shape, v in th.items()])
         s = tr.get("train_to_served")
         if s:
             lines += ["", f"**START_TRAINING → new version served** (nano shape, {s['tasks']} annotated tasks sent as "
@@ -265,33 +358,39 @@ def report(results) -> str:
                       f"({s.get('epochs_run')} epochs, {_f(s.get('per_epoch_s'), 1)} s each with its per-epoch "
                       f"evaluation) and everything else (convert, doccano, process start-ups, the two "
                       f"evaluate.py runs, promotion, loading) {_f(s.get('other_s'), 1)} s. "
-                      f"The 200 webhooks took {_f(s['webhooks_s'], 1)} s."]
+                      f"The {s['tasks']} webhooks took {_f(s['webhooks_s'], 1)} s."]
         lines.append("")
 
     mem = results.get("memory")
     if mem:
-        lines += ["## 4. Memory", "", "Peak resident memory (VmHWM) of the gunicorn processes, MiB.", "",
-                  "| shape | WORKERS | master | worker(s) idle | worker(s) after 256 texts | after a 1,500-char text | total peak |",
-                  "|---|---|---|---|---|---|---|"]
-        for shape in ("base", "nano"):
-            m = mem.get(shape)
-            if not m:
-                continue
-            w1 = m["workers_1"]
-            lines.append(f"| {shape} | 1 | {w1['after_long_text']['master_peak_mib']} | "
-                         f"{w1['idle']['worker_peak_mib']} | {w1['after_256_texts']['worker_peak_mib']} | "
-                         f"{w1['after_long_text']['worker_peak_mib']} | {w1['after_long_text']['total_peak_mib']} |")
-            w2 = m.get("workers_2")
-            if w2:
-                lines.append(f"| {shape} | 2 | {w2['after_requests']['master_peak_mib']} | "
-                             f"{w2['idle']['worker_peak_mib']} | {w2['after_requests']['worker_peak_mib']} (waves of 4 × 8 texts) | – | "
-                             f"{w2['after_requests']['total_peak_mib']} |")
+        lines += ["## 4. Memory", "",
+                  "Peak resident memory (VmHWM) of the gunicorn processes, MiB, for servers (b) (the new "
+                  "defaults) and (b0) (today's path): idle (model loaded), after the short texts of section 1, "
+                  "after one 1,500-character text (4 windows of 512 tokens × 7 prompts); with `WORKERS=2` "
+                  "after waves of 4 concurrent requests of 8 texts. Goal (issue 9): (b)'s worker no higher "
+                  "than (b0)'s, idle and at its peak.", "", *_old_note(mem, "by_server")]
+        rows = []
+        for shape, m in _new_format(mem, "by_server"):
+            by = m["by_server"]
+            for name, v in by.items():
+                w1, w2 = v["workers_1"], v.get("workers_2")
+                goal = _memory_goal(v, by[TODAY]) if name == NEW and TODAY in by else "–"
+                rows.append((shape, _engine(m, name), 1, w1["after_long_text"]["master_peak_mib"],
+                             w1["idle"]["worker_peak_mib"], w1["after_short_texts"]["worker_peak_mib"],
+                             w1["after_long_text"]["worker_peak_mib"], w1["after_long_text"]["total_peak_mib"], goal))
+                if w2:
+                    after = w2["after_requests"]
+                    rows.append((shape, _engine(m, name), 2, after["master_peak_mib"], w2["idle"]["worker_peak_mib"],
+                                 after["worker_peak_mib"], "–", after["total_peak_mib"], "–"))
+        lines += _table(("shape", "server", "WORKERS", "master", "worker(s) idle", "worker(s) after the short texts",
+                         "after a 1,500-char text", "total peak", "goal"), rows)
         lines.append("")
 
     prof = results.get("profile")
     if prof:
         lines += ["## Profile: batch size", "",
-                  "The forward pass alone (c) over the same inputs with other `BATCH_SIZE` values: "
+                  f"The forward pass alone (c) on {_profile_engine(prof)} over the same inputs "
+                  "with other `BATCH_SIZE` values: "
                   "the short CLUENER texts (7 prompts each) and one 1,500-character text (4 windows "
                   "of up to 512 tokens × 7 prompts). Speed relative to the default of 16 (> 1 is faster).", "",
                   "| shape | batch size | short texts s | vs 16 | long text s | vs 16 |", "|---|---|---|---|---|---|"]
@@ -305,23 +404,15 @@ def report(results) -> str:
         threaded = [s for s in ("base", "nano") if (prof.get(s) or {}).get("threads")]
         if threaded:
             lines += ["", "## Profile: math threads and Paddle Inference", "",
-                      "The same forward batches (short texts, batch 16) four ways: Paddle dygraph as the server "
-                      "runs it (its math library uses **one** thread unless `paddle.base.core.set_num_threads` is "
-                      "called; `OMP_NUM_THREADS` does not change that), dygraph with all cores, and Paddle "
-                      "Inference (the static model Taskflow exports, oneDNN) with one thread and with all cores. "
-                      "Speed-up over the first.", "",
+                      "The same forward batches (short texts, batch 16) on `inference_engine`'s engines: Paddle "
+                      "dygraph with one thread (today's server: its math library uses **one** thread unless "
+                      "`paddle.base.core.set_num_threads` is called; `OMP_NUM_THREADS` does not change that) and "
+                      "with all cores, and Paddle Inference (the model's static export, oneDNN) with one thread "
+                      "and with all cores. Speed-up over the first.", "",
                       "| shape | variant | seconds | speed-up |", "|---|---|---|---|"]
             for shape in threaded:
                 for name, v in prof[shape]["threads"].items():
                     lines.append(f"| {shape} | {name.replace('_', ' ')} | {v['seconds']} | {v['speedup']}× |")
-        tt = prof.get("training_threads")
-        if tt:
-            lines += ["", "Training examples/s (finetune's first 30 steps, batch 16) with one and with all math threads:", "",
-                      "| shape | " + " | ".join(k for k in next(iter(tt.values()))) + " |",
-                      "|---|" + "---|" * len(next(iter(tt.values())))]
-            for shape, v in tt.items():
-                label = "scratch default (hidden 128, 2 layers)" if shape == "scratch" else shape
-                lines.append(f"| {label} | " + " | ".join(str(x) for x in v.values()) + " |")
         lines.append("")
 
     for key, title in (("learning", "## 5. Learning: a scratch UIE on CLUENER"), ("recipes", "### Recipes tried")):

@@ -1,15 +1,18 @@
 """Sections 1, 2 and 4: prediction throughput, interactive latency, server memory.
 
-Per model shape, one gunicorn server (WORKERS=1) serves the throughput
-requests (b), the latency requests and is then asked for its peak memory;
-the Taskflow (a) and forward-pass (c) timings run in this process,
-interleaved with (b) round by round so their ratios come from the same
-moments of a shared machine. A second server with WORKERS=2 gives the
-two-worker memory.
+Per model shape, two gunicorn servers (WORKERS=1) run side by side: (b) with
+the new defaults (Paddle Inference, every core, dynamic batching) and (b0)
+with today's path (``INFERENCE_ENGINE=dygraph CPU_THREADS=1``). Both serve
+the throughput requests and the latency requests and are then asked for
+their peak memory. The Taskflow loop (a) and the forward pass alone (c) run
+in this process, interleaved with (b) and (b0) round by round so that their
+ratios come from the same moments of a shared machine. A second pair of
+servers with WORKERS=2 gives the two-worker memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -20,15 +23,24 @@ from pathlib import Path
 import common
 from common import LABEL_CONFIG, LABELS, Gunicorn, log, median, percentile, post
 
-# Per shape: rounds of (a, b, c), texts Taskflow is timed on, latency requests.
+# Per shape: rounds of (a, b, b0, c), texts Taskflow is timed on, latency requests.
 PLAN = {
     "nano": {"rounds": 3, "taskflow_texts": 24, "lat_1": 30, "lat_4": 40},
-    "base": {"rounds": 1, "taskflow_texts": 6, "lat_1": 10, "lat_4": 16, "inference_texts": 64},
+    "base": {"rounds": 1, "taskflow_texts": 6, "lat_1": 10, "lat_4": 16},
 }
 QUICK = {
     "nano": {"rounds": 1, "taskflow_texts": 8, "lat_1": 10, "lat_4": 12, "texts": 64},
     "base": {"rounds": 1, "taskflow_texts": 2, "lat_1": 4, "lat_4": 8, "texts": 16},
 }
+
+# The servers compared, as what their environment adds to UIE_MODEL (and BATCH_SIZE).
+SERVERS = {
+    "b": {},                                                     # the new defaults
+    "b0": {"INFERENCE_ENGINE": "dygraph", "CPU_THREADS": "1"},   # today's path
+}
+NEW, TODAY = "b", "b0"
+LONG_TEXT_CHARS = 1500
+LATENCY_TEXT_CHARS = 100
 
 
 def tasks_for(texts, start_id=1):
@@ -38,6 +50,42 @@ def tasks_for(texts, start_id=1):
 def spans_of_prediction(prediction):
     return {(r["value"]["labels"][0], r["value"]["start"], r["value"]["end"])
             for r in prediction["result"]}
+
+
+def predict(server, texts, start_id=1):
+    """One ``POST /predict`` with a task per text (the tutorial's labels); its answer."""
+    answer = post(server.url + "/predict", {"tasks": tasks_for(texts, start_id),
+                                            "label_config": LABEL_CONFIG, "project": "1"})
+    assert len(answer["results"]) == len(texts), f"{len(answer['results'])} results for {len(texts)} tasks"
+    return answer
+
+
+# --------------------------------------------------------------------------
+# timing
+
+def cpu_clock(pid=None):
+    """A function giving the CPU seconds (user + system) used so far by ``pid`` (default: this process)."""
+    import psutil
+
+    process = psutil.Process(pid)
+
+    def clock():
+        t = process.cpu_times()
+        return t.user + t.system
+
+    return clock
+
+
+def measure(run, clock):
+    """Wall and CPU seconds (by ``clock``) of ``run()``."""
+    c0, t0 = clock(), time.perf_counter()
+    run()
+    return time.perf_counter() - t0, clock() - c0
+
+
+def rate_ratio(seconds, texts, x, y):
+    """Median over the rounds of texts/s of ``x`` over texts/s of ``y``, the two timed in one round."""
+    return median([(texts[x] / tx) / (texts[y] / ty) for tx, ty in zip(seconds[x], seconds[y])])
 
 
 # --------------------------------------------------------------------------
@@ -68,8 +116,21 @@ def taskflow_spans(result):
     return out
 
 
+def engine_predictor(model, engine="paddle-inference", threads=1, **kwargs):
+    """A ``UIEPredictor`` (no batcher) of ``model`` whose forward pass is ``inference_engine``'s
+    ``engine`` on ``threads`` math threads; an error if that engine does not load."""
+    import inference_engine
+    import uie_model
+
+    forward = inference_engine.load_engine(model, engine, "cpu", threads)
+    if forward.name != engine:
+        raise RuntimeError(f"{model}: {engine} did not load ({forward.reason})")
+    return uie_model.UIEPredictor.from_dir(model, engine=forward, **kwargs)
+
+
 def forward_batches(predictor, texts):
-    """Exactly the model inputs ``predictor.extract`` runs for these texts, in its batches."""
+    """Exactly the model inputs ``predictor.extract`` runs for these texts, in its batches
+    (one request alone in the server's batcher runs the same batches)."""
     inputs, _ = predictor.build_inputs([(t, list(LABELS)) for t in texts])
     order = sorted(range(len(inputs)), key=lambda k: len(inputs[k][2].ids))
     bs = predictor.batch_size
@@ -81,6 +142,7 @@ def forward_batches(predictor, texts):
 
 
 def time_forward(predictor, batches):
+    """Seconds of ``predictor.forward`` (padding + its engine) over ``batches``."""
     t = time.perf_counter()
     for batch in batches:
         predictor.forward(batch)
@@ -88,41 +150,143 @@ def time_forward(predictor, batches):
 
 
 # --------------------------------------------------------------------------
-# Paddle Inference, for the "what if" rows (same batches as (c))
+# the servers
 
-def inference_runner(static_prefix, mkldnn=True, threads=2):
-    import paddle
+@contextlib.contextmanager
+def started_servers(shape, env, workers=1):
+    """The servers of ``SERVERS`` on ``env``, started together; stopped on exit."""
+    servers = {name: Gunicorn(dict(env, WORKERS=str(workers), **extra),
+                              common.WORK / "logs" / f"gunicorn-{shape}-{name}-w{workers}.log")
+               for name, extra in SERVERS.items()}
+    try:
+        for name, server in servers.items():
+            server.wait()
+            log(f"{shape}: server {name} (WORKERS={workers}) ready in {server.ready_seconds:.1f}s")
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
-    import uie_model
 
-    config = paddle.inference.Config(f"{static_prefix}.pdmodel", f"{static_prefix}.pdiparams")
-    config.disable_gpu()
-    if mkldnn:
-        config.enable_mkldnn()
-    config.set_cpu_math_library_num_threads(threads)
-    config.switch_use_feed_fetch_ops(False)
-    config.disable_glog_info()
-    config.enable_memory_optim()
-    predictor = paddle.inference.create_predictor(config)
-    handles = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
-    outputs = [predictor.get_output_handle(n) for n in predictor.get_output_names()]
+def served_engine(server) -> dict:
+    """How the server runs its model (``/health``): engine, math threads, fallback reason."""
+    model = server.get("/health")["model"]
+    return {k: model[k] for k in ("engine", "threads", "engine_fallback_reason") if k in model}
 
-    def run(batches):
-        t = time.perf_counter()
-        for batch in batches:
-            arrays = uie_model.pad_batch(batch, pad_id=0)
-            for h, name in zip(handles, ("input_ids", "token_type_ids", "position_ids", "attention_mask")):
-                h.copy_from_cpu(arrays[name])
-            predictor.run()
-            for o in outputs:
-                o.copy_to_cpu()
-        return time.perf_counter() - t
 
-    return run
+def describe_servers(servers) -> dict:
+    """Each server's engine and threads, and the environment it was started with."""
+    out = {}
+    for name, server in servers.items():
+        out[name] = dict(served_engine(server), env=SERVERS[name])
+        if name == NEW and out[name].get("engine") != "paddle-inference":
+            log(f"WARNING: server {name} runs {out[name]} instead of Paddle Inference")
+    return out
 
 
 # --------------------------------------------------------------------------
-# latency
+# one shape
+
+def run_shape(shape, sections, quick=False, batch_size=None):
+    """Throughput / latency / memory of one model shape, (b) beside (b0); their results."""
+    import inference_engine
+
+    plan = dict(PLAN[shape], **(QUICK[shape] if quick else {}))
+    model = common.model_dir(shape, **common.SHAPES[shape])
+    # as the server's start-up would: done here, so that no worker's peak memory includes it
+    inference_engine.export_static(model)
+    texts = common.bench_texts(plan.get("texts", 256))
+    env = {"UIE_MODEL": str(model)}
+    if batch_size:
+        env["BATCH_SIZE"] = str(batch_size)
+    out = {}
+    with started_servers(shape, env) as servers:
+        idle = {name: server.memory() for name, server in servers.items()}
+        engines = describe_servers(servers)
+        log(f"{shape}: {engines}")
+        for server in servers.values():
+            predict(server, texts[:4])           # the first request pays one-time costs
+        if "throughput" in sections:
+            out["throughput"] = throughput(shape, model, texts, servers, env, plan)
+        if "latency" in sections:
+            out["latency"] = latency_section(servers, plan)
+            log(f"{shape}: latency {out['latency']['results']}")
+        if "memory" in sections:
+            out["memory"] = memory_section(servers, texts, idle, short_done="throughput" in sections)
+    if "memory" in sections:
+        for name, reading in two_worker_memory(shape, env, texts).items():
+            out["memory"]["by_server"][name]["workers_2"] = reading
+        log(f"{shape}: memory {out['memory']['by_server']}")
+    for result in out.values():
+        result["engines"] = engines
+    return out
+
+
+# --------------------------------------------------------------------------
+# 1. throughput
+
+def throughput(shape, model, texts, servers, env, plan):
+    """(a) Taskflow per text, (b) and (b0) one /predict, (c) the forward pass alone, round by round."""
+    from settings import Settings
+
+    settings = Settings.from_env(env)     # the new server's: (c) runs its engine and threads
+    forward = engine_predictor(model, settings.inference_engine, settings.math_threads,
+                               max_seq_len=settings.max_seq_len, batch_size=settings.batch_size,
+                               threshold=settings.score_threshold)
+    batches, stats = forward_batches(forward, texts)
+    time_forward(forward, batches[:2])          # warm-up
+    log(f"{shape}: {stats}")
+    t = time.perf_counter()
+    flow = make_taskflow(model, shape)
+    taskflow_init = time.perf_counter() - t
+    tf_texts = texts[: plan["taskflow_texts"]]
+    flow(tf_texts[0])                              # warm-up
+
+    own = cpu_clock()
+    contenders = {                                 # name: (run, CPU clock of the process doing the work)
+        "c": (lambda: time_forward(forward, batches), own),
+        **{name: (lambda s=server: predict(s, texts), cpu_clock(server.workers()[0]))
+           for name, server in servers.items()},
+        "a": (lambda: [flow(text) for text in tf_texts], own),
+    }
+    n = {name: len(texts) for name in contenders}
+    n["a"] = len(tf_texts)
+    seconds = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
+    for r in range(plan["rounds"]):
+        for name, (run, clock) in contenders.items():
+            wall, cpu_s = measure(run, clock)
+            seconds[name].append(wall)
+            cpu[name].append(cpu_s)
+        log(f"{shape}: round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s/{n[k]}" for k, v in seconds.items())
+            + f" texts (load {os.getloadavg()[0]:.1f})")
+
+    def ratios(timings, prefix=""):
+        return {f"{prefix}b_over_b0": round(rate_ratio(timings, n, NEW, TODAY), 2),
+                f"{prefix}b_over_a": round(rate_ratio(timings, n, NEW, "a"), 2),
+                f"{prefix}b_s_over_c_s": round(rate_ratio(timings, n, "c", NEW), 3)}
+
+    # where the time of (b) goes, from one in-process extract() on (c)'s engine (no HTTP, no batcher)
+    queries = [(x, list(LABELS)) for x in texts]
+    tokenise = measure(lambda: forward.build_inputs(queries), own)[0]
+    extract = measure(lambda: forward.extract(queries), own)[0]
+    del flow, forward
+    return {
+        "texts": len(texts), "labels": len(LABELS), "taskflow_texts": len(tf_texts),
+        "rounds": plan["rounds"],
+        "forward": {"engine": settings.inference_engine, "threads": settings.math_threads},
+        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+        "texts_per_s": {k: round(n[k] / median(v), 3) for k, v in seconds.items()},
+        **ratios(seconds), **ratios(cpu, "cpu_"),
+        "batch_size": settings.batch_size, "max_seq_len": settings.max_seq_len,
+        "forward_inputs": stats, "taskflow_init_s": round(taskflow_init, 1),
+        "in_process_extract_s": round(extract, 3), "tokenise_s": round(tokenise, 4),
+    }
+
+
+# --------------------------------------------------------------------------
+# 2. latency
 
 def latency(url, texts, clients, n_requests):
     """Seconds of each one-task /predict, ``clients`` sending at once."""
@@ -152,189 +316,73 @@ def latency(url, texts, clients, n_requests):
             "mean_ms": round(sum(times) / len(times) * 1000, 1)}
 
 
+def latency_section(servers, plan):
+    """1 and then 4 clients, each on every server in turn (the same texts)."""
+    texts = common.texts_of_length(plan["lat_1"] + plan["lat_4"] + 2, LATENCY_TEXT_CHARS)
+    warm_up, texts = texts[:2], texts[2:]
+    for server in servers.values():
+        for text in warm_up:                  # at this length
+            predict(server, [text])
+    runs = ((1, texts[: plan["lat_1"]]), (4, texts[plan["lat_1"]:]))
+    rows = [dict(server=name, **latency(server.url, chunk, clients, len(chunk)))
+            for clients, chunk in runs for name, server in servers.items()]
+    return {"text_chars": LATENCY_TEXT_CHARS, "labels": len(LABELS), "results": rows}
+
+
 # --------------------------------------------------------------------------
-# one shape
+# 4. memory
 
-def run_shape(shape, sections, quick=False, batch_size=None, extra_env=None):
-    """Throughput / latency / memory of one model shape; returns their results."""
-    plan = dict(PLAN[shape], **(QUICK[shape] if quick else {}))
-    model = common.model_dir(shape, **common.SHAPES[shape])
-    texts = common.bench_texts(plan.get("texts", 256))
-    out = {}
-    env = {"UIE_MODEL": str(model)}
-    if batch_size:
-        env["BATCH_SIZE"] = str(batch_size)
-    env.update(extra_env or {})
-    from settings import Settings
-    settings = Settings.from_env(env)
-    server = Gunicorn(env, common.WORK / "logs" / f"gunicorn-{shape}.log")
-    try:
-        server.wait()
-        log(f"{shape}: gunicorn ready in {server.ready_seconds:.1f}s")
-        idle_memory = server.memory()
-        # warm up the server (first request pays one-time costs)
-        post(server.url + "/predict", {"tasks": tasks_for(texts[:4]), "label_config": LABEL_CONFIG})
-
-        if "throughput" in sections:
-            out["throughput"] = throughput(shape, model, texts, server, settings, plan)
-        if "latency" in sections:
-            lat_texts = common.texts_of_length(plan["lat_1"] + plan["lat_4"] + 4, 100)
-            for t in lat_texts[:2]:       # warm-up at this length
-                post(server.url + "/predict", {"tasks": tasks_for([t]), "label_config": LABEL_CONFIG})
-            lat_texts = lat_texts[2:]
-            res = [latency(server.url, lat_texts[: plan["lat_1"]], 1, plan["lat_1"]),
-                   latency(server.url, lat_texts[plan["lat_1"]:], 4, plan["lat_4"])]
-            out["latency"] = {"text_chars": 100, "labels": len(LABELS), "results": res}
-            log(f"{shape}: latency {res}")
-        if "memory" in sections:
-            if "throughput" not in sections:   # the same load as the throughput request
-                post(server.url + "/predict", {"tasks": tasks_for(texts), "label_config": LABEL_CONFIG})
-            after_short = server.memory()
-            long_text = "".join(common.texts_of_length(1, 1500, offset=3000))
-            t = time.perf_counter()
-            post(server.url + "/predict", {"tasks": tasks_for([long_text]), "label_config": LABEL_CONFIG})
-            long_seconds = time.perf_counter() - t
-            after_long = server.memory()
-            out["memory"] = {"workers_1": {"idle": idle_memory, "after_256_texts": after_short,
-                                           "after_long_text": after_long,
-                                           "long_text_chars": len(long_text),
-                                           "long_text_seconds": round(long_seconds, 2)}}
-            log(f"{shape}: memory {out['memory']}")
-    finally:
-        server.stop()
-
-    if "memory" in sections:
-        out["memory"]["workers_2"] = two_workers(shape, model, texts, env)
-    return out
+def memory_section(servers, texts, idle, short_done):
+    """Each server's memory idle, after the short texts and after one long text (WORKERS=1)."""
+    long_text = "".join(common.texts_of_length(1, LONG_TEXT_CHARS, offset=3000))
+    by_server = {}
+    for name, server in servers.items():
+        if not short_done:                    # the same load as the throughput request
+            predict(server, texts)
+        after_short = server.memory()
+        t = time.perf_counter()
+        predict(server, [long_text])
+        by_server[name] = {"workers_1": {"idle": idle[name], "after_short_texts": after_short,
+                                         "after_long_text": server.memory(),
+                                         "long_text_seconds": round(time.perf_counter() - t, 2)}}
+    return {"short_texts": len(texts), "long_text_chars": len(long_text), "by_server": by_server}
 
 
-def throughput(shape, model, texts, server, settings, plan):
-    import uie_model
+def two_worker_memory(shape, env, texts):
+    """Peak memory of each server with WORKERS=2, after each worker served requests."""
+    with started_servers(shape, env, workers=2) as servers:
+        return {name: fill_workers(server, texts[:8]) for name, server in servers.items()}
 
-    predictor = uie_model.UIEPredictor.from_dir(model, max_seq_len=settings.max_seq_len,
-                                                batch_size=settings.batch_size,
-                                                threshold=settings.score_threshold)
-    batches, stats = forward_batches(predictor, texts)
-    time_forward(predictor, batches[:2])          # warm-up
-    log(f"{shape}: {stats}")
-    t = time.perf_counter()
-    flow = make_taskflow(model, shape)
-    taskflow_init = time.perf_counter() - t
-    tf_texts = texts[: plan["taskflow_texts"]]
-    flow(tf_texts[0])                              # warm-up
-    body = {"tasks": tasks_for(texts), "label_config": LABEL_CONFIG, "project": "1"}
+
+def fill_workers(server, texts):
+    """Idle memory, then memory after waves of concurrent requests reached every worker."""
     import psutil
 
-    worker = psutil.Process(server.workers()[0])
-    times = {"a": [], "b": [], "c": []}      # wall seconds
-    cpu = {"a": [], "b": [], "c": []}        # CPU seconds of the process doing the work
-    answer = None
-
-    def own_cpu():
-        t = os.times()
-        return t.user + t.system
-
-    def worker_cpu():
-        t = worker.cpu_times()
-        return t.user + t.system
-
-    for r in range(plan["rounds"]):
-        c0, t = own_cpu(), time.perf_counter()
-        time_forward(predictor, batches)
-        times["c"].append(time.perf_counter() - t)
-        cpu["c"].append(own_cpu() - c0)
-        c0, t = worker_cpu(), time.perf_counter()
-        answer = post(server.url + "/predict", body)
-        times["b"].append(time.perf_counter() - t)
-        cpu["b"].append(worker_cpu() - c0)
-        c0, t = own_cpu(), time.perf_counter()
-        for text in tf_texts:
-            flow(text)
-        times["a"].append(time.perf_counter() - t)
-        cpu["a"].append(own_cpu() - c0)
-        log(f"{shape}: round {r + 1}: a {times['a'][-1]:.2f}s/{len(tf_texts)} texts, "
-            f"b {times['b'][-1]:.2f}s, c {times['c'][-1]:.2f}s /{len(texts)} texts "
-            f"(load {os.getloadavg()[0]:.1f})")
-    assert len(answer["results"]) == len(texts)
-    n_a, n = len(tf_texts), len(texts)
-    rate = {"a": n_a / median(times["a"]), "b": n / median(times["b"]), "c": n / median(times["c"])}
-    # paired per round: the ratio of two timings taken one after the other
-    b_over_a = median([(n / tb) / (n_a / ta) for ta, tb in zip(times["a"], times["b"])])
-    c_over_b = median([tb / tc for tb, tc in zip(times["b"], times["c"])])
-    cpu_b_over_a = median([(n / tb) / (n_a / ta) for ta, tb in zip(cpu["a"], cpu["b"])])
-    cpu_c_over_b = median([tb / tc for tb, tc in zip(cpu["b"], cpu["c"])])
-    # where the time of (b) goes, from one in-process extract() (no HTTP)
-    t = time.perf_counter()
-    inputs, _ = predictor.build_inputs([(x, list(LABELS)) for x in texts])
-    tokenise = time.perf_counter() - t
-    t = time.perf_counter()
-    predictor.extract([(x, list(LABELS)) for x in texts])
-    extract = time.perf_counter() - t
-    # the same batches through Paddle Inference (the static model Taskflow exported)
-    static = common.WORK / "taskflow" / shape / "static" / "inference"
-    variants = {}
-    try:
-        run_inf = inference_runner(static, mkldnn=True)
-        run_inf(batches[:2])
-        sub_texts = texts[: plan.get("inference_texts", len(texts))]
-        sub = forward_batches(predictor, sub_texts)[0]
-        c2 = time_forward(predictor, sub)
-        inf = run_inf(sub)
-        variants = {"texts": len(sub_texts), "dygraph_forward_s": round(c2, 2),
-                    "paddle_inference_mkldnn_s": round(inf, 2), "speedup": round(c2 / inf, 2)}
-        log(f"{shape}: paddle inference {variants}")
-    except Exception as exc:   # reported, never fatal
-        variants = {"error": f"{type(exc).__name__}: {exc}"}
-    del flow
-    return {
-        "texts": len(texts), "labels": len(LABELS), "taskflow_texts": len(tf_texts),
-        "rounds": plan["rounds"], "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
-        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
-        "texts_per_s": {k: round(v, 3) for k, v in rate.items()},
-        "b_over_a": round(b_over_a, 2), "c_over_b": round(c_over_b, 3),
-        "cpu_b_over_a": round(cpu_b_over_a, 2), "cpu_c_over_b": round(cpu_c_over_b, 3),
-        "batch_size": settings.batch_size, "max_seq_len": settings.max_seq_len,
-        "forward_inputs": stats, "taskflow_init_s": round(taskflow_init, 1),
-        "in_process_extract_s": round(extract, 3), "tokenise_s": round(tokenise, 4),
-        "paddle_inference": variants,
-    }
-
-
-def two_workers(shape, model, texts, env):
-    """Peak memory with WORKERS=2 after each worker served requests."""
-    server = Gunicorn(dict(env, WORKERS="2"), common.WORK / "logs" / f"gunicorn-{shape}-w2.log")
-    try:
-        server.wait()
-        import psutil
-
-        idle = server.memory()
-        workers = [psutil.Process(pid) for pid in server.workers()]
-        start_cpu = [w.cpu_times().user for w in workers]
-        body = {"tasks": tasks_for(texts[:8]), "label_config": LABEL_CONFIG}
-        waves = 0
-        # the kernel hands connections to whichever worker accepts first: send waves of
-        # concurrent requests until every worker has served some
-        while waves < 8:
-            waves += 1
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda _: post(server.url + "/predict", body), range(4)))
-            busy = [w.cpu_times().user - c > 0.2 for w, c in zip(workers, start_cpu)]
-            if all(busy):
-                break
-        after = server.memory()
-        after["waves_of_4_requests"] = waves
-        after["every_worker_served"] = all(busy)
-        log(f"{shape}: WORKERS=2 memory {after}")
-        return {"idle": idle, "after_requests": after}
-    finally:
-        server.stop()
+    idle = server.memory()
+    workers = [psutil.Process(pid) for pid in server.workers()]
+    start_cpu = [w.cpu_times().user for w in workers]
+    waves, busy = 0, []
+    # the kernel hands connections to whichever worker accepts first: send waves of
+    # concurrent requests until every worker has served some
+    while waves < 8:
+        waves += 1
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: predict(server, texts), range(4)))
+        busy = [w.cpu_times().user - c > 0.2 for w, c in zip(workers, start_cpu)]
+        if all(busy):
+            break
+    after = server.memory()
+    after["waves_of_4_requests"] = waves
+    after["every_worker_served"] = all(busy)
+    return {"idle": idle, "after_requests": after}
 
 
 # --------------------------------------------------------------------------
 # the same spans as Taskflow, for a trained model
 
 def agreement(model_dir, labels, label_config, n_texts=256, thresholds=(0.5, 0.2)):
-    """Span sets of Taskflow and of ``/predict`` for the same trained model and texts.
+    """Span sets of Taskflow and of ``/predict`` (server (b): the new defaults) for the same
+    trained model and texts.
 
     At Taskflow's default threshold (0.5) and a lower one (more spans, a stricter test).
     """
@@ -345,8 +393,9 @@ def agreement(model_dir, labels, label_config, n_texts=256, thresholds=(0.5, 0.2
         t = time.perf_counter()
         theirs = [taskflow_spans(flow(text)) for text in texts]
         tf_seconds = time.perf_counter() - t
-        env = {"UIE_MODEL": str(model_dir), "SCORE_THRESHOLD": str(threshold)}
+        env = dict(SERVERS[NEW], UIE_MODEL=str(model_dir), SCORE_THRESHOLD=str(threshold))
         with Gunicorn(env, common.WORK / "logs" / "gunicorn-trained.log") as server:
+            out["engine"] = served_engine(server)
             t = time.perf_counter()
             answer = post(server.url + "/predict", {"tasks": tasks_for(texts), "label_config": label_config})
             b_seconds = time.perf_counter() - t
@@ -368,23 +417,29 @@ def agreement(model_dir, labels, label_config, n_texts=256, thresholds=(0.5, 0.2
 
 
 # --------------------------------------------------------------------------
-# profile: batch size and window length, the forward pass alone (c)
+# profile: batch size, engines and threads, the forward pass alone (c)
 
 def profile(shape, quick=False):
-    """Forward-pass seconds of (c) for several BATCH_SIZE values, short texts and a long one."""
+    """Forward-pass seconds of (c) (the served engine and threads) for several BATCH_SIZE
+    values, short texts and a long one; then the engines and threads compared."""
+    import inference_engine
     import uie_model
+    from settings import Settings
 
     model_path = common.model_dir(shape, **common.SHAPES[shape])
-    base = uie_model.UIEPredictor.from_dir(model_path, max_seq_len=512)
+    inference_engine.export_static(model_path)
+    settings = Settings.from_env({})
+    base = engine_predictor(model_path, settings.inference_engine, settings.math_threads, max_seq_len=512)
     n_short = {"nano": 256, "base": 32}[shape] // (4 if quick else 1)
     short = common.bench_texts(n_short)
-    long_text = "".join(common.texts_of_length(1, 1500, offset=3000))
+    long_text = "".join(common.texts_of_length(1, LONG_TEXT_CHARS, offset=3000))
     sizes = (4, 8, 16, 32, 64)
-    out = {"short_texts": n_short, "long_text_chars": len(long_text), "rows": []}
+    out = {"short_texts": n_short, "long_text_chars": len(long_text), "rows": [],
+           "engine": settings.inference_engine, "math_threads": settings.math_threads}
     rounds = 1 if quick or shape == "base" else 2
     timings = {}
     for bs in sizes:
-        p = uie_model.UIEPredictor(base.model, base.tokenizer, max_seq_len=512, batch_size=bs)
+        p = uie_model.UIEPredictor(base.engine, base.tokenizer, max_seq_len=512, batch_size=bs)
         timings[bs] = {"short": forward_batches(p, short)[0], "long": forward_batches(p, [long_text])[0]}
     res = {bs: {"short": [], "long": []} for bs in sizes}
     time_forward(base, timings[16]["short"][:2])
@@ -400,40 +455,24 @@ def profile(shape, quick=False):
             row[f"{kind}_s"] = round(t, 2)
             row[f"{kind}_vs_16"] = round(ref[kind] / t, 2)
         out["rows"].append(row)
-    out["threads"] = thread_variants(base, timings[16]["short"], shape, rounds)
+    out["threads"] = engine_variants(model_path, timings[16]["short"], rounds)
     log(f"{shape}: profile {out}")
     return out
 
 
-def thread_variants(predictor, batches, shape, rounds):
-    """The same forward batches: dygraph (as served) with 1 and all math threads,
-    Paddle Inference (oneDNN) with 1 and all threads. Seconds, median of ``rounds``."""
-    import os
-
-    import paddle
-
+def engine_variants(model, batches, rounds):
+    """The same forward batches on ``inference_engine``'s engines: dygraph (today's server)
+    and Paddle Inference (oneDNN), each with 1 and with all math threads. Seconds, median of
+    ``rounds`` (at least 2), and the speed-up over dygraph on one thread."""
     cores = len(os.sched_getaffinity(0))
-    static = common.WORK / "taskflow" / shape / "static" / "inference"
-    if not Path(f"{static}.pdmodel").exists():
-        make_taskflow(common.model_dir(shape, **common.SHAPES[shape]), shape)
-    inf = {n: inference_runner(static, mkldnn=True, threads=n) for n in (1, cores)}
-
-    def dygraph(n):
-        paddle.base.core.set_num_threads(n)
-        try:
-            return time_forward(predictor, batches)
-        finally:
-            paddle.base.core.set_num_threads(1)
-
-    variants = {"dygraph_1_thread": lambda: dygraph(1),
-                f"dygraph_{cores}_threads": lambda: dygraph(cores),
-                "inference_1_thread": lambda: inf[1](batches),
-                f"inference_{cores}_threads": lambda: inf[cores](batches)}
-    for run in inf.values():
-        run(batches[:2])
-    times = {k: [] for k in variants}
+    kinds = {"dygraph": "dygraph", "inference": "paddle-inference"}
+    predictors = {f"{label}_{n}_thread{'s' if n > 1 else ''}": engine_predictor(model, kind, n, max_seq_len=512)
+                  for label, kind in kinds.items() for n in dict.fromkeys((1, cores))}
+    for predictor in predictors.values():
+        time_forward(predictor, batches[:2])     # warm-up
+    times = {k: [] for k in predictors}
     for _ in range(max(2, rounds)):
-        for k, f in variants.items():
-            times[k].append(f())
+        for k, predictor in predictors.items():
+            times[k].append(time_forward(predictor, batches))
     ref = median(times["dygraph_1_thread"])
     return {k: {"seconds": round(median(v), 2), "speedup": round(ref / median(v), 2)} for k, v in times.items()}

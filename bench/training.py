@@ -53,6 +53,19 @@ def run_worker(spec, name, timeout=None, threads=None):
 RATE_EXAMPLES = {"nano": 1600, "base": 160, "scratch": 1600}
 
 
+def rate_model(shape) -> Path:
+    """The model the training rates start from: ``nano``/``base`` (standing in for the
+    pretrained models) or ``scratch``, the backend's scratch model (``uie_model.SCRATCH_SHAPE``)."""
+    if shape != "scratch":
+        return common.model_dir(shape, **common.SHAPES[shape])
+    import uie_model
+
+    model = common.WORK / "models" / "scratch-default"
+    if not uie_model.is_model_dir(model):
+        uie_model.build_scratch(model)
+    return model
+
+
 def training_rate(shape, quick=False):
     """finetune's examples/s: ``nano``/``base`` as pretrained models train, ``scratch`` as
     the backend's scratch model does (its shape, with the auxiliary tagging pass)."""
@@ -60,15 +73,7 @@ def training_rate(shape, quick=False):
     n = RATE_EXAMPLES[shape] // (4 if quick else 1)
     train = common.uie_examples(sentences)[:n]
     data = common.WORK / "data" / "rate"
-    if shape == "scratch":
-        import uie_model
-
-        model = common.WORK / "models" / "scratch-default"
-        if not uie_model.is_model_dir(model):
-            uie_model.build_scratch(model)
-    else:
-        model = common.model_dir(shape, **common.SHAPES[shape])
-    spec = {"model": str(model), "math_threads": len(os.sched_getaffinity(0)),   # as finetune.py runs
+    spec = {"model": str(rate_model(shape)), "math_threads": len(os.sched_getaffinity(0)),   # as finetune.py runs
             "save_dir": str(common.WORK / "runs" / f"rate-{shape}" / "ckpt"),
             "train": str(write_jsonl(data / f"train-{n}.jsonl", train)),
             "dev": str(write_jsonl(data / "dev.jsonl", train[:10])),
@@ -320,24 +325,29 @@ def best_learned_model():
     return best and best[1]
 
 
-def training_threads(shapes=("nano", "scratch")):
-    """finetune's training examples/s (its first 30 steps) with 1 and with all math threads."""
+# finetune steps whose examples/s training_threads takes (base: fewer, it is 10x slower)
+THREAD_STEPS = {"nano": 30, "base": 10, "scratch": 30}
+
+
+def training_threads(shapes=("nano", "base", "scratch"), quick=False):
+    """finetune's examples/s over its first steps with one math thread (a training job with
+    ``CPU_THREADS=1``) and with all cores (the default), interleaved; the best of each."""
     cores = len(os.sched_getaffinity(0))
     data = common.WORK / "data" / "rate"
     train = write_jsonl(data / "threads.jsonl", common.uie_examples(common.cluener()[:200]))
+    rounds = 1 if quick else 2
     out = {}
     for shape in shapes:
-        if shape == "scratch":
-            source = {"build": L2}     # uie_model.SCRATCH_SHAPE
-        else:
-            source = {"model": str(common.model_dir(shape, **common.SHAPES[shape]))}
+        steps = 5 if quick else THREAD_STEPS[shape]
         row = {}
-        for n in (1, cores, 1, cores):      # twice, interleaved
-            spec = dict(source, save_dir=str(common.WORK / "runs" / f"threads-{shape}"), train=str(train),
-                        rate_steps=30, math_threads=n, kwargs={"batch_size": 16, "max_seq_len": 128})
+        for n in (1, cores) * rounds:
+            spec = {"model": str(rate_model(shape)), "save_dir": str(common.WORK / "runs" / f"threads-{shape}"),
+                    "train": str(train), "rate_steps": steps, "math_threads": n,
+                    "kwargs": {"batch_size": 16, "max_seq_len": 128}}
             rate = run_worker(spec, f"threads-{shape}-{n}")["examples_per_second"]
+            shutil.rmtree(spec["save_dir"], ignore_errors=True)
             row.setdefault(n, []).append(rate)
         out[shape] = {f"{n}_threads": round(max(v), 1) for n, v in row.items()}
-        out[shape]["speedup"] = round(max(row[cores]) / max(row[1]), 2)
+        out[shape].update(speedup=round(max(row[cores]) / max(row[1]), 2), steps=steps, batch_size=16)
         log(f"training threads {shape}: {out[shape]}")
     return out
