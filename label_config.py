@@ -3,6 +3,14 @@
 Only ``<Labels>`` controls bound (``toName``) to a ``<Text>`` object are
 used; a config may hold several. A label's UIE prompts are its ``value``, or
 the comma-separated words of its ``predicted_values`` attribute when present.
+
+``<Relations><Relation value="..."/></Relations>`` (``parse_relations``) are
+the relations UIE predicts between those regions. A relation's prompt words
+are its ``value`` or its ``predicted_values``, as for labels; its
+``subject_labels`` attribute (comma-separated entity labels) narrows which
+regions it starts from (default: every entity label of the config). The tag
+is read here from the XML: label-studio-sdk drops a ``<Relations>`` without
+``name``/``toName``, and Label Studio's own relation template has none.
 """
 
 from __future__ import annotations
@@ -32,12 +40,28 @@ class Control:
         return [label for label, prompts in self.labels if prompt in prompts]
 
 
+@dataclass(frozen=True)
+class RelationLabel:
+    """One ``<Relation>`` of a ``<Relations>`` block."""
+
+    value: str                          # the label Label Studio shows and stores
+    prompts: tuple[str, ...]            # UIE's words for it (value or predicted_values)
+    subject_labels: tuple[str, ...] = ()   # entity labels it starts from; () = every one
+
+    def starts_from(self, label: str) -> bool:
+        return not self.subject_labels or label in self.subject_labels
+
+
 def _tag(element) -> str:
     return element.tag.rsplit("}", 1)[-1]
 
 
-def parse_label_config(xml: str) -> list[Control]:
-    """All Labels→Text controls of ``xml``; ``LabelConfigError`` if there are none."""
+def _words(raw: str | None) -> tuple[str, ...]:
+    """The distinct non-empty comma-separated words of an attribute."""
+    return tuple(dict.fromkeys(w.strip() for w in (raw or "").split(",") if w.strip()))
+
+
+def _parse_xml(xml: str):
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("label config is missing or empty")
     try:
@@ -49,6 +73,12 @@ def parse_label_config(xml: str) -> list[Control]:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+    return root
+
+
+def parse_label_config(xml: str) -> list[Control]:
+    """All Labels→Text controls of ``xml``; ``LabelConfigError`` if there are none."""
+    root = _parse_xml(xml)
     texts = {}
     for element in root.iter():
         if _tag(element) == "Text" and element.get("name"):
@@ -80,3 +110,34 @@ def parse_label_config(xml: str) -> list[Control]:
             "label config has no <Labels> control with <Label> values bound (toName) to a "
             "<Text> object with value=\"$key\"; UIE can only pre-annotate text spans")
     return controls
+
+
+def parse_relations(xml: str) -> tuple[RelationLabel, ...]:
+    """The ``<Relation>`` values of every ``<Relations>`` block of ``xml`` (``()`` if none).
+
+    ``LabelConfigError`` for a config ``parse_label_config`` refuses, and for a
+    ``subject_labels`` word that is no label of a Labels→Text control (a typo
+    would otherwise silently predict nothing).
+    """
+    controls = parse_label_config(xml)
+    root = _parse_xml(xml)
+    entity_labels = {label for control in controls for label, _ in control.labels}
+    out: dict[str, RelationLabel] = {}
+    for block in root.iter():
+        if _tag(block) != "Relations":
+            continue
+        for child in block.iter():
+            if _tag(child) != "Relation":
+                continue
+            value = child.get("value") or child.get("alias")
+            if not value or value in out:
+                continue
+            prompts = _words(child.get("predicted_values")) or (value,)
+            subjects = _words(child.get("subject_labels"))
+            unknown = [label for label in subjects if label not in entity_labels]
+            if unknown:
+                raise LabelConfigError(
+                    f"<Relation value={value!r}> has subject_labels {', '.join(map(repr, unknown))}, "
+                    f"which no <Labels> on a <Text> has (labels: {', '.join(sorted(entity_labels))})")
+            out[value] = RelationLabel(value, prompts, subjects)
+    return tuple(out.values())

@@ -12,8 +12,9 @@ import hashlib
 import logging
 
 from convert import TaskTextError, task_text
-from label_config import Control, parse_label_config
+from label_config import Control, RelationLabel, parse_label_config, parse_relations
 from model_store import LiveModel, ModelStore
+from relations import relation_round
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class UIEBackend:
         self.label_config = label_config
         self.jobs = jobs
         self._controls = None
+        self._relations = None
 
     @property
     def controls(self) -> list[Control]:
@@ -37,11 +39,19 @@ class UIEBackend:
             self._controls = parse_label_config(self.label_config)
         return self._controls
 
+    @property
+    def relations(self) -> tuple[RelationLabel, ...]:
+        """The ``<Relation>`` values of the label config (``()`` without ``<Relations>``)."""
+        if self._relations is None:
+            self._relations = parse_relations(self.label_config)
+        return self._relations
+
     # -- LabelStudioMLBase-like API ----------------------------------------
     def setup(self) -> str:
         """Validate the label config and return the version ``predict`` will stamp."""
         if self.label_config:
             self.controls  # noqa: B018  (raises on a config UIE cannot serve)
+            self.relations  # noqa: B018
         return self.model_version
 
     @property
@@ -49,9 +59,14 @@ class UIEBackend:
         return self.store.live(self.project).version
 
     def predict(self, tasks: list[dict], context=None, **kwargs) -> list[dict]:
-        """One prediction per task, in task order, also when nothing was found."""
+        """One prediction per task, in task order, also when nothing was found.
+
+        One ``extract`` call finds the regions of every task; with ``<Relations>``,
+        one more finds the relations between them (``relations.relation_round``).
+        """
         live = self.store.live(self.project)
         controls = self.controls
+        relations = self.relations
         queries, where = [], []       # one (text, prompts) query per (task, control) with a text
         for t, task in enumerate(tasks):
             for control in controls:
@@ -63,6 +78,8 @@ class UIEBackend:
         regions = [[] for _ in tasks]
         for (t, control, text), by_prompt in zip(where, extracted):
             regions[t].extend(self._regions(control, text, by_prompt))
+        if relations:
+            self._add_relations(live, relations, where, regions)
         return [self._prediction(r, live) for r in regions]
 
     def fit(self, event: str, data: dict | None = None, **kwargs) -> dict:
@@ -88,6 +105,22 @@ class UIEBackend:
             return None
         return text
 
+    def _add_relations(self, live: LiveModel, relations, where, regions):
+        """The relation round: every text's relation prompts in one ``extract`` call;
+        relations link regions of the same task and ``<Text>``."""
+        texts = {}                      # (task, to_name) -> text, in request order
+        for t, control, text in where:
+            texts.setdefault((t, control.to_name), text)
+        found, dropped = relation_round(
+            live.predictor.extract,
+            [(text, [r for r in regions[t] if r["to_name"] == to_name])
+             for (t, to_name), text in texts.items()],
+            relations, self.settings.schema_lang)
+        for (t, _), items in zip(texts, found):
+            regions[t].extend(items)
+        if dropped:
+            log.debug("%d relation objects matched no predicted region; dropped", dropped)
+
     @staticmethod
     def _regions(control: Control, text: str, by_prompt) -> list[dict]:
         best = {}   # (label, start, end) -> score, over all prompts of a label
@@ -110,6 +143,7 @@ class UIEBackend:
         return out
 
     def _prediction(self, regions: list[dict], live: LiveModel) -> dict:
+        """The task's score is the min (or mean) over every item: regions and relations."""
         scores = [r["score"] for r in regions]
         if not scores:
             score = 0.0

@@ -115,6 +115,8 @@ class Settings:
     inference_engine: str = "paddle-inference"
     cpu_threads: int | None = None           # None: the cores divided by WORKERS
     batch_wait_ms: float = 5.0
+    # relations: the relation prompt template, "<subject>的<relation>" or "<relation> of <subject>"
+    schema_lang: str = "ch"
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
 
@@ -167,6 +169,7 @@ class Settings:
                                      ("paddle-inference", "dygraph")),
             cpu_threads=_auto_int(env, "CPU_THREADS"),
             batch_wait_ms=_nonnegative(env, "BATCH_WAIT_MS", cls.batch_wait_ms),
+            schema_lang=_choice(env, "SCHEMA_LANG", cls.schema_lang, ("ch", "en")),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
         )

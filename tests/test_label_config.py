@@ -51,3 +51,32 @@ def test_a_lone_surrogate_is_a_label_config_error_not_a_crash():
              '<Label value="PER\ud800"/></Labels></View>'
     with pytest.raises(LabelConfigError, match="not valid Unicode: a lone surrogate at character"):
         parse_label_config(config)
+
+
+def test_relations_are_read_from_the_xml_with_their_words_and_subject_labels():
+    """Label Studio's relation template: <Relations> without name or toName."""
+    from label_config import RelationLabel, parse_relations
+
+    config = ('<View><Relations><Relation value="org:founded_by" predicted_values="创始人, founder"/>'
+              '<Relation value="出生地" subject_labels="人名"/><Relation value="出生地"/><Relation/></Relations>'
+              '<Labels name="label" toName="text"><Label value="人名"/><Label value="组织机构"/></Labels>'
+              '<Text name="text" value="$text"/></View>')
+    assert parse_relations(config) == (
+        RelationLabel("org:founded_by", ("创始人", "founder")),
+        RelationLabel("出生地", ("出生地",), ("人名",)))
+    founded, born = parse_relations(config)
+    assert founded.starts_from("人名") and founded.starts_from("组织机构")
+    assert born.starts_from("人名") and not born.starts_from("组织机构")
+    no_relations = config[:config.index("<Relations>")] + config[config.index("</Relations>") + 12:]
+    assert parse_relations(no_relations) == ()
+    assert parse_label_config(no_relations) == parse_label_config(config)
+
+
+def test_a_subject_label_that_is_no_label_is_an_error():
+    from label_config import parse_relations
+
+    config = ('<View><Labels name="label" toName="text"><Label value="人名"/></Labels>'
+              '<Text name="text" value="$text"/>'
+              '<Relations><Relation value="出生地" subject_labels="人名,Person"/></Relations></View>')
+    with pytest.raises(LabelConfigError, match="subject_labels 'Person', which no <Labels> on a <Text> has"):
+        parse_relations(config)

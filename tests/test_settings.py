@@ -50,6 +50,8 @@ VARIABLES = [
     ("CPU_THREADS", "2", "cpu_threads", 2),
     ("CPU_THREADS", "auto", "cpu_threads", None),
     ("BATCH_WAIT_MS", "0", "batch_wait_ms", 0.0),
+    ("SCHEMA_LANG", "EN", "schema_lang", "en"),
+    ("SCHEMA_LANG", "ch", "schema_lang", "ch"),
     ("LABEL_STUDIO_URL", "http://ls:8080/", "label_studio_url", "http://ls:8080"),
     ("LABEL_STUDIO_API_KEY", "token", "label_studio_api_key", "token"),
 ]
@@ -111,6 +113,7 @@ def test_secrets_are_not_in_the_repr():
     ({"INFERENCE_ENGINE": "onnx"}, "INFERENCE_ENGINE='onnx' must be one of paddle-inference, dygraph"),
     ({"CPU_THREADS": "0"}, "CPU_THREADS=0 must be at least 1"),
     ({"BATCH_WAIT_MS": "-1"}, "BATCH_WAIT_MS=-1.0 must be 0 or more"),
+    ({"SCHEMA_LANG": "de"}, "SCHEMA_LANG='de' must be one of ch, en"),
 ])
 def test_a_bad_value_names_the_variable(env, message):
     with pytest.raises(ConfigError) as error:
@@ -123,3 +126,9 @@ def test_env_name_is_case_insensitive_and_refuses_unknown_keys():
     assert Settings.env_name(" max_seq_len ") == "MAX_SEQ_LEN"
     with pytest.raises(ConfigError, match="'hostname' is not a setting; settings are: host, port"):
         Settings.env_name("hostname")
+
+
+def test_schema_lang_defaults_to_chinese_prompts():
+    """SCHEMA_LANG picks PaddleNLP's relation prompt template, for prediction and training."""
+    assert Settings().schema_lang == Settings.from_env({}).schema_lang == "ch"
+    assert Settings.from_env({"SCHEMA_LANG": " en "}).schema_lang == "en"
