@@ -37,6 +37,7 @@ __all__ = [
     "task_to_doccano",
     "label_studio_to_doccano",
     "expand_prompts",
+    "expand_relation_types",
     "load_tasks",
     "write_jsonl",
     "read_jsonl",
@@ -228,25 +229,49 @@ def task_to_doccano(
                 item.get("to_id"),
             )
             continue
-        direction = item.get("direction", "right")
-        pairs = [(src, dst)]
-        if direction == "left":
+        labels = item.get("labels") or []
+        if isinstance(labels, str):
+            labels = [labels]
+        labels = [str(label) for label in labels if isinstance(label, str) and label]
+        if not labels:
+            logger.warning(
+                "Task %s: relation %s -> %s has no label (a <Relations> without <Relation> "
+                "values?); skipped: UIE asks for a relation by its label",
+                task_id,
+                item.get("from_id"),
+                item.get("to_id"),
+            )
+            continue
+        # Label Studio's direction: "right" points from_id -> to_id, "left" the other
+        # way, "bi" both; UIE's subject is where the arrow starts.
+        direction = item.get("direction") or "right"
+        if direction == "right":
+            pairs = [(src, dst)]
+        elif direction == "left":
             pairs = [(dst, src)]
         elif direction == "bi":
             pairs = [(src, dst), (dst, src)]
-        labels = item.get("labels") or [""]
-        if isinstance(labels, str):
-            labels = [labels]
+        else:
+            logger.warning(
+                "Task %s: relation %s -> %s has direction %r (not right, left or bi); skipped",
+                task_id,
+                item.get("from_id"),
+                item.get("to_id"),
+                direction,
+            )
+            continue
         for heads, tails in pairs:
             for head in heads:
                 for tail in tails:
+                    if head == tail:
+                        continue
                     for label in labels:
-                        key = (head, tail, str(label))
+                        key = (head, tail, label)
                         if key in seen_rel:
                             continue
                         seen_rel.add(key)
                         relations.append(
-                            {"id": len(relations), "from_id": head, "to_id": tail, "type": str(label)}
+                            {"id": len(relations), "from_id": head, "to_id": tail, "type": label}
                         )
 
     return {"id": task_id, "text": text, "entities": entities, "relations": relations}
@@ -314,6 +339,24 @@ def expand_prompts(examples: list[dict], prompts_by_label: dict[str, Sequence[st
     for example in examples:
         for prompt in prompts_by_label.get(example["prompt"], (example["prompt"],)):
             out.append(dict(example, prompt=prompt))
+    return out
+
+
+def expand_relation_types(records: list[dict], words_by_type: dict[str, Sequence[str]]) -> list[dict]:
+    """Doccano records whose relations of a type are repeated once per word of that type.
+
+    A Label Studio relation may be predicted through other words
+    (``predicted_values``): the server asks ``<subject>的<word>``, so training
+    builds its relation prompts (and their negatives) from those words. Records
+    are copied, not changed; other relations pass unchanged.
+    """
+    out = []
+    for record in records:
+        relations = []
+        for relation in record.get("relations") or []:
+            for word in words_by_type.get(relation.get("type"), (relation.get("type"),)):
+                relations.append(dict(relation, id=len(relations), type=word))
+        out.append(dict(record, relations=relations))
     return out
 
 

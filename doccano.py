@@ -13,7 +13,16 @@ This mirrors PaddleNLP's ``model_zoo/uie/doccano.py`` (and the
   result offsets are *negative* and index the prompt, not the content;
 * negatives (examples with an empty ``result_list``): for the train split they
   are sampled as PaddleNLP does (at most ``negative_ratio`` per positive), for
-  dev/test every candidate negative is kept.
+  dev/test every candidate negative is kept. Relation negatives are PaddleNLP's
+  three pools: the inverse prompt of each relation (``<object>的<relation>``),
+  the split's other entity names with one of the record's relation types, and
+  a subject with each entity label the record lacks. A prompt that is also a
+  positive of the record (both directions of a ``bi`` relation) is never made
+  a negative of it, and a prompt is kept once (PaddleNLP may repeat one);
+  otherwise the examples are those of PaddleNLP 2.8.1's ``convert_ext_examples``
+  (tests/test_doccano.py compares them). The server's jobs add the prompts the
+  server asks (``asked_relations``) and bound the pools
+  (``relation_negative_ratio``);
 
 Entity labels and relation types that make up the schema are collected over all
 records given; entity names used to build relation negatives come from the
@@ -40,6 +49,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
 from convert import read_jsonl, write_jsonl
+from relations import relation_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +154,7 @@ class _Record:
         self.entity_examples: dict[str, dict] = {}
         self.entity_labels: set[str] = set()
         self.entity_names: list[str] = []
+        self.named_labels: list[tuple[str, str]] = []   # (entity text, label), each once
         self.cls_items: list[tuple[list[str], str]] = []  # (class labels, prompt prefix)
         self.relation_examples: dict[str, dict] = {}
         self.subjects: list[str] = []
@@ -169,6 +180,8 @@ class _Record:
             self.entity_labels.add(label)
             if name not in self.entity_names:
                 self.entity_names.append(name)
+            if (name, label) not in self.named_labels:
+                self.named_labels.append((name, label))
 
         for rel in relations:
             predicate = rel.get("type")
@@ -185,9 +198,8 @@ class _Record:
             self.predicates.append(predicate)
 
     def relation_prompt(self, subject: str, predicate: str) -> str:
-        if self.schema_lang == "ch":
-            return subject + "的" + predicate
-        return predicate + " of " + subject
+        """The prompt the server asks too (``relations.relation_prompt``)."""
+        return relation_prompt(subject, predicate, self.schema_lang)
 
     def _add(self, table: dict, prompt: str, result: dict) -> None:
         example = table.get(prompt)
@@ -200,6 +212,16 @@ class _Record:
 
     def negative(self, prompt: str) -> dict:
         return {"content": self.text, "result_list": [], "prompt": prompt}
+
+    def asked_prompts(self, asked_relations) -> list[str]:
+        """The relation prompts a server asks of this text: every entity text whose label a
+        relation starts from, with every word of that relation."""
+        out = []
+        for predicate, subject_labels in asked_relations.items():
+            for name, label in self.named_labels:
+                if not subject_labels or label in subject_labels:
+                    out.append(self.relation_prompt(name, predicate))
+        return _unique(out)
 
 
 # --------------------------------------------------------------------------
@@ -233,6 +255,8 @@ def _build_split(
     prompt_prefix: str,
     options: Sequence[str],
     rng: random.Random,
+    relation_negative_ratio: int,
+    asked_relations: dict,
 ) -> list[dict]:
     ratio = negative_ratio if is_train else -1
     entity_pos, entity_neg = [], []
@@ -249,6 +273,7 @@ def _build_split(
             positives = list(rec.relation_examples.values())
             relation_pos.extend(positives)
             taken = set(rec.relation_examples)
+            asked = rec.asked_prompts(asked_relations)
             if not is_train:
                 # PaddleNLP keeps dev/test relation negatives next to their record's positives.
                 for subject in rec.subjects:
@@ -257,9 +282,14 @@ def _build_split(
                         if prompt not in taken:
                             taken.add(prompt)
                             relation_pos.append(rec.negative(prompt))
+                for prompt in asked:
+                    if prompt not in taken:
+                        taken.add(prompt)
+                        relation_pos.append(rec.negative(prompt))
                 continue
-            # train: PaddleNLP's three candidate pools, each sampled at ratio // 3,
-            # then topped up from the leftovers to ratio * positives.
+            # train: PaddleNLP's three candidate pools (inverse relations, other entity
+            # names, subject x absent entity labels), each sampled at ratio // 3, then
+            # topped up from the leftovers to ratio * positives; then what a server asks.
             num_positive = len(positives)
             pools = [_unique(rec.inverse_prompts, taken)]
             if rec.predicates:
@@ -281,19 +311,20 @@ def _build_split(
                 )
             chosen: list[str] = []
             rest: list[str] = []
-            per_pool = negative_ratio // 3
+            per_pool = relation_negative_ratio // 3
             for pool in pools:
                 pool = [p for p in pool if p not in chosen and p not in rest]
                 idxs = _sample_indices(len(pool), num_positive, per_pool, rng)
                 picked = set(idxs)
                 chosen.extend(pool[i] for i in idxs)
                 rest.extend(p for k, p in enumerate(pool) if k not in picked)
-            missing = num_positive * negative_ratio - len(chosen)
+            missing = num_positive * relation_negative_ratio - len(chosen)
             if missing > 0 and rest:
                 if missing >= len(rest):
                     chosen.extend(rest)
                 else:
                     chosen.extend(rest[i] for i in rng.sample(range(len(rest)), missing))
+            chosen.extend(p for p in asked if p not in taken and p not in chosen)
             relation_neg.extend(rec.negative(p) for p in chosen)
 
     cls_examples = [
@@ -375,16 +406,30 @@ def convert_doccano(
     prompt_prefix: str = "情感倾向",
     options: Sequence[str] = ("正向", "负向"),
     labels: Sequence[str] = (),
+    relation_negative_ratio: int | None = None,
+    asked_relations: dict[str, Sequence[str]] | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Convert doccano records into (train, dev, test) UIE examples, split by record.
 
     ``labels`` adds entity labels that no record uses (a project's labels nobody
     has annotated yet): they become negative examples like any absent label.
+
+    Relation negatives of the train split are sampled at ``relation_negative_ratio``
+    (default: ``negative_ratio``) as PaddleNLP samples them. ``asked_relations``
+    (``{relation word: subject labels}``, no labels meaning every label) are the
+    relation prompts a server asks: with it, every record also gets a negative for
+    each (entity text whose label the relation starts from, word) it does not
+    annotate, in every split, and those words join the relation types.
     """
     if schema_lang not in ("ch", "en"):
         raise ValueError(f"schema_lang must be 'ch' or 'en', got {schema_lang!r}")
     if not _is_int(negative_ratio) or negative_ratio < -1:
         raise ValueError(f"negative_ratio must be an integer >= -1, got {negative_ratio!r}")
+    if relation_negative_ratio is None:
+        relation_negative_ratio = negative_ratio
+    if not _is_int(relation_negative_ratio) or relation_negative_ratio < -1:
+        raise ValueError(f"relation_negative_ratio must be an integer >= -1, got {relation_negative_ratio!r}")
+    asked_relations = {str(p): tuple(labs) for p, labs in (asked_relations or {}).items() if p}
     if task_type not in ("ext", "cls"):
         raise ValueError(f"task_type must be 'ext' or 'cls', got {task_type!r}")
     parts = _check_splits(splits)
@@ -404,7 +449,7 @@ def convert_doccano(
         {lab for rec in recs for lab in rec.entity_labels if lab not in NO_NEGATIVE_LABELS}
         | {lab for lab in labels if lab not in NO_NEGATIVE_LABELS}
     )
-    predicate_set = _unique(p for rec in recs for p in rec.predicates)
+    predicate_set = _unique([p for rec in recs for p in rec.predicates] + list(asked_relations))
     if not any(rec.entity_examples or rec.relation_examples for rec in recs):
         raise ValueError(
             f"none of the {len(recs)} records has an entity: there is nothing to train on"
@@ -416,6 +461,8 @@ def convert_doccano(
         prompt_prefix=prompt_prefix,
         options=options,
         rng=rng,
+        relation_negative_ratio=relation_negative_ratio,
+        asked_relations=asked_relations,
     )
     train = _build_split([recs[i] for i in chunks[0]], is_train=True, **common)
     if is_shuffle:

@@ -21,11 +21,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from convert import expand_prompts, label_studio_to_doccano, write_jsonl
-from label_config import LabelConfigError, parse_label_config
+from convert import expand_prompts, expand_relation_types, label_studio_to_doccano, write_jsonl
+from label_config import LabelConfigError, parse_label_config, parse_relations
 
 log = logging.getLogger("train_job")
 SPEC, RESULT = "spec.json", "result.json"
+# Relation negatives beyond those the server asks, per relation prompt of a task, sampled
+# as PaddleNLP samples them (its default negative_ratio). All of them (-1) would be every
+# entity text of every annotated task asked on every other task: quadratic in the tasks.
+RELATION_NEGATIVE_RATIO = 5
 
 
 class JobError(RuntimeError):
@@ -50,6 +54,7 @@ class JobSpec:
     min_dev_tasks: int = 50
     inference_engine: str = "paddle-inference"   # what the server will run the new model on
     threads: int | None = None                   # math threads (None: as the process has them)
+    schema_lang: str | None = None               # relation prompts (None: SCHEMA_LANG of the environment)
 
     def write(self, job_dir: Path):
         (Path(job_dir) / SPEC).write_text(json.dumps(asdict(self), ensure_ascii=True),
@@ -70,18 +75,24 @@ class Examples:
     held_out: bool      # dev is held out (else it is the training set)
 
 
-def build_examples(tasks, label_config: str, min_dev_tasks: int) -> Examples:
+def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: str = "ch") -> Examples:
     """Label Studio tasks -> UIE examples for every (task, label) pair of the config.
 
     Labels nobody annotated yet are negatives too (``/predict`` asks every label
     of every task), and a label with ``predicted_values`` is trained on the words
-    the server prompts with. With ``min_dev_tasks`` annotated tasks or more, 20 %
-    are held out.
+    the server prompts with. Relations become PaddleNLP's relation examples
+    (``<subject>的<relation>`` with ``schema_lang="ch"``, ``<relation> of <subject>``
+    with ``"en"``) and their negatives (PaddleNLP's, ``RELATION_NEGATIVE_RATIO``
+    per relation prompt, inverse ones first), plus, as for labels, every relation
+    prompt the server would ask of an annotated task that it does not annotate;
+    all built from the words of a relation's ``predicted_values`` when it has
+    them. With ``min_dev_tasks`` annotated tasks or more, 20 % are held out.
     """
     import doccano
 
     try:
         controls = parse_label_config(label_config)
+        relations = parse_relations(label_config)
     except LabelConfigError as exc:
         raise JobError(f"no usable label config: {exc}") from None
     control = controls[0]
@@ -90,17 +101,33 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int) -> Examples:
                                       from_names={c.from_name for c in same_text})
     if not records:
         raise JobError(f"no annotated tasks to train on ({len(tasks)} tasks)")
+    words = {r.value: r.prompts for r in relations if list(r.prompts) != [r.value]}
+    if words:
+        records = expand_relation_types(records, words)
     held_out = len(records) >= min_dev_tasks
     labels = [label for c in same_text for label, _ in c.labels]
+    asked = {word: r.subject_labels for r in relations for word in r.prompts}
     try:
         train, dev, _ = doccano.convert_doccano(records, splits=(0.8, 0.2, 0) if held_out else (1, 0, 0),
-                                                negative_ratio=-1, labels=labels)
+                                                negative_ratio=-1, labels=labels, schema_lang=schema_lang,
+                                                relation_negative_ratio=RELATION_NEGATIVE_RATIO,
+                                                asked_relations=asked)
     except ValueError as exc:
         raise JobError(f"the annotations cannot be trained on: {exc}") from None
     prompts = {label: ps for c in same_text for label, ps in c.labels if list(ps) != [label]}
     if prompts:
         train, dev = expand_prompts(train, prompts), expand_prompts(dev, prompts)
     return Examples(train, dev if held_out else train, len(records), held_out)
+
+
+def schema_lang_of(spec: JobSpec) -> str:
+    """The spec's ``schema_lang``; a spec without one was written by a server that did
+    not say, whose environment (``SCHEMA_LANG``) this process inherited."""
+    if spec.schema_lang:
+        return spec.schema_lang
+    from settings import Settings
+
+    return Settings.from_env().schema_lang
 
 
 def _score(model_path, examples, spec: JobSpec) -> dict:
@@ -140,7 +167,7 @@ def train(spec: JobSpec, work: Path) -> dict:
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     log.info("%d tasks from %s", len(spec.tasks), spec.source)
-    examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks)
+    examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks, schema_lang_of(spec))
     (work / "data").mkdir(exist_ok=True)
     write_jsonl(examples.train, work / "data" / "train.txt")
     write_jsonl(examples.dev, work / "data" / "dev.txt")

@@ -215,24 +215,56 @@ def test_drafts_never_count():
 # ---------------------------------------------------------------------------
 # relations, from_names, text_key
 # ---------------------------------------------------------------------------
-def test_relations_map_region_ids_to_entity_ids():
+def test_relations_map_region_ids_to_entity_ids(caplog):
     text = "张三出生于北京"
     record = convert.task_to_doccano(task(text, [
         region(text, 0, 2, "人物", rid="r1"),
         region(text, 5, 7, "地点", rid="r2"),
         relation("r1", "r2", "出生地"),
         relation("r2", "r1", "出生地", direction="left"),  # left = arrow points to from_id: same as above
-        relation("r1", "r2"),  # no label
+        relation("r1", "r2"),  # no label: skipped with a warning
         relation("r1", "missing", "x"),  # dangling: dropped
     ]))
     assert record["entities"] == [
         {"id": 0, "label": "人物", "start_offset": 0, "end_offset": 2},
         {"id": 1, "label": "地点", "start_offset": 5, "end_offset": 7},
     ]
-    assert record["relations"] == [
+    assert record["relations"] == [{"id": 0, "from_id": 0, "to_id": 1, "type": "出生地"}]
+    assert "relation r1 -> r2 has no label" in caplog.text
+    assert "relation r1 -> missing refers to a region that is not an entity" in caplog.text
+
+
+def test_relation_directions_bi_and_unknown(caplog):
+    text = "张三和李四是同学"
+    record = convert.task_to_doccano(task(text, [
+        region(text, 0, 2, "人物", rid="a"),
+        region(text, 3, 5, "人物", rid="b"),
+        relation("a", "b", "同学", direction="bi"),      # both ways
+        relation("a", "b", "朋友", direction="up"),      # not a direction: skipped
+        {"from_id": "b", "to_id": "a", "type": "relation", "labels": ["老乡"]},   # none: right
+    ]))
+    assert [(r["from_id"], r["to_id"], r["type"]) for r in record["relations"]] == [
+        (0, 1, "同学"), (1, 0, "同学"), (1, 0, "老乡")]
+    assert "has direction 'up' (not right, left or bi); skipped" in caplog.text
+    # each way is a relation example; neither way's inverse negative contradicts the other
+    train, _, _ = doccano.convert_doccano([record], splits=(1, 0, 0), negative_ratio=-1)
+    by_prompt = {ex["prompt"]: ex["result_list"] for ex in train}
+    assert by_prompt["张三的同学"] == [{"text": "李四", "start": 3, "end": 5}]
+    assert by_prompt["李四的同学"] == [{"text": "张三", "start": 0, "end": 2}]
+    assert by_prompt["李四的老乡"] == [{"text": "张三", "start": 0, "end": 2}]
+    assert by_prompt["张三的老乡"] == []             #老乡's inverse negative
+
+
+def test_relation_types_become_the_words_the_server_asks():
+    records = [{"id": 1, "text": "张三出生于北京", "entities": [], "relations": [
+        {"id": 0, "from_id": 0, "to_id": 1, "type": "born_in"},
+        {"id": 1, "from_id": 1, "to_id": 0, "type": "other"}]}]
+    out = convert.expand_relation_types(records, {"born_in": ["出生地", "出生于"]})
+    assert out[0]["relations"] == [
         {"id": 0, "from_id": 0, "to_id": 1, "type": "出生地"},
-        {"id": 1, "from_id": 0, "to_id": 1, "type": ""},
-    ]
+        {"id": 1, "from_id": 0, "to_id": 1, "type": "出生于"},
+        {"id": 2, "from_id": 1, "to_id": 0, "type": "other"}]
+    assert records[0]["relations"][0]["type"] == "born_in"     # a copy
 
 
 def test_from_names_filter():

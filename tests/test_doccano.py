@@ -370,3 +370,98 @@ def test_every_cli_flag_says_what_it_does():
                           "--schema_lang", "--labels"}
     assert all(action.help for action in flags.values()), [f for f, a in flags.items() if not a.help]
     assert "-1 keeps them all" in flags["--negative_ratio"].help
+
+
+# ---------------------------------------------------------------------------
+# relations: the same examples as PaddleNLP 2.8.1's own converter
+# ---------------------------------------------------------------------------
+def _ls_task(tid, text, entities, relations):
+    """A Label Studio task: entities [(id, label, words)], relations [(from, to, label)]."""
+    result = []
+    for rid, label, words in entities:
+        start = text.index(words)
+        result.append({"id": rid, "type": "labels", "from_name": "label", "to_name": "text",
+                       "value": {"start": start, "end": start + len(words), "text": words, "labels": [label]}})
+    for a, b, label in relations:
+        result.append({"type": "relation", "from_id": a, "to_id": b, "direction": "right", "labels": [label]})
+    return {"id": tid, "data": {"text": text}, "annotations": [{"id": tid, "result": result}]}
+
+
+PADDLE_TASKS = [
+    _ls_task(1, "马云在杭州创办了阿里巴巴。", [("a", "人名", "马云"), ("b", "组织机构", "阿里巴巴"), ("c", "地名", "杭州")],
+             [("b", "a", "创始人")]),
+    _ls_task(2, "李彦宏是百度的创始人。", [("a", "人名", "李彦宏"), ("b", "组织机构", "百度")], [("b", "a", "创始人")]),
+    _ls_task(3, "张三出生于北京。", [("a", "人名", "张三"), ("b", "地名", "北京")], [("a", "b", "出生地")]),
+    _ls_task(4, "王五是华为的工程师。", [("a", "人名", "王五"), ("b", "组织机构", "华为")], []),
+]
+
+
+def _as_set(examples):
+    return {json.dumps(ex, ensure_ascii=False, sort_keys=True) for ex in examples}
+
+
+@pytest.mark.parametrize("lang", ["ch", "en"])
+@pytest.mark.parametrize("is_train", [False, True], ids=["dev", "train"])
+def test_relation_examples_are_paddlenlps(lang, is_train):
+    """PaddleNLP's DataConverter.convert_ext_examples on the same Label Studio tasks gives the
+    same examples (as sets: PaddleNLP repeats a prompt that two negative pools both hold,
+    doccano.py keeps it once). With negative_ratio=-1 nothing is sampled; the one draw left,
+    a random relation type of the record for each other entity name (PaddleNLP's second
+    pool), has one choice here: each record's relations have one type."""
+    import random
+
+    from paddlenlp.utils.tools import DataConverter
+
+    random.seed(0)
+    theirs = DataConverter("unused", negative_ratio=-1, schema_lang=lang).convert_ext_examples(
+        PADDLE_TASKS, is_train=is_train)
+    records = convert.label_studio_to_doccano(PADDLE_TASKS)
+    train, dev, _ = doccano.convert_doccano(records, splits=(1, 0, 0) if is_train else (0, 1, 0),
+                                            negative_ratio=-1, schema_lang=lang, is_shuffle=False)
+    ours = train if is_train else dev
+    assert _as_set(ours) == _as_set(theirs)
+    assert len(ours) == len(_as_set(ours))
+    prompt = "阿里巴巴的创始人" if lang == "ch" else "创始人 of 阿里巴巴"
+    inverse = "马云的创始人" if lang == "ch" else "创始人 of 马云"
+    by = {(ex["content"][:2], ex["prompt"]): ex["result_list"] for ex in ours}
+    assert by[("马云", prompt)] == [{"text": "马云", "start": 0, "end": 2}]
+    if is_train:
+        assert by[("马云", inverse)] == []       # the inverse negative
+    else:
+        assert ("马云", inverse) not in by      # dev: every subject x every relation type only
+
+
+def test_relation_negative_ratio_bounds_paddlenlps_pools_and_asked_relations_add_the_servers():
+    records = convert.label_studio_to_doccano(PADDLE_TASKS)
+    unbounded, _, _ = doccano.convert_doccano(records, splits=(1, 0, 0), negative_ratio=-1,
+                                              is_shuffle=False)
+    bounded, _, _ = doccano.convert_doccano(records, splits=(1, 0, 0), negative_ratio=-1,
+                                            relation_negative_ratio=1, is_shuffle=False)
+    entity_prompts = {"人名", "组织机构", "地名"}
+    negatives = lambda exs, k: [ex["prompt"] for ex in exs  # noqa: E731
+                                if ex["content"].startswith(k) and ex["prompt"] not in entity_prompts
+                                and not ex["result_list"]]
+    # entity negatives stay at -1; relation negatives are ratio x the record's relation prompts
+    assert [ex for ex in bounded if ex["prompt"] in entity_prompts] == \
+        [ex for ex in unbounded if ex["prompt"] in entity_prompts]
+    assert len(negatives(bounded, "马云")) == 1 < len(negatives(unbounded, "马云"))
+    assert "阿里巴巴的创始人" not in negatives(bounded, "马云")
+    # asked: every entity text whose label a relation starts from, with every word
+    asked = {"创始人": ("组织机构",), "出生地": ()}
+    train, dev, _ = doccano.convert_doccano(records, splits=(0.5, 0.5, 0), negative_ratio=-1,
+                                            relation_negative_ratio=0, asked_relations=asked,
+                                            is_shuffle=False)
+    for split in (train, dev):
+        for record in records[:2] if split is train else records[2:]:
+            got = {ex["prompt"] for ex in split if ex["content"] == record["text"]}
+            text = record["text"]
+            for entity in record["entities"]:
+                name = text[entity["start_offset"]:entity["end_offset"]]
+                assert name + "的出生地" in got
+                if entity["label"] == "组织机构":
+                    assert name + "的创始人" in got
+                elif split is train:      # (dev also asks each annotated subject every type)
+                    assert name + "的创始人" not in got
+    by = {(ex["content"][:2], ex["prompt"]): ex["result_list"] for ex in train + dev}
+    assert by[("王五", "华为的创始人")] == [] and by[("王五", "王五的出生地")] == []
+    assert by[("马云", "阿里巴巴的创始人")] == [{"text": "马云", "start": 0, "end": 2}]
