@@ -5,6 +5,7 @@ of its inputs (``Batcher.run``) and waits; the thread fills each batch of up to
 ``batch_size`` inputs from every request waiting at that moment, a fair share
 each, shortest inputs first, so that an annotator's one-task request joins the
 next batch instead of waiting for a 1,000-task "Retrieve predictions" to end.
+A batch also holds at most ``max_tokens`` padded tokens (the engine's bound).
 When fewer than ``batch_size`` inputs wait, it waits at most ``wait_ms`` after
 the oldest of them arrived for others to join. A request's rows come back
 trimmed to its inputs' lengths, whichever batch they ran in.
@@ -42,9 +43,11 @@ class _Request:
 class Batcher:
     """Runs ``forward(inputs) -> (start, end)`` for many callers, batch by batch, in one thread."""
 
-    def __init__(self, forward, batch_size: int, wait_ms: float = 5.0, name: str = "batcher"):
+    def __init__(self, forward, batch_size: int, wait_ms: float = 5.0, max_tokens=None,
+                 name: str = "batcher"):
         self.forward = forward
         self.batch_size = max(1, batch_size)
+        self.max_tokens = max_tokens
         self.wait = max(0.0, wait_ms) / 1000.0
         self._waiting: deque[_Request] = deque()
         self._cv = threading.Condition()
@@ -93,6 +96,10 @@ class Batcher:
                 share = -(-room // (len(pending) - n))          # ceil: the rest, spread evenly
                 batch += [(request, k) for k in request.take(share)]
                 room = self.batch_size - len(batch)
+            while self.max_tokens and len(batch) > 1 and len(batch) * max(
+                    len(r.inputs[k].ids) for r, k in batch) > self.max_tokens:
+                request, _ = batch.pop()          # the last one its request handed out
+                request.taken -= 1
             for request in [r for r in self._waiting if r.taken == len(r.inputs)]:
                 self._waiting.remove(request)
             return batch

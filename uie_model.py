@@ -708,12 +708,13 @@ class UIEPredictor:
         self.device = device
         self.max_seq_len = min(max_seq_len, max_position or 512)
         self.batch_size = batch_size
+        self.max_batch_tokens = getattr(engine, "max_batch_tokens", None)
         self.threshold = threshold
         self._batcher = None
         if batch_wait_ms is not None:
             from batcher import Batcher
 
-            self._batcher = Batcher(self.forward, batch_size, batch_wait_ms)
+            self._batcher = Batcher(self.forward, batch_size, batch_wait_ms, self.max_batch_tokens)
 
     @classmethod
     def from_dir(cls, path, device="cpu", engine=None, **kwargs) -> "UIEPredictor":
@@ -770,13 +771,26 @@ class UIEPredictor:
             return self._batcher.run(encoded)
         out = [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].ids))
-        for b in range(0, len(order), self.batch_size):
-            batch = order[b: b + self.batch_size]
+        for batch in self._batches(order, encoded):
             start, end = self.forward([encoded[k] for k in batch])
             for row, k in enumerate(batch):
                 n = len(encoded[k].ids)
                 out[k] = (start[row, :n], end[row, :n])
         return out
+
+    def _batches(self, order, encoded):
+        """``order`` (shortest first) cut into batches of ``batch_size`` inputs and at
+        most ``max_batch_tokens`` padded tokens (a longer input still runs alone)."""
+        batch = []
+        for k in order:
+            rows, width = len(batch) + 1, len(encoded[k].ids)
+            if batch and (rows > self.batch_size or
+                          (self.max_batch_tokens and rows * width > self.max_batch_tokens)):
+                yield batch
+                batch = []
+            batch.append(k)
+        if batch:
+            yield batch
 
     def extract(self, queries) -> list[dict[str, list[Span]]]:
         """Spans for every ``(text, prompts)`` query, as ``{prompt: [Span]}`` per query.

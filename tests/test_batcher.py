@@ -16,21 +16,23 @@ class Counting:
     """An engine that counts its calls and the inputs in them."""
 
     def __init__(self, engine, fail_when=None):
-        self.engine, self.calls, self.fail_when = engine, [], fail_when
+        self.engine, self.calls, self.shapes, self.fail_when = engine, [], [], fail_when
+        self.max_batch_tokens = getattr(engine, "max_batch_tokens", None)
 
     def __call__(self, arrays):
         self.calls.append(arrays["input_ids"].shape[0])
+        self.shapes.append(arrays["input_ids"].shape)
         if self.fail_when and self.fail_when(arrays):
             raise RuntimeError("boom")
         return self.engine(arrays)
 
 
-def make(model_dir, batch_wait_ms=None, batch_size=8, fail_when=None):
+def make(model_dir, batch_wait_ms=None, batch_size=8, fail_when=None, max_seq_len=SEQ_LEN):
     import inference_engine
     import uie_model
 
     engine = Counting(inference_engine.load_engine(model_dir, "paddle-inference", export=True), fail_when)
-    return uie_model.UIEPredictor.from_dir(model_dir, engine=engine, max_seq_len=SEQ_LEN,
+    return uie_model.UIEPredictor.from_dir(model_dir, engine=engine, max_seq_len=max_seq_len,
                                            batch_size=batch_size, batch_wait_ms=batch_wait_ms), engine
 
 
@@ -92,4 +94,16 @@ def test_a_failing_pass_fails_its_callers_only(model_dir):
     with pytest.raises(RuntimeError, match="boom"):
         predictor.extract([(EDGE_CASES[5][0], [PERSON])])        # long: windows of 48 tokens
     assert predictor.extract([("张三", [PERSON])]) == [{PERSON: predictor.extract([("张三", [PERSON])])[0][PERSON]}]
+    predictor.close()
+
+
+@pytest.mark.parametrize("batch_wait_ms", [None, 1])
+def test_batches_hold_at_most_the_engines_token_budget(model_dir, batch_wait_ms):
+    """Long inputs run a few at a time (memory), short ones BATCH_SIZE at a time (speed)."""
+    predictor, engine = make(model_dir, batch_wait_ms=batch_wait_ms, batch_size=16, max_seq_len=512)
+    assert engine.max_batch_tokens == 1024
+    long_text = "".join(cluener_texts(40))
+    predictor.extract([(long_text, [PERSON, PLACE])] + [(t, [PERSON]) for t in cluener_texts(40)])
+    assert all(rows == 1 or rows * width <= 1024 for rows, width in engine.shapes)
+    assert max(width for _, width in engine.shapes) > 300 and max(rows for rows, _ in engine.shapes) == 16
     predictor.close()
