@@ -69,23 +69,25 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model_dir):
 
 
 def test_a_small_request_does_not_wait_for_a_big_one(model_dir):
-    predictor, _ = make(model_dir, batch_wait_ms=1, batch_size=4)
-    big = [(t, [PERSON, PLACE]) for t in cluener_texts(400)]
+    predictor, engine = make(model_dir, batch_wait_ms=1, batch_size=4)
+    big = [(t, [PERSON, PLACE]) for t in cluener_texts(1000)]
     finished = {}
 
     def run(name, queries):
         predictor.extract(queries)
         finished[name] = time.perf_counter()
 
-    started = time.perf_counter()
     thread = threading.Thread(target=run, args=("big", big))
     thread.start()
-    time.sleep(0.3)
+    while len(engine.calls) < 5:            # the big request is being predicted
+        time.sleep(0.01)
+    started = time.perf_counter()
     run("small", [(EDGE_CASES[0][0], [PERSON, PLACE])])
+    assert "big" not in finished, "the big request ended before the small one was sent"
     thread.join()
     assert finished["small"] < finished["big"]
-    print(f"\nsmall request answered after {finished['small'] - started - 0.3:.2f}s, "
-          f"big one after {finished['big'] - started:.2f}s")
+    print(f"\nsmall request answered in {finished['small'] - started:.2f}s, "
+          f"the big one {finished['big'] - started:.2f}s after it was sent")
     predictor.close()
 
 
