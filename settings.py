@@ -77,6 +77,30 @@ def _auto_int(env, name, minimum=1):
     return None if raw == "auto" else _int({name: raw}, name, None, minimum)
 
 
+def _redis_url(env):
+    value = _text(env, "REDIS_URL").strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// "
+                          "(e.g. redis://redis-host:6379/0)")
+    return value
+
+
+def _train_devices(env):
+    """``""``, GPU ids (``0,1,3``) or ``cpu:N`` (N CPU processes); spaces removed."""
+    value = _text(env, "TRAIN_DEVICES").replace(" ", "").lower()
+    if not value:
+        return ""
+    if value.startswith("cpu:"):
+        count = value[4:]
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"TRAIN_DEVICES={value!r}: cpu:N needs a number of processes N >= 1")
+        return f"cpu:{int(count)}"
+    ids = value.split(",")
+    if not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"TRAIN_DEVICES={value!r} must be GPU ids (0,1,2,3) or cpu:N")
+    return ",".join(str(int(i)) for i in ids)
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -119,6 +143,10 @@ class Settings:
     schema_lang: str = "ch"
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
+    # scale-out: training on RQ workers over Redis (empty: the embedded mode)
+    redis_url: str = field(default="", repr=False)   # may hold a password
+    job_lease_seconds: int = 30
+    train_devices: str = ""                  # "": one process; "0,1": GPUs; "cpu:2": CPU processes
 
     @classmethod
     def env_name(cls, key: str) -> str:
@@ -172,6 +200,9 @@ class Settings:
             schema_lang=_choice(env, "SCHEMA_LANG", cls.schema_lang, ("ch", "en")),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
+            redis_url=_redis_url(env),
+            job_lease_seconds=_int(env, "JOB_LEASE_SECONDS", cls.job_lease_seconds, 2),
+            train_devices=_train_devices(env),
         )
 
     @property

@@ -54,6 +54,11 @@ VARIABLES = [
     ("SCHEMA_LANG", "ch", "schema_lang", "ch"),
     ("LABEL_STUDIO_URL", "http://ls:8080/", "label_studio_url", "http://ls:8080"),
     ("LABEL_STUDIO_API_KEY", "token", "label_studio_api_key", "token"),
+    ("REDIS_URL", " redis://redis-host:6379/0 ", "redis_url", "redis://redis-host:6379/0"),
+    ("REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
+    ("JOB_LEASE_SECONDS", "5", "job_lease_seconds", 5),
+    ("TRAIN_DEVICES", "0, 1,3", "train_devices", "0,1,3"),
+    ("TRAIN_DEVICES", "CPU:2", "train_devices", "cpu:2"),
 ]
 
 
@@ -132,3 +137,22 @@ def test_schema_lang_defaults_to_chinese_prompts():
     """SCHEMA_LANG picks PaddleNLP's relation prompt template, for prediction and training."""
     assert Settings().schema_lang == Settings.from_env({}).schema_lang == "ch"
     assert Settings.from_env({"SCHEMA_LANG": " en "}).schema_lang == "en"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REDIS_URL": "redis-host:6379"}, "REDIS_URL must start with redis://, rediss:// or unix://"),
+    ({"JOB_LEASE_SECONDS": "1"}, "JOB_LEASE_SECONDS=1 must be at least 2"),
+    ({"TRAIN_DEVICES": "gpu0"}, "TRAIN_DEVICES='gpu0' must be GPU ids (0,1,2,3) or cpu:N"),
+    ({"TRAIN_DEVICES": "0,0"}, "TRAIN_DEVICES='0,0' must be GPU ids"),
+    ({"TRAIN_DEVICES": "cpu:0"}, "TRAIN_DEVICES='cpu:0': cpu:N needs a number of processes N >= 1"),
+])
+def test_a_bad_scale_out_value_names_the_variable(env, message):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert message in str(error.value)
+
+
+def test_the_embedded_mode_is_the_default_and_a_redis_password_is_not_in_the_repr():
+    assert Settings().redis_url == "" and Settings().train_devices == ""
+    settings = Settings.from_env({"REDIS_URL": "redis://:s3cret@redis-host:6379/0"})
+    assert "s3cret" not in repr(settings)
