@@ -8,6 +8,17 @@ PaddleNLP name, a checkpoint directory or ``scratch`` (a fresh character
 model). ``save_dir/model_best/`` is what ``Taskflow(task_path=...)``, the
 server and ``evaluate.py`` load; ``save_dir/metrics.json`` says how it scored.
 Batches are padded to their longest example, not to ``--max_seq_len``.
+
+Data-parallel on several devices with Paddle's own launcher, one process each::
+
+    python -m paddle.distributed.launch --devices 0,1,2,3 finetune.py ...   # GPUs
+    python -m paddle.distributed.launch --nproc_per_node 2 finetune.py ... --device cpu   # CPU, gloo
+
+Every process draws the same batches and takes its share of them (one batch
+per process per step: the effective batch is ``--batch_size`` x processes),
+gradients are averaged across processes, and the first process evaluates,
+saves and decides when to stop. ``finetune(..., devices="0,1")`` starts that
+launcher itself (what a training job does with ``TRAIN_DEVICES``).
 """
 
 from __future__ import annotations
@@ -233,6 +244,103 @@ def batches(encoded, batch_size, rng, order=None):
     return result
 
 
+@dataclass
+class Distributed:
+    """This process's place in a ``paddle.distributed.launch`` run of ``world`` processes."""
+
+    rank: int
+    world: int
+
+    @classmethod
+    def from_env(cls) -> "Distributed | None":
+        """The launcher's ``PADDLE_TRAINER_ID``/``PADDLE_TRAINERS_NUM``; None for one process."""
+        world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+        return cls(int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0), world) if world > 1 else None
+
+    def start(self):
+        import paddle.distributed as dist
+
+        dist.init_parallel_env()
+
+    def shard(self, batch_list):
+        """This process's batches: every ``world``-th, as many in each process."""
+        if len(batch_list) < self.world:
+            return batch_list           # too few to share: each process takes them all
+        return batch_list[self.rank::self.world][: len(batch_list) // self.world]
+
+    def same_start(self, parameters):
+        """Every process starts from the first one's weights."""
+        import paddle.distributed as dist
+
+        for p in parameters:
+            dist.broadcast(p, src=0)
+
+    def average_gradients(self, parameters):
+        from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
+
+        fused_allreduce_gradients(list(parameters), None)
+
+    def first_says(self, flag: bool) -> bool:
+        """The first process's ``flag``, in every process."""
+        import paddle
+        import paddle.distributed as dist
+
+        value = paddle.to_tensor([1 if flag else 0], dtype="int64")
+        dist.broadcast(value, src=0)
+        return bool(int(value.numpy()[0]))
+
+
+LAUNCH_FLAGS = {"learning_rate": "--learning_rate", "num_epochs": "--num_epochs",
+                "batch_size": "--batch_size", "max_seq_len": "--max_seq_len", "seed": "--seed",
+                "logging_steps": "--logging_steps", "valid_steps": "--valid_steps",
+                "patience": "--early_stopping_patience", "weight_decay": "--weight_decay",
+                "warmup_proportion": "--warmup_proportion", "init_from_ckpt": "--init_from_ckpt",
+                "max_seconds": "--max_seconds", "tagging_weight": "--tagging_weight",
+                "max_negatives": "--max_negatives"}
+
+
+def launch(devices, train_examples, dev_examples, model_dir, save_dir, **options) -> dict:
+    """``finetune`` under ``python -m paddle.distributed.launch``: ``devices`` is GPU ids
+    (``"0,1"``) or ``"cpu:N"`` (N CPU processes, gloo). Waits; the metrics it saved."""
+    import subprocess
+
+    from convert import write_jsonl
+
+    if options.pop("pos_weight", None) is not None:
+        raise DataError("pos_weight cannot be given to a launched finetune.py")
+    save_dir = Path(save_dir)
+    data = save_dir / "launch-data"
+    data.mkdir(parents=True, exist_ok=True)
+    write_jsonl(train_examples, data / "train.txt")
+    args = ["--train_path", str(data / "train.txt"), "--save_dir", str(save_dir),
+            "--model", str(model_dir)]
+    if dev_examples:
+        write_jsonl(dev_examples, data / "dev.txt")
+        args += ["--dev_path", str(data / "dev.txt")]
+    device = options.pop("device", "cpu")
+    for name, value in options.items():
+        if value is not None:
+            args += [LAUNCH_FLAGS[name], str(value)]
+    if devices.startswith("cpu:"):
+        where, device = ["--nproc_per_node", devices[4:]], "cpu"
+    else:
+        where, device = ["--devices", devices], "gpu"
+    logs = save_dir / "launch-logs"
+    command = [sys.executable, "-m", "paddle.distributed.launch", *where, "--log_dir", str(logs),
+               str(Path(__file__).resolve()), *args, "--device", device]
+    log.info("launching data-parallel training on %s: %s", devices, " ".join(command[:6]))
+    (save_dir / "metrics.json").unlink(missing_ok=True)
+    code = subprocess.run(command, stdin=subprocess.DEVNULL, cwd=save_dir).returncode
+    if code != 0 or not (save_dir / "metrics.json").is_file():
+        tail = ""
+        try:
+            tail = " | ".join((logs / "workerlog.0").read_text(errors="replace").strip().splitlines()[-5:])
+        except OSError:
+            pass
+        raise RuntimeError(f"paddle.distributed.launch on {devices} exited with code {code}: {tail}")
+    return json.loads((save_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
 def save_best(model, model_dir, save_dir, metrics):
     """Write ``save_dir/model_best`` whole (temporary directory, then rename)."""
     import uie_model
@@ -311,6 +419,7 @@ class Trainer:
     patience: int
     max_seconds: float | None = None
     tagging: TaggingTask | None = None
+    dist: Distributed | None = None      # data-parallel: this process's place
     step: int = 0
     seen: int = 0
     best: dict | None = None
@@ -351,6 +460,8 @@ class Trainer:
         """One optimizer step on ``items``; returns its loss."""
         loss = self.loss(items)
         loss.backward()
+        if self.dist:
+            self.dist.average_gradients(self.parameters())
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.clear_grad()
@@ -358,9 +469,19 @@ class Trainer:
         self.seen += len(items)
         return float(loss)
 
+    def parameters(self) -> list:
+        """What is trained: the UIE's parameters and the tagging head's."""
+        return self.model.parameters() + (self.tagging.head.parameters() if self.tagging else [])
+
     def evaluate(self, epoch) -> bool:
         """Score the model on dev and save it if it is the best so far; True to stop
-        (dev F1 1.0, ``patience`` evaluations without a better one, or out of time)."""
+        (dev F1 1.0, ``patience`` evaluations without a better one, or out of time).
+        Data-parallel, the first process does it and tells the others whether to stop."""
+        if self.dist:
+            return self.dist.first_says(self.dist.rank == 0 and self._evaluate(epoch))
+        return self._evaluate(epoch)
+
+    def _evaluate(self, epoch) -> bool:
         self.model.eval()
         metrics = evaluate_examples(self.predictor, self.dev_examples)
         self.model.train()
@@ -386,7 +507,8 @@ class Trainer:
         loss_sum, loss_n = 0.0, 0
         for epoch in range(1, num_epochs + 1):
             stop = False
-            for batch in batches(self.encoded, self.batch_size, self.rng, epoch_order()):
+            epoch_batches = batches(self.encoded, self.batch_size, self.rng, epoch_order())
+            for batch in self.dist.shard(epoch_batches) if self.dist else epoch_batches:
                 loss_sum += self.train_step([self.encoded[k] for k in batch])
                 loss_n += 1
                 if self.step % logging_steps == 0:
@@ -406,14 +528,26 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
              num_epochs=None, batch_size=16, max_seq_len=128, seed=1000, logging_steps=10,
              valid_steps=100, device="cpu", patience=None, weight_decay=0.01,
              warmup_proportion=0.06, init_from_ckpt=None, max_seconds=None,
-             pos_weight=None, tagging_weight=None, max_negatives=None) -> dict:
+             pos_weight=None, tagging_weight=None, max_negatives=None, devices=None) -> dict:
     """Train the UIE in ``model_dir`` and save the best one to ``save_dir/model_best``.
 
     Returns the metrics of the saved model (also written to ``save_dir/metrics.json``).
+    With ``devices`` (GPU ids ``"0,1"`` or ``"cpu:N"``), trains data-parallel in
+    processes that ``paddle.distributed.launch`` starts (``launch``).
     """
     import paddle
 
     import uie_model
+
+    dist = Distributed.from_env()
+    if devices and dist is None and "PADDLE_TRAINERS_NUM" not in os.environ:
+        return launch(devices, train_examples, dev_examples, model_dir, save_dir,
+                      learning_rate=learning_rate, num_epochs=num_epochs, batch_size=batch_size,
+                      max_seq_len=max_seq_len, seed=seed, logging_steps=logging_steps,
+                      valid_steps=valid_steps, device=device, patience=patience,
+                      weight_decay=weight_decay, warmup_proportion=warmup_proportion,
+                      init_from_ckpt=init_from_ckpt, max_seconds=max_seconds, pos_weight=pos_weight,
+                      tagging_weight=tagging_weight, max_negatives=max_negatives)
 
     if not train_examples:
         raise DataError("the training set is empty")
@@ -433,6 +567,8 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     np.random.seed(seed)
     paddle.seed(seed)
     paddle.set_device(device)
+    if dist:
+        dist.start()
     model = load_model(model_dir, init_from_ckpt)
     tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
     max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
@@ -456,6 +592,8 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         return sample_negatives(train_examples, origins, max_negatives, rng)
 
     steps_per_epoch = math.ceil(len(epoch_order()) / batch_size)
+    if dist and steps_per_epoch >= dist.world:
+        steps_per_epoch //= dist.world      # each process takes its share of the batches
     num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
         20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
     total_steps = steps_per_epoch * num_epochs
@@ -477,16 +615,22 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     trainer = Trainer(model=model, tokenizer=tokenizer, encoded=encoded, optimizer=optimizer,
                       schedule=schedule, rng=rng, predictor=predictor, dev_examples=dev_examples,
                       save=save, batch_size=batch_size, pos_weight=pos_weight, patience=patience,
-                      max_seconds=max_seconds, tagging=tagging)
+                      max_seconds=max_seconds, tagging=tagging, dist=dist)
+    if dist:
+        dist.same_start(trainer.parameters())
     epochs_run = trainer.run(num_epochs, total_steps, epoch_order, logging_steps, valid_steps)
     elapsed = time.time() - trainer.started
+    if dist and dist.rank != 0:
+        return {"rank": dist.rank, "world_size": dist.world, "epochs_run": epochs_run,
+                "steps": trainer.step}
     result = dict(trainer.best, train_examples=len(train_examples), train_inputs=len(encoded),
                   dev_examples=len(dev_examples), epochs_run=epochs_run, steps=trainer.step,
                   train_seconds=round(elapsed, 1),
                   examples_per_second=round(trainer.seen / max(elapsed, 1e-9), 2),
                   learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
                   tagging_weight=tagging.weight if tagging else 0.0, max_negatives=max_negatives,
-                  model=str(model_dir), kind=kind, history=trainer.history)
+                  model=str(model_dir), kind=kind, history=trainer.history,
+                  world_size=dist.world if dist else 1)
     (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
@@ -560,6 +704,8 @@ def main(argv=None):
     except (DataError, uie_model.ModelLoadError, FileNotFoundError) as exc:
         print(f"finetune.py: error: {exc}", file=sys.stderr)
         return 2
+    if "f1" not in metrics:     # a data-parallel process other than the first
+        return 0
     print(f"Best dev: Precision: {metrics['precision']:.5f} | Recall: {metrics['recall']:.5f} | "
           f"F1: {metrics['f1']:.5f} -> {Path(args.save_dir) / 'model_best'}")
     return 0

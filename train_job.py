@@ -53,6 +53,7 @@ class JobSpec:
     num_epochs: int | None = None
     min_dev_tasks: int = 50
     inference_engine: str = "paddle-inference"   # what the server will run the new model on
+    devices: str = ""                            # TRAIN_DEVICES: "" one process; "0,1" / "cpu:2" data-parallel
     threads: int | None = None                   # math threads (None: as the process has them)
     schema_lang: str | None = None               # relation prompts (None: SCHEMA_LANG of the environment)
 
@@ -177,7 +178,7 @@ def train(spec: JobSpec, work: Path) -> dict:
         examples.train, examples.dev, spec.model_path, work / "ckpt",
         learning_rate=spec.learning_rate, num_epochs=spec.num_epochs,
         batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
-        logging_steps=20, valid_steps=0)
+        logging_steps=20, valid_steps=0, devices=spec.devices or None)
     candidate = work / "ckpt" / "model_best"
     _export(candidate, spec)
     new = _score(candidate, examples.dev, spec)
