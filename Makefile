@@ -1,16 +1,16 @@
-# The two commands of the README: `make run` and `make test`.
+# The two commands of the README: `make run` and `make test` (and `make worker` at scale).
 PYTHON ?= python3
 VENV ?= .venv
 REQUIREMENTS ?= requirements.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test bench clean
+.PHONY: install run dev worker test bench clean
 
-$(STAMP): $(REQUIREMENTS)
+$(STAMP): $(REQUIREMENTS) requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r $(REQUIREMENTS) pytest==9.2.0
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS) -r requirements-test.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,6 +18,10 @@ install: $(STAMP)
 # Serve on HOST:PORT (127.0.0.1:9090) with gunicorn; configuration: README.
 run: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py _wsgi:app
+
+# A training worker for the scale-out mode (REDIS_URL, shared MODEL_DIR; README "Running at scale").
+worker: install
+	$(PY) job_queue.py worker
 
 # Flask's development server, same app.
 dev: install

@@ -421,8 +421,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     store = ModelStore(settings)
-    annotations = AnnotationStore(store.root / "annotations.sqlite3")
-    jobs = JobRunner(store, annotations)
+    if settings.redis_url:      # scale-out: jobs on RQ workers, annotations in Redis
+        from job_queue import QueueRunner, connect
+        from redis_annotation_store import RedisAnnotationStore
+
+        conn = connect(settings.redis_url)
+        conn.ping()             # fail at start, not on the first webhook
+        annotations = RedisAnnotationStore(conn)
+        jobs = QueueRunner(store, annotations, conn)
+    else:
+        annotations = AnnotationStore(store.root / "annotations.sqlite3")
+        jobs = JobRunner(store, annotations)
 
     app = Flask(__name__)
     app.json = JSONProvider(app)

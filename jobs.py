@@ -11,6 +11,11 @@ model, settings) and writes ``result.json``; then ``ModelStore.promote`` moves
 the checked model in atomically. A job that fails, or whose process dies,
 leaves the served model as it was; its state says why. A server restarted
 after a crash stops a job process that outlived it and removes its checkpoint.
+
+The locks and where a queued job is run are the runner's parts: ``FileLocks``
+and a thread in the server here; ``job_queue.QueueRunner`` (``REDIS_URL``)
+takes Redis locks and hands each job to an RQ worker, which runs it with
+``run_queued`` in its own work-horse process, through the same ``_run``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from train_job import RESULT, JobError, JobSpec
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STATES = ("queued", "running", "failed", "done")
+# upper bounds (seconds) of the training-duration histogram buckets (GET /metrics)
+TRAINING_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
 
 
 @contextmanager
@@ -56,19 +63,43 @@ def flock(path: Path, blocking=True):
         os.close(fd)
 
 
+class FileLocks:
+    """A project's queue and train locks as ``flock`` files in its directory (one machine)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def queue(self, project):
+        """Held while the project's queue is read and changed (short)."""
+        return flock(self.store.project_dir(project) / "queue.lock")
+
+    def train(self, project, blocking=True):
+        """Held while a job of the project runs; yields whether it was taken."""
+        return flock(self.store.project_dir(project) / "train.lock", blocking=blocking)
+
+
 class JobRunner:
     """Queues, runs and reports training jobs for every project."""
 
-    def __init__(self, store, annotations, python=sys.executable):
+    warm_up = True      # load a promoted model in this process (it serves it next)
+
+    def __init__(self, store, annotations, python=sys.executable, locks=None, recover=True,
+                 on_finish=None):
         self.store = store
         self.settings = store.settings
         self.annotations = annotations
         self.python = python
+        self.locks = locks or FileLocks(store)
+        self.on_finish = on_finish      # on_finish(project, state, seconds): metrics
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        store.cleanup_partial()
-        for project in store.projects():
-            self._recover(project)
+        if recover:
+            self._cleanup_partial()
+            for project in store.projects():
+                self._recover(project)
+
+    def _cleanup_partial(self):
+        self.store.cleanup_partial()
 
     # -- paths and state ---------------------------------------------------
     def _jobs_dir(self, project) -> Path:
@@ -92,6 +123,10 @@ class JobRunner:
         return state
 
     def list(self, project=None) -> list[dict]:
+        """The jobs of a project (of all projects), oldest first."""
+        return self._jobs(project)
+
+    def _jobs(self, project=None) -> list[dict]:
         projects = [project] if project else self.store.projects()
         out = []
         for p in projects:
@@ -110,13 +145,15 @@ class JobRunner:
     def trigger(self, project: str, reason: str, label_config=None, tasks=None) -> dict:
         """Queue a job (or join the queued one) and make sure a worker runs it."""
         jdir = self._jobs_dir(project)
-        with flock(self.store.project_dir(project) / "queue.lock"):
-            queued = [s for s in self.list(project) if s.get("state") == "queued"]
+        created = False
+        with self.locks.queue(project):
+            queued = [s for s in self._jobs(project) if s.get("state") == "queued"]
             if queued:
                 job = queued[-1]
                 job_dir = jdir / job["id"]
                 job = self._update(job_dir, reasons=job.get("reasons", []) + [reason])
             else:
+                created = True
                 job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
                 job_dir = jdir / job_id
                 job_dir.mkdir(parents=True)
@@ -128,7 +165,8 @@ class JobRunner:
                                                              encoding="utf-8")
             if label_config:
                 (job_dir / "label_config.xml").write_text(label_config, encoding="utf-8")
-        log.info("project %s: training job %s queued (%s)", project, job["id"], reason)
+        log.info("project %s: training job %s %s (%s)", project, job["id"],
+                 "queued" if created else "joined", reason)
         self._ensure_worker(project)
         return {k: job[k] for k in ("id", "project", "state", "created")}
 
@@ -152,42 +190,83 @@ class JobRunner:
                 self._threads[project] = thread
                 thread.start()
 
-    def _next_queued(self, project):
-        with flock(self.store.project_dir(project) / "queue.lock"):
-            queued = [s for s in self.list(project) if s.get("state") == "queued"]
+    def _next_queued(self, project, job_id=None, **running):
+        """Mark the oldest queued job (or ``job_id``, if it is still queued) running; its directory."""
+        with self.locks.queue(project):
+            queued = [s for s in self._jobs(project) if s.get("state") == "queued"
+                      and (job_id is None or s["id"] == job_id)]
             if not queued:
                 return None
             job_dir = self._jobs_dir(project) / queued[0]["id"]
-            self._update(job_dir, state="running", started=time.time(), runner_pid=os.getpid())
+            self._update(job_dir, state="running", started=time.time(), runner_pid=os.getpid(),
+                         **running)
             return job_dir
 
     def _work(self, project):
         while True:
-            with flock(self.store.project_dir(project) / "train.lock", blocking=False) as mine:
+            with self.locks.train(project, blocking=False) as mine:
                 if not mine:
                     return      # another process is training this project; it drains the queue
                 while (job_dir := self._next_queued(project)) is not None:
                     self._run(project, job_dir)
             # a trigger may have queued a job after our last look but before the unlock
-            if not any(s.get("state") == "queued" for s in self.list(project)):
+            if not any(s.get("state") == "queued" for s in self._jobs(project)):
                 return
+
+    def run_queued(self, project, job_id) -> bool:
+        """Run one queued job of a project, waiting for the project's train lock first.
+
+        What an RQ worker calls (``job_queue.run_job``). Holding the lock, any job
+        still marked running belongs to a process that died: it is failed first.
+        Returns whether the job was run (it may have been run or failed already).
+        """
+        with self.locks.train(project, blocking=True) as held:
+            self._fail_interrupted(project)
+            job_dir = self._next_queued(project, job_id, **self._running_fields(held))
+            if job_dir is None:
+                return False
+            self._run(project, job_dir)
+            return True
+
+    def _running_fields(self, held) -> dict:
+        """What the state of a job started under the train lock ``held`` records about its runner."""
+        return {}
 
     def _recover(self, project):
         """Fail the jobs of a process that died (stopping what is left of them); restart queued ones."""
-        with flock(self.store.project_dir(project) / "train.lock", blocking=False) as mine:
+        with self.locks.train(project, blocking=False) as mine:
             if not mine:
                 return      # a live process holds the lock: its jobs are not interrupted
-            for job in self.list(project):
-                if job.get("state") == "running":
-                    job_dir = self._jobs_dir(project) / job["id"]
-                    stopped = stop_job_process(job.get("job_pid"), job_dir)
-                    shutil.rmtree(job_dir / "work" / "ckpt", ignore_errors=True)
-                    self._update(job_dir, state="failed", finished=time.time(),
-                                 error="interrupted: the process running this job stopped")
-                    log.error("project %s: job %s was interrupted%s; the served model is unchanged",
-                              project, job["id"], " (its training process was stopped)" if stopped else "")
-        if any(j.get("state") == "queued" for j in self.list(project)):
+            self._fail_interrupted(project)
+        if any(j.get("state") == "queued" for j in self._jobs(project)):
             self._ensure_worker(project)
+
+    def _fail_interrupted(self, project, why="the process running this job stopped") -> list[str]:
+        """Under the project's train lock: fail its jobs still marked running (their process
+        died), stopping a job process that outlived it and removing its checkpoint."""
+        failed = []
+        for job in self._jobs(project):
+            if job.get("state") == "running":
+                job_dir = self._jobs_dir(project) / job["id"]
+                stopped = stop_job_process(job.get("job_pid"), job_dir)
+                shutil.rmtree(job_dir / "work" / "ckpt", ignore_errors=True)
+                self._update(job_dir, state="failed", finished=time.time(),
+                             error=f"interrupted: {why}")
+                log.error("project %s: job %s was interrupted%s; the served model is unchanged",
+                          project, job["id"], " (its training process was stopped)" if stopped else "")
+                self._finished(project, "failed", job)
+                failed.append(job["id"])
+        return failed
+
+    def _finished(self, project, state, job):
+        """Tell ``on_finish`` (metrics) how long a finished job ran."""
+        if self.on_finish is None:
+            return
+        started = job.get("started") or job.get("created") or time.time()
+        try:
+            self.on_finish(project, state, max(0.0, time.time() - started))
+        except Exception:   # noqa: BLE001  metrics never fail a job
+            log.exception("project %s: recording job metrics failed", project)
 
     # -- one job -------------------------------------------------------------
     def _run(self, project, job_dir: Path):
@@ -200,6 +279,7 @@ class JobRunner:
             self._update(job_dir, state="done", finished=time.time(), **result)
             log.info("project %s: job %s done in %.0fs: %s", project, job_dir.name,
                      time.time() - started, result.get("summary"))
+            self._finished(project, "done", {"started": started})
         except Exception as exc:   # a failed job must never take the server down
             message = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
             with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
@@ -207,6 +287,7 @@ class JobRunner:
             self._update(job_dir, state="failed", finished=time.time(), error=message)
             log.error("project %s: job %s failed: %s (log: %s); the served model is unchanged",
                       project, job_dir.name, message, job_dir / "job.log")
+            self._finished(project, "failed", {"started": started})
         finally:
             shutil.rmtree(job_dir / "work" / "ckpt", ignore_errors=True)
             self._prune_jobs(project)
@@ -228,7 +309,7 @@ class JobRunner:
                        batch_size=s.train_batch_size, max_seq_len=s.train_max_seq_len,
                        learning_rate=s.train_learning_rate, num_epochs=s.train_epochs,
                        min_dev_tasks=s.train_min_dev_tasks, inference_engine=s.inference_engine,
-                       threads=s.math_threads)
+                       threads=s.math_threads, devices=s.train_devices)
 
     def _tasks(self, project, job_dir) -> tuple[list[dict], str]:
         request_tasks = job_dir / "request_tasks.json"
@@ -241,18 +322,9 @@ class JobRunner:
         return self.annotations.tasks(project), "webhooks"
 
     def _execute(self, job_dir: Path) -> dict:
-        """Run ``train_job.py JOB_DIR`` in its own process group; its ``result.json``.
-
-        The process id is recorded in the job state, so that a server restarted
-        after a crash can stop a job process that outlived it (``_recover``).
-        """
+        """Run the job (``train_job``) on ``spec.json``; its ``result.json``."""
         (job_dir / RESULT).unlink(missing_ok=True)
-        with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
-            proc = subprocess.Popen([self.python, str(HERE / "train_job.py"), str(job_dir)],
-                                    cwd=job_dir, stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            self._update(job_dir, job_pid=proc.pid)
-            code = proc.wait()
+        code = self._train(job_dir)
         try:
             result = json.loads((job_dir / RESULT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -261,6 +333,19 @@ class JobRunner:
             raise JobError(result.get("error") or f"train_job.py exited with code {code}: "
                            f"{_tail(job_dir / 'job.log')}")
         return result
+
+    def _train(self, job_dir: Path) -> int:
+        """``train_job.py JOB_DIR`` in its own process group, logging to ``job.log``; its exit code.
+
+        The process id is recorded in the job state, so that a server restarted
+        after a crash can stop a job process that outlived it (``_recover``).
+        """
+        with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
+            proc = subprocess.Popen([self.python, str(HERE / "train_job.py"), str(job_dir)],
+                                    cwd=job_dir, stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            self._update(job_dir, job_pid=proc.pid)
+            return proc.wait()
 
     def _finish(self, project, job_dir: Path, spec: JobSpec, result: dict) -> dict:
         """Promote the candidate (or keep it unserved) and say what happened."""
@@ -277,7 +362,7 @@ class JobRunner:
             "kind": result.get("kind"),
         }
         version = self.store.promote(project, Path(result["candidate"]), meta, make_current=promote)
-        if promote:
+        if promote and self.warm_up:
             self.store.predictor(self.store.project_dir(project) / version)   # warm it up here
         summary = (f"{version} f1={new['f1']:.3f} on {metrics_on} "
                    f"(served model {spec.model_version}: {old['f1']:.3f})")
@@ -292,7 +377,7 @@ class JobRunner:
 
     def _prune_jobs(self, project):
         """Keep the directories of the newest ``KEEP_JOBS`` finished jobs of a project."""
-        finished = [j for j in self.list(project) if j.get("state") in ("done", "failed")]
+        finished = [j for j in self._jobs(project) if j.get("state") in ("done", "failed")]
         for job in finished[: max(0, len(finished) - self.settings.keep_jobs)]:
             shutil.rmtree(self._jobs_dir(project) / job["id"], ignore_errors=True)
 

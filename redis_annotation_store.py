@@ -1,0 +1,123 @@
+"""The webhook annotation store in Redis, for scale-out mode (``REDIS_URL``).
+
+Every serving replica and every RQ worker sees the same annotations, label
+configs and change counts, whichever replica a webhook reached. Same
+interface and rules as ``annotation_store.AnnotationStore`` (SQLite, one
+machine): an annotation is replaced only by a copy at least as new (its
+``updated_at``, else ``created_at``; a copy without a time counts as new),
+and a deleted annotation stays deleted (a tombstone per project). Each check
+and write is one atomic Lua script or transaction, so concurrent webhooks on
+several replicas cannot interleave. Texts are stored as JSON with ASCII
+escapes, so any Python text survives, a lone surrogate too.
+
+Keys, per project ``P`` (``{P}`` is a Redis Cluster hash tag: one slot per project)::
+
+    uie:ann:{P}:records   hash  annotation id -> {"task_id", "task", "annotation"} JSON
+    uie:ann:{P}:updated   hash  annotation id -> its time (epoch seconds, "" if none)
+    uie:ann:{P}:order     hash  annotation id -> sequence number of its last write
+    uie:ann:{P}:deleted   hash  annotation id -> when it was deleted (tombstones)
+    uie:ann:{P}:config    string  the project's label config
+    uie:ann:{P}:changes   integer  annotation changes since the last TRAIN_EVERY_N trigger
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from annotation_store import _dumps, _key, annotation_time
+
+PREFIX = "uie:ann:"
+
+# KEYS: records, updated, order, deleted, sequence. ARGV: id, time ("" = none), record JSON.
+UPSERT = """
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return 0 end
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old and old ~= '' and ARGV[2] ~= '' and tonumber(ARGV[2]) < tonumber(old) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], redis.call('INCR', KEYS[5]))
+return 1
+"""
+
+
+class RedisAnnotationStore:
+    """``AnnotationStore``'s interface over a Redis connection (``redis.Redis``)."""
+
+    def __init__(self, conn, prefix=PREFIX):
+        self.conn = conn
+        self.prefix = prefix
+        self._upsert = conn.register_script(UPSERT)
+
+    def _k(self, project: str, what: str) -> str:
+        return f"{self.prefix}{{{project}}}:{what}"
+
+    def upsert(self, project: str, task: dict, annotation: dict) -> bool:
+        """Store one annotation with its task, unless a newer copy is stored or it was deleted.
+
+        Returns whether it was stored.
+        """
+        if annotation.get("id") is None:
+            raise ValueError("annotation has no id")
+        task = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
+        task_id = task.get("id", annotation.get("task"))
+        updated = annotation_time(annotation)
+        record = _dumps({"task_id": _key(task_id), "task": task, "annotation": annotation})
+        keys = [self._k(project, w) for w in ("records", "updated", "order", "deleted", "sequence")]
+        stored = self._upsert(keys=keys, args=[_key(annotation["id"]),
+                                                "" if updated is None else repr(updated), record])
+        return bool(stored)
+
+    def delete(self, project: str, annotation_ids) -> int:
+        """Delete annotations for good: later webhooks for these ids are ignored."""
+        keys = [_key(i) for i in annotation_ids if i is not None]
+        if not keys:
+            return 0
+        now = time.time()
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k(project, "deleted"), mapping={k: repr(now) for k in keys})
+            pipe.hdel(self._k(project, "records"), *keys)
+            pipe.hdel(self._k(project, "updated"), *keys)
+            pipe.hdel(self._k(project, "order"), *keys)
+            return pipe.execute()[1]
+
+    def tasks(self, project: str) -> list[dict]:
+        """The project's tasks, each with the annotations received for it (in the order
+        they were last written; the newest copy of a task wins)."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._k(project, "records"))
+            pipe.hgetall(self._k(project, "order"))
+            records, order = pipe.execute()
+        rows = sorted(records.items(), key=lambda kv: int(order.get(kv[0], 0)))
+        tasks: dict[str, dict] = {}
+        for _, raw in rows:
+            record = json.loads(raw)
+            task_id = record["task_id"]
+            task = record["task"]
+            task["annotations"] = tasks.get(task_id, {}).get("annotations", [])
+            task["annotations"].append(record["annotation"])
+            tasks[task_id] = task
+        return list(tasks.values())
+
+    def count(self, project: str) -> int:
+        return self.conn.hlen(self._k(project, "records"))
+
+    def set_label_config(self, project: str, label_config: str):
+        """Keep a project's label config; ``ValueError`` for text UTF-8 cannot hold."""
+        try:
+            label_config.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the label config holds characters that are not valid Unicode "
+                             "(a lone surrogate)") from None
+        self.conn.set(self._k(project, "config"), label_config.encode("utf-8"))
+
+    def label_config(self, project: str) -> str | None:
+        raw = self.conn.get(self._k(project, "config"))
+        return raw.decode("utf-8") if raw is not None else None
+
+    def add_changes(self, project: str, n: int) -> int:
+        """Count ``n`` more changed annotations; returns the count since the last reset."""
+        return int(self.conn.incrby(self._k(project, "changes"), n))
+
+    def reset_changes(self, project: str):
+        self.conn.set(self._k(project, "changes"), 0)
