@@ -29,6 +29,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
+import server_metrics
 from label_config import LabelConfigError
 from my_ml_backend import UIEBackend
 from projects import project_key
@@ -197,9 +198,10 @@ def predict():
     _check_predict_size(len(tasks), model)
     started = time.perf_counter()
     results = model.predict(tasks, context=(params or {}).get("context"))
-    _ext()["metrics"].add(predict_requests=1, predicted_tasks=len(tasks),
-                          predicted_regions=sum(len(r["result"]) for r in results),
+    regions = sum(len(r["result"]) for r in results)
+    _ext()["metrics"].add(predict_requests=1, predicted_tasks=len(tasks), predicted_regions=regions,
                           predict_seconds=time.perf_counter() - started)
+    server_metrics.observe_prediction(project, len(tasks), regions)
     return jsonify(results=results, model_version=results[0]["model_version"] if results
                    else model.model_version)
 
@@ -324,14 +326,29 @@ def job_list():
 
 @api.get("/metrics")
 def metrics_view():
+    """Prometheus' text format; ``?format=json``: this worker's counters and the job counts."""
     ext = _ext()
-    return jsonify(dict(ext["metrics"].snapshot(), jobs=ext["jobs"].summary()))
+    if request.args.get("format") == "json":
+        return jsonify(dict(ext["metrics"].snapshot(), jobs=ext["jobs"].summary()))
+    body, content_type = server_metrics.render(ext["store"], ext["jobs"])
+    return current_app.response_class(body, content_type=content_type)
 
 
 # -- hooks and error handlers -------------------------------------------------------
 def start_request():
     """Give every request an id: in the ``X-Request-Id`` answer header and the error log."""
+    g.request_started = time.perf_counter()
     g.request_id = uuid.uuid4().hex[:16]
+
+
+def count_request(response):
+    """Count the request and its latency by route and status (``GET /metrics``)."""
+    started = g.get("request_started")
+    if started is not None:
+        rule = request.url_rule.rule if request.url_rule is not None else "other"
+        server_metrics.observe_request(rule, request.method, response.status_code,
+                                       time.perf_counter() - started)
+    return response
 
 
 def check_auth():
@@ -431,7 +448,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         jobs = QueueRunner(store, annotations, conn)
     else:
         annotations = AnnotationStore(store.root / "annotations.sqlite3")
-        jobs = JobRunner(store, annotations)
+        jobs = JobRunner(store, annotations, on_finish=server_metrics.observe_training)
 
     app = Flask(__name__)
     app.json = JSONProvider(app)
@@ -442,6 +459,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(check_auth)
     app.before_request(require_json)
     app.after_request(add_request_id)
+    app.after_request(count_request)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(LabelConfigError, config_error)
     app.register_error_handler(Exception, unexpected_error)

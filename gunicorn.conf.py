@@ -30,3 +30,37 @@ graceful_timeout = 30
 loglevel = _settings.log_level.lower()
 accesslog = "-"
 preload_app = False   # each worker loads its model after the fork (Paddle is not fork-safe)
+
+# Prometheus metrics across workers (GET /metrics, server_metrics.py): every worker writes its
+# counts into PROMETHEUS_MULTIPROC_DIR, set here, in the master, before any worker forks.
+# Given in the environment, that directory is used (and emptied at start); else a fresh one
+# is made and removed at exit.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_own_metrics_dir = not _metrics_dir
+if _own_metrics_dir:
+    import tempfile
+
+    _metrics_dir = tempfile.mkdtemp(prefix="uie-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def on_starting(server):
+    """Start from zero: counts of an earlier run in a given directory would be added up."""
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server, worker):
+    """A worker stopped: its live gauges go, its counts stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        import shutil
+
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -61,7 +61,7 @@ def test_real_label_studio_requests(scratch_client):
         assert ack.status_code == 200, (name, ack.json)
         assert ack.json["action"] == load_request(name)["body"]["action"]
 
-    metrics = scratch_client.get("/metrics").json
+    metrics = scratch_client.get("/metrics?format=json").json
     assert metrics["predict_requests"] == 2 and metrics["predicted_tasks"] == 6
 
 

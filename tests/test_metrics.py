@@ -1,0 +1,94 @@
+"""GET /metrics: Prometheus' text format, counted across gunicorn workers; JSON on ?format=json."""
+
+from __future__ import annotations
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import EDGE_CASES, LABEL_CONFIG, tasks_for
+from test_training import CLUENER_CONFIG, cluener_tasks, wait_job
+
+
+def parse(text: str) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def scrape(client) -> dict:
+    reply = client.get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return parse(reply.get_data(as_text=True))
+
+
+def test_prometheus_text_and_json(make_app):
+    client = make_app().test_client()
+    before = scrape(client)
+    body = {"tasks": tasks_for(EDGE_CASES[:3]), "label_config": LABEL_CONFIG, "project": "31.5"}
+    assert client.post("/predict", json=body).status_code == 200
+    assert client.post("/predict", data="x", content_type="text/plain").status_code == 415
+    assert client.get("/no-such-page").status_code == 404
+    after = scrape(client)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("uie_http_requests_total", endpoint="/predict", method="POST", status="200") == 1
+    assert delta("uie_http_requests_total", endpoint="/predict", method="POST", status="415") == 1
+    assert delta("uie_http_requests_total", endpoint="other", method="GET", status="404") == 1
+    assert delta("uie_http_request_duration_seconds_count", endpoint="/predict", method="POST",
+                 status="200") == 1
+    assert delta("uie_http_request_duration_seconds_bucket", endpoint="/predict", method="POST",
+                 status="200", le="+Inf") == 1
+    assert delta("uie_predicted_tasks_total", project="31") == 3
+    assert delta("uie_predicted_regions_total", project="31") >= 0
+    assert value(after, "uie_served_model_info", project="_base", kind="scratch",
+                 version=client.get("/health").json["model_version"]) == 1
+    assert {labels for name, labels in after if name == "uie_jobs"} == {
+        (("state", s),) for s in ("done", "failed", "queued", "running")}
+
+    legacy = client.get("/metrics?format=json")
+    assert legacy.is_json and legacy.json["predict_requests"] == 1 and legacy.json["predicted_tasks"] == 3
+    assert set(legacy.json["jobs"]) == {"queued", "running", "failed", "done"}
+
+
+def test_a_finished_job_is_counted_with_its_duration(make_app, scratch_small):
+    app = make_app(uie_model=str(scratch_small), train_epochs=1, train_max_seq_len=64)
+    client = app.test_client()
+    before = scrape(client)
+    job = client.post("/train", json={"annotations": cluener_tasks(3), "project": "32.1",
+                                      "label_config": CLUENER_CONFIG}).json["job"]
+    done = wait_job(lambda p: client.get(p).json, "32", job["id"])
+    assert done["state"] == "done", done
+    after = scrape(client)
+    count = "uie_training_duration_seconds_count"
+    assert value(after, count, state="done") - value(before, count, state="done") == 1
+    seconds = (value(after, "uie_training_duration_seconds_sum", state="done")
+               - value(before, "uie_training_duration_seconds_sum", state="done"))
+    assert 0 < seconds < done["finished"] - done["created"] + 1
+    assert value(after, "uie_jobs", state="done") == 1
+    assert value(after, "uie_served_model_info", project="32", kind="trained",
+                 version=done["model_version"]) == 1
+
+
+def test_counts_add_up_across_gunicorn_workers(gunicorn):
+    """Workers that each answer at most 3 requests (then gunicorn replaces them): every
+    scrape still counts all 12 predictions, those of the workers gone included."""
+    server = gunicorn(WORKERS="2", THREADS="2", GUNICORN_CMD_ARGS="--max-requests 3")
+    body = {"tasks": tasks_for(EDGE_CASES[:2]), "label_config": LABEL_CONFIG, "project": "33"}
+    for _ in range(12):
+        reply = requests.post(server.url + "/predict", json=body, timeout=60)
+        assert reply.status_code == 200
+    for _ in range(3):
+        samples = parse(requests.get(server.url + "/metrics", timeout=60).text)
+        assert value(samples, "uie_http_requests_total", endpoint="/predict", method="POST",
+                     status="200") == 12
+        assert value(samples, "uie_http_request_duration_seconds_count", endpoint="/predict",
+                     method="POST", status="200") == 12
+        assert value(samples, "uie_predicted_tasks_total", project="33") == 24
+    # the JSON counters are the answering worker's own, which saw 3 requests at most
+    assert requests.get(server.url + "/metrics?format=json", timeout=60).json()["predict_requests"] <= 3
