@@ -200,6 +200,11 @@ def test_relations_link_regions_of_the_same_prediction_with_exact_offsets(relati
         # the task score takes the relations into account: the least sure item
         assert prediction["score"] == min(r["score"] for r in prediction["result"]) if rels else True
     assert predicted_relations(predictions) == gold_relations(EDGE_RELATION_CASES)
+    # what Label Studio checks when its prediction validation is on (label-studio-sdk 2.1.2)
+    from label_studio_sdk.label_interface import LabelInterface
+
+    interface = LabelInterface(RELATION_CONFIG)
+    assert [interface.validate_prediction(p, return_errors=True) for p in predictions] == [[]] * len(predictions)
     # the long text: its subject and object lie in different windows of SEQ_LEN tokens
     long = next(p for (t, _, _), p in zip(EDGE_RELATION_CASES, predictions) if t == LONG_TEXT)
     [relation] = [r for r in long["result"] if r["type"] == "relation"]

@@ -10,6 +10,10 @@ annotations.
   through Label Studio's webhooks.
 * Round 2: a second backend with ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``
   and a fresh ``MODEL_DIR`` reads the annotations through Label Studio's API.
+* Relations: a project whose config has ``<Relations>`` (Label Studio's own
+  relation template, without name or toName): annotations with relations
+  (drawn right and left) train a new version, whose predictions Label Studio
+  stores with their relation items between the predicted regions.
 
 Label Studio is installed into ``<repo>/.venv-ls`` on first use (~1.5 min),
 its cold start takes ~1 min and each training round a few minutes on a CPU.
@@ -412,3 +416,102 @@ def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
     version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
                                  source="Label Studio API", round_name="round 2 (Label Studio API)")
     assert version.startswith("v1-")
+
+
+# ---------------------------------------------------------------------------
+# relations
+# ---------------------------------------------------------------------------
+def relation_config():
+    """tests/test_relations.py's config, laid out as Label Studio's relation template."""
+    from test_relations import FOUNDER, ORG, PERSON
+
+    return ("<View>\n"
+            '  <Relations>\n'
+            f'    <Relation value="{FOUNDER}"/>\n'
+            '  </Relations>\n'
+            '  <Labels name="label" toName="text">\n'
+            f'    <Label value="{PERSON}"/>\n'
+            f'    <Label value="{ORG}"/>\n'
+            '  </Labels>\n'
+            '  <Text name="text" value="$text"/>\n'
+            "</View>")
+
+
+def stored_relations(prediction):
+    """{(subject (start, end), object (start, end), label)} of a stored prediction; every
+    relation item names regions of that same prediction."""
+    regions = {r["id"]: r["value"] for r in prediction["result"] if r["type"] == "labels"}
+    out = set()
+    for item in prediction["result"]:
+        if item["type"] != "relation":
+            continue
+        assert item["from_id"] in regions and item["to_id"] in regions, prediction
+        assert item["direction"] == "right" and 0 < item["score"] <= 1, item
+        subj, obj = regions[item["from_id"]], regions[item["to_id"]]
+        out.add(((subj["start"], subj["end"]), (obj["start"], obj["end"]), item["labels"][0]))
+    return out
+
+
+def test_relations_predicted_annotated_and_trained(label_studio, start_backend):
+    from test_relations import RELATION_CASES, annotation_result
+
+    ls = label_studio
+    config = relation_config()
+    backend = start_backend("relations", **TRAIN_ENV)
+    base_version = backend.get("/health")["model_version"]
+    project = ls.api("POST", "/api/projects", json={"title": "UIE e2e relations", "label_config": config})["id"]
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t, _, _ in RELATION_CASES])
+    task_ids = {t["data"]["text"]: t["id"] for t in list_tasks(ls, project)}
+    assert sorted(task_ids) == sorted(t for t, _, _ in RELATION_CASES)
+    ml_id, ml_state = connect_backend(ls, project, backend, "UIE (relations)")
+    assert ml_state["model_version"] == base_version, ml_state
+
+    # the untrained model: one prediction per task, whatever it finds
+    reply, _ = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == len(RELATION_CASES), reply
+    for tid, preds in predictions_by_task(ls, task_ids.values()).items():
+        assert [p["model_version"] for p in preds] == [base_version], preds
+        stored_relations(preds[0])
+
+    # annotate entities and relations; Label Studio's webhooks bring them to the backend
+    gold = {}
+    for text, spans, relations in RELATION_CASES:
+        result = annotation_result(text, spans, relations)
+        created = ls.api("POST", f"/api/tasks/{task_ids[text]}/annotations/", json={"result": result})
+        assert created["result"] == result, created["result"]
+        gold[task_ids[text]] = {(subj, obj, label) for subj, obj, label, _ in relations}
+    stored = [item for tid in task_ids.values()
+              for annotation in ls.api("GET", f"/api/tasks/{tid}/annotations/")
+              for item in annotation["result"] if item["type"] == "relation"]
+    assert len(stored) == sum(len(g) for g in gold.values()), stored
+
+    took = start_training(ls, ml_id, backend)
+    jobs = wait_for_job(backend, project)
+    assert len(jobs) == 1 and jobs[0]["promoted"] is True, jobs
+    version = jobs[0]["model_version"]
+    assert VERSION_RE.match(version) and jobs[0]["annotated_tasks"] == len(RELATION_CASES), jobs
+
+    reply, predict_seconds = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == len(RELATION_CASES), reply
+    found, n_found, n_regions = 0, 0, 0
+    misses, extras = [], []
+    for text, tid in task_ids.items():
+        stamped = [p for p in ls.api("GET", "/api/predictions", params={"task": tid})
+                   if p["model_version"] == version]
+        assert len(stamped) == 1, stamped
+        prediction = stamped[0]
+        for region in prediction["result"]:
+            if region["type"] == "labels":
+                n_regions += 1
+                value = region["value"]
+                assert text[value["start"]:value["end"]] == value["text"], (text, region)
+        got = stored_relations(prediction)   # as Label Studio stored them, read back through its API
+        found += len(got & gold[tid])
+        n_found += len(got)
+        misses += [(text[slice(*s)], text[slice(*o)]) for s, o, _ in gold[tid] - got]
+        extras += [(text[slice(*s)], text[slice(*o)]) for s, o, _ in got - gold[tid]]
+    n_gold = sum(len(g) for g in gold.values())
+    print(f"relations: Start Training answered in {took:.2f}s; version {version}; retrieve predictions "
+          f"took {predict_seconds:.1f}s; {n_regions} regions; annotated relations reproduced: "
+          f"{found}/{n_gold}; {n_found} predicted relations stored; missed {misses}; extra {extras}")
+    assert found / n_gold >= 0.8, (misses, extras, jobs[0]["log"])
