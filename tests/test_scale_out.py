@@ -211,6 +211,14 @@ def test_two_replicas_one_worker_over_redis(cluster, tmp_path):
     _record("scale_out_seconds", seconds)
     assert a.get("/versions") == b.get("/versions")
 
+    # POST /train on B with its own annotations: they travel with the job to the worker
+    own = cluener_tasks(5, start=40)
+    job = post(b, "/train", {"annotations": own, "project": SETUP["project"],
+                             "label_config": CLUENER_CONFIG})["job"]
+    done = wait_job(a.get, PROJECT, job["id"])
+    assert done["state"] == "done" and done["source"] == "train request", done
+    assert done["annotated_tasks"] == 5
+
 
 def test_embedded_start_training_to_new_version(gunicorn, tmp_path, scratch_small):
     """The same measurement in the embedded mode (one server), for the benchmark row."""
