@@ -115,29 +115,30 @@ def parse_label_config(xml: str) -> list[Control]:
 def parse_relations(xml: str) -> tuple[RelationLabel, ...]:
     """The ``<Relation>`` values of every ``<Relations>`` block of ``xml`` (``()`` if none).
 
-    ``LabelConfigError`` for a config ``parse_label_config`` refuses, and for a
+    ``LabelConfigError`` for XML that is no label config, and, when it has
+    relations, for a config ``parse_label_config`` refuses and for a
     ``subject_labels`` word that is no label of a Labels→Text control (a typo
-    would otherwise silently predict nothing).
+    would otherwise silently predict nothing). A ``<Relations>`` without
+    ``<Relation>`` values has nothing UIE can ask: ``()``.
     """
-    controls = parse_label_config(xml)
     root = _parse_xml(xml)
+    found = [child for block in root.iter() if _tag(block) == "Relations"
+             for child in block.iter() if _tag(child) == "Relation"]
+    if not found:
+        return ()
+    controls = parse_label_config(xml)
     entity_labels = {label for control in controls for label, _ in control.labels}
     out: dict[str, RelationLabel] = {}
-    for block in root.iter():
-        if _tag(block) != "Relations":
+    for child in found:
+        value = child.get("value") or child.get("alias")
+        if not value or value in out:
             continue
-        for child in block.iter():
-            if _tag(child) != "Relation":
-                continue
-            value = child.get("value") or child.get("alias")
-            if not value or value in out:
-                continue
-            prompts = _words(child.get("predicted_values")) or (value,)
-            subjects = _words(child.get("subject_labels"))
-            unknown = [label for label in subjects if label not in entity_labels]
-            if unknown:
-                raise LabelConfigError(
-                    f"<Relation value={value!r}> has subject_labels {', '.join(map(repr, unknown))}, "
-                    f"which no <Labels> on a <Text> has (labels: {', '.join(sorted(entity_labels))})")
-            out[value] = RelationLabel(value, prompts, subjects)
+        prompts = _words(child.get("predicted_values")) or (value,)
+        subjects = _words(child.get("subject_labels"))
+        unknown = [label for label in subjects if label not in entity_labels]
+        if unknown:
+            raise LabelConfigError(
+                f"<Relation value={value!r}> has subject_labels {', '.join(map(repr, unknown))}, "
+                f"which no <Labels> on a <Text> has (labels: {', '.join(sorted(entity_labels))})")
+        out[value] = RelationLabel(value, prompts, subjects)
     return tuple(out.values())

@@ -69,6 +69,9 @@ def test_relations_are_read_from_the_xml_with_their_words_and_subject_labels():
     assert born.starts_from("人名") and not born.starts_from("组织机构")
     no_relations = config[:config.index("<Relations>")] + config[config.index("</Relations>") + 12:]
     assert parse_relations(no_relations) == ()
+    # Label Studio's relations without labels: nothing UIE can ask
+    empty = no_relations.replace("<View>", "<View><Relations/>")
+    assert parse_relations(empty) == parse_relations(empty.replace("<Relations/>", "<Relations><Relation/></Relations>")) == ()
     assert parse_label_config(no_relations) == parse_label_config(config)
 
 

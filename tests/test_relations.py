@@ -350,6 +350,19 @@ def test_a_job_builds_paddlenlp_relation_examples_with_the_servers_words():
     assert {"创始人 of 腾讯公司", "founder of 腾讯公司", "founder of 马化腾"} <= prompts
 
 
+def test_a_job_takes_schema_lang_from_its_spec_or_the_servers_environment(monkeypatch):
+    from train_job import JobSpec, schema_lang_of
+
+    spec = JobSpec(project="1", label_config=RELATION_CONFIG, tasks=[], source="test", model_path="m",
+                   model_version="v")
+    monkeypatch.delenv("SCHEMA_LANG", raising=False)
+    assert schema_lang_of(spec) == "ch"
+    monkeypatch.setenv("SCHEMA_LANG", "en")        # the job process inherits the server's environment
+    assert schema_lang_of(spec) == "en"
+    spec.schema_lang = "ch"
+    assert schema_lang_of(spec) == "ch"
+
+
 def test_webhooks_start_training_new_version_predicts_the_relations(make_app):
     """Default settings, UIE_MODEL=scratch: a dozen tasks with relations, START_TRAINING, predictions."""
     app = make_app(uie_model="scratch", max_seq_len=512)   # the README's defaults otherwise
