@@ -155,16 +155,22 @@ def _keep_label_config(project: str, label_config: str):
 @api.get("/")
 @api.get("/health")
 def health():
+    """UP, and which model serves. Paths and error texts only to whom may see them:
+    everyone when basic auth is off, else the authenticated (``/health`` is open)."""
     ext = _ext()
     store, settings = ext["store"], ext["settings"]
     base = store.base
     engines = store.engines()
+    model = {"uie_model": settings.uie_model, "kind": base.kind, "path": base.path,
+             "fallback": bool(base.fallback_reason), "fallback_reason": base.fallback_reason or None,
+             **engines.get(base.path, {})}
+    details = {"loaded_models": engines, "problems": store.problems()}
+    if settings.basic_auth_user and not _credentials_match(request.authorization, settings):
+        model = {k: v for k, v in model.items() if k in ("uie_model", "kind", "fallback", "engine",
+                                                         "threads", "device")}
+        details = {"problems": sorted(details["problems"])}     # which projects, not why
     return jsonify(status="UP", model_class=UIEBackend.__name__, model_version=base.version,
-                   model={"uie_model": settings.uie_model, "kind": base.kind, "path": base.path,
-                          "fallback": bool(base.fallback_reason),
-                          "fallback_reason": base.fallback_reason or None,
-                          **engines.get(base.path, {})},
-                   device=store.device, loaded_models=engines, problems=store.problems())
+                   model=model, device=store.device, **details)
 
 
 @api.post("/setup")

@@ -172,3 +172,30 @@ def test_each_process_keeps_at_most_max_loaded_models(store_for, scratch_small, 
         store.live(project)
         assert len(store.loaded()) <= 2 and store.base.path in store.loaded()
     assert store.loaded()[-1] == store.live("1").path
+
+
+def test_health_shows_damaged_files_but_their_details_only_to_the_authenticated(make_app, scratch_small,
+                                                                                trained_model, tmp_path):
+    import base64
+
+    from model_store import ModelStore
+    from conftest import make_settings
+
+    models = tmp_path / "models"
+    store = ModelStore(make_settings(uie_model=str(scratch_small), model_dir=str(models)))
+    store.promote("4", trained_model, {})
+    (store.project_dir("4") / "current").write_text("garbage")
+    open_app = make_app(uie_model=str(scratch_small), model_dir=str(models)).test_client()
+    open_app.post("/setup", json={"project": "4.1"})
+    health = open_app.get("/health").json
+    assert "garbage" in health["problems"]["4"]["errors"][0] and health["loaded_models"]
+
+    locked = make_app(uie_model=str(scratch_small), model_dir=str(models), basic_auth_user="u",
+                      basic_auth_pass="p").test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+    locked.post("/setup", json={"project": "4.1"}, headers=auth)
+    anonymous = locked.get("/health").json
+    assert anonymous["status"] == "UP" and anonymous["problems"] == ["4"]
+    assert "loaded_models" not in anonymous and "path" not in anonymous["model"]
+    assert str(models) not in json.dumps(anonymous)
+    assert locked.get("/health", headers=auth).json["problems"]["4"]["errors"]
