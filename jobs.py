@@ -309,7 +309,7 @@ class JobRunner:
                        batch_size=s.train_batch_size, max_seq_len=s.train_max_seq_len,
                        learning_rate=s.train_learning_rate, num_epochs=s.train_epochs,
                        min_dev_tasks=s.train_min_dev_tasks, inference_engine=s.inference_engine,
-                       threads=s.math_threads, devices=s.train_devices)
+                       threads=s.math_threads, devices=s.train_devices, schema_lang=s.schema_lang)
 
     def _tasks(self, project, job_dir) -> tuple[list[dict], str]:
         request_tasks = job_dir / "request_tasks.json"

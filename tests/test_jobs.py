@@ -71,3 +71,13 @@ def test_old_job_directories_are_pruned(make_app, scratch_small):
         ids.append(job["id"])
         assert wait_job(lambda p: client.get(p).json, "13", job["id"])["state"] in ("done", "failed")
     assert [j["id"] for j in client.get("/jobs?project=13").json["jobs"]] == ids[1:]
+
+
+def test_a_job_is_given_the_servers_schema_lang(make_app, scratch_small):
+    client = make_app(uie_model=str(scratch_small), train_epochs=1, train_max_seq_len=64,
+                      schema_lang="en").test_client()
+    job = client.post("/train", json={"annotations": annotated_tasks(EDGE_CASES[:2]), "project": "14.1",
+                                      "label_config": LABEL_CONFIG}).json["job"]
+    done = wait_job(lambda p: client.get(p).json, "14", job["id"])
+    spec = json.loads((Path(done["log"]).parent / "spec.json").read_text(encoding="utf-8"))
+    assert spec["schema_lang"] == "en"
