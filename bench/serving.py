@@ -1,4 +1,4 @@
-"""Sections 1, 2 and 4: prediction throughput, interactive latency, server memory.
+"""Sections 1, 2, 4 and 7: prediction throughput, interactive latency, server memory, relations.
 
 Per model shape, two gunicorn servers (WORKERS=1) run side by side: (b) with
 the new defaults (Paddle Inference, every core, dynamic batching) and (b0)
@@ -7,12 +7,15 @@ the throughput requests and the latency requests and are then asked for
 their peak memory. The Taskflow loop (a) and the forward pass alone (c) run
 in this process, interleaved with (b) and (b0) round by round so that their
 ratios come from the same moments of a shared machine. A second pair of
-servers with WORKERS=2 gives the two-worker memory.
+servers with WORKERS=2 gives the two-worker memory. Section 7 sends the same
+texts with and without a ``<Relations>`` block to one server with the new
+defaults, the two interleaved round by round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import threading
@@ -52,10 +55,10 @@ def spans_of_prediction(prediction):
             for r in prediction["result"]}
 
 
-def predict(server, texts, start_id=1):
+def predict(server, texts, start_id=1, label_config=LABEL_CONFIG):
     """One ``POST /predict`` with a task per text (the tutorial's labels); its answer."""
     answer = post(server.url + "/predict", {"tasks": tasks_for(texts, start_id),
-                                            "label_config": LABEL_CONFIG, "project": "1"})
+                                            "label_config": label_config, "project": "1"})
     assert len(answer["results"]) == len(texts), f"{len(answer['results'])} results for {len(texts)} tasks"
     return answer
 
@@ -375,6 +378,87 @@ def fill_workers(server, texts):
     after["waves_of_4_requests"] = waves
     after["every_worker_served"] = all(busy)
     return {"idle": idle, "after_requests": after}
+
+
+# --------------------------------------------------------------------------
+# 7. relations: the cost of a <Relations> block
+
+# texts and rounds of (entities alone, with relations)
+RELATIONS_PLAN = {"texts": 256, "rounds": 3}
+RELATIONS_QUICK = {"texts": 64, "rounds": 1}
+RELATION_CONFIGS = {"entities": LABEL_CONFIG, "relations": common.RELATION_CONFIG}
+
+
+def prompts_asked(texts, answer, label_config, schema_lang) -> dict:
+    """Per text, what the server asked for ``answer``: its entity prompts (every ``<Labels>``
+    control's) and its relation prompts (``relations.build_query`` on the regions it
+    predicted, as ``relation_round`` asks them); and the regions and relations it returned."""
+    from label_config import parse_label_config, parse_relations
+    from relations import build_query
+
+    entity_prompts = sum(len(c.prompts) for c in parse_label_config(label_config))
+    relation_labels = parse_relations(label_config)
+    relation_prompts, regions, relations = [], [], []
+    for text, prediction in zip(texts, answer["results"]):
+        found = [r for r in prediction["result"] if r["type"] == "labels"]
+        regions.append(len(found))
+        relations.append(len(prediction["result"]) - len(found))
+        relation_prompts.append(len(build_query(text, found, relation_labels, schema_lang).prompts)
+                                if relation_labels else 0)
+    n = len(texts)
+    return {"entity_prompts_per_text": entity_prompts,
+            "relation_prompts_per_text": round(sum(relation_prompts) / n, 2),
+            "texts_with_relation_prompts": sum(1 for k in relation_prompts if k),
+            "regions_per_text": round(sum(regions) / n, 2),
+            "relations_per_text": round(sum(relations) / n, 2)}
+
+
+def relations(model, quick=False):
+    """``/predict`` of the same texts with the tutorial's labels alone and with three relations
+    (``common.RELATION_CONFIG``), interleaved round by round on one server with the new defaults
+    (server (b)); texts/s of each, the ratio, and the prompts each asked per text."""
+    import inference_engine
+    from settings import Settings
+
+    plan = RELATIONS_QUICK if quick else RELATIONS_PLAN
+    inference_engine.export_static(model)        # as in section 1: not in the worker's time
+    texts = common.bench_texts(plan["texts"])
+    env = dict(SERVERS[NEW], UIE_MODEL=str(model))
+    schema_lang = Settings.from_env(env).schema_lang
+    seconds = {name: [] for name in RELATION_CONFIGS}
+    cpu = {name: [] for name in RELATION_CONFIGS}
+    answers = {}
+    with Gunicorn(env, common.WORK / "logs" / "gunicorn-relations.log") as server:
+        engine = served_engine(server)
+        clock = cpu_clock(server.workers()[0])
+        for config in RELATION_CONFIGS.values():   # one untimed pass: the relation round's first
+            predict(server, texts, label_config=config)   # inputs pay one-time costs too
+
+        def run(name):
+            answers[name] = predict(server, texts, label_config=RELATION_CONFIGS[name])
+
+        for r in range(plan["rounds"]):
+            for name in RELATION_CONFIGS:
+                wall, cpu_s = measure(functools.partial(run, name), clock)
+                seconds[name].append(wall)
+                cpu[name].append(cpu_s)
+            log(f"relations: round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items())
+                + f" for {len(texts)} texts (load {os.getloadavg()[0]:.1f})")
+    n = {name: len(texts) for name in RELATION_CONFIGS}
+    asked = {name: prompts_asked(texts, answers[name], config, schema_lang)
+             for name, config in RELATION_CONFIGS.items()}
+    if not asked["relations"]["relation_prompts_per_text"]:
+        log("WARNING: relations: the model found no subject region, no relation prompt was asked")
+    out = {"model": str(model), "engine": engine, "texts": len(texts), "rounds": plan["rounds"],
+           "schema_lang": schema_lang, "relations": [list(r) for r in common.RELATIONS],
+           "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+           "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+           "texts_per_s": {k: round(n[k] / median(v), 2) for k, v in seconds.items()},
+           "relations_over_entities": round(rate_ratio(seconds, n, "relations", "entities"), 3),
+           "cpu_relations_over_entities": round(rate_ratio(cpu, n, "relations", "entities"), 3),
+           "prompts": asked}
+    log(f"relations: {out['texts_per_s']}, ratio {out['relations_over_entities']}, prompts {asked}")
+    return out
 
 
 # --------------------------------------------------------------------------

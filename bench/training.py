@@ -1,7 +1,9 @@
-"""Sections 3 and 5: finetune.py's training rate, START_TRAINING -> served, learning curves."""
+"""Sections 3, 5 and 8: finetune.py's training rate, START_TRAINING -> served (embedded, and
+across replicas in the scale-out mode), learning curves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -89,34 +91,70 @@ def training_rate(shape, quick=False):
 
 
 # --------------------------------------------------------------------------
-# 3b. START_TRAINING -> the new version served
+# 3b. START_TRAINING -> the new version served; scale-out: the same across replicas
 
-def train_to_served(n_tasks=200, epochs=5, shape="nano"):
-    """Wall time from the START_TRAINING webhook to ``/predict`` answering with the new version."""
+EMBEDDED, SCALE_OUT = "embedded", "scale-out"
+
+
+@contextlib.contextmanager
+def deployment(mode, env, name):
+    """The backend in ``mode``, on ``env``; yields (A, B): the replica that gets /setup and
+    START_TRAINING, and the one that gets the webhooks and is asked for predictions.
+
+    embedded: one gunicorn that trains (A is B). scale-out: a Redis (tests/redis_server.py),
+    replicas A and B over one MODEL_DIR and one RQ worker (``job_queue.py worker``), idle
+    on the queue before anything is sent, as a deployed worker would be.
+    """
+    logs = common.WORK / "logs"
+    if mode == EMBEDDED:
+        with Gunicorn(env, logs / f"gunicorn-{name}.log") as server:
+            yield server, server
+        return
+    from redis_server import RedisServer
+
+    redis = RedisServer()
+    env = dict(env, REDIS_URL=redis.url)
+    running = []
+    try:
+        for replica in ("a", "b"):      # one after the other: the first exports the base model
+            running.append(Gunicorn(env, logs / f"gunicorn-{name}-{replica}.log"))
+            running[-1].wait()
+        running.append(common.RQWorker(env, logs / f"worker-{name}.log"))
+        running[-1].wait(redis)
+        yield running[0], running[1]
+    finally:
+        for process in reversed(running):
+            process.stop()
+        redis.stop()
+
+
+def train_to_served(n_tasks=200, epochs=5, shape="nano", mode=EMBEDDED, name="train-to-served"):
+    """Wall time from the START_TRAINING webhook (to A) to ``/predict`` answering with the new
+    version (on B), ``n_tasks`` annotated tasks sent before as webhooks (to B); see ``deployment``."""
     sentences = common.cluener()[2000: 2000 + n_tasks]
     model = common.model_dir(shape, **common.SHAPES[shape])
-    root = common.WORK / "serve" / "train-to-served"
+    root = common.WORK / "serve" / name
     shutil.rmtree(root, ignore_errors=True)
     env = {"UIE_MODEL": str(model), "MODEL_DIR": str(root)}
     if epochs:
         env["TRAIN_EPOCHS"] = str(epochs)
     project = {"id": 1, "label_config": CLUENER_CONFIG}
-    with Gunicorn(env, common.WORK / "logs" / "gunicorn-train.log") as server:
-        post(server.url + "/setup", {"project": "1.1", "schema": CLUENER_CONFIG})
+    with deployment(mode, env, name) as (a, b):
+        post(a.url + "/setup", {"project": "1.1", "schema": CLUENER_CONFIG})
         t = time.perf_counter()
         for i, s in enumerate(sentences, 1):
             task, annotation = common.ls_task(i, s)
-            post(server.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
-                                           "task": task, "project": project})
+            post(b.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
+                                      "task": task, "project": project})
         webhooks_s = time.perf_counter() - t
         probe = {"tasks": [{"id": 1, "data": {"text": sentences[0]["text"]}}], "project": "1.1",
                  "label_config": CLUENER_CONFIG}
-        before = post(server.url + "/predict", probe)["model_version"]
+        before = post(b.url + "/predict", probe)["model_version"]
         started = time.perf_counter()
-        job = post(server.url + "/webhook", {"action": "START_TRAINING", "project": project})["job"]
+        job = post(a.url + "/webhook", {"action": "START_TRAINING", "project": project})["job"]
         state, done_at = None, None
         while True:
-            jobs = requests.get(server.url + "/jobs", params={"project": "1"}, timeout=30).json()["jobs"]
+            jobs = requests.get(b.url + "/jobs", params={"project": "1"}, timeout=30).json()["jobs"]
             state = next(j for j in jobs if j["id"] == job["id"])
             if state["state"] in ("done", "failed"):
                 done_at = time.perf_counter()
@@ -125,15 +163,15 @@ def train_to_served(n_tasks=200, epochs=5, shape="nano"):
         if state["state"] != "done":
             raise RuntimeError(f"training job failed: {state.get('error')}")
         while True:
-            version = post(server.url + "/predict", probe)["model_version"]
+            version = post(b.url + "/predict", probe)["model_version"]
             if version != before:
                 break
             time.sleep(0.2)
         served_at = time.perf_counter()
-        versions = requests.get(server.url + "/versions", params={"project": "1"}, timeout=30).json()
+        versions = requests.get(b.url + "/versions", params={"project": "1"}, timeout=30).json()
     meta = versions["projects"]["1"]["versions"][-1]
     total = served_at - started
-    out = {"tasks": n_tasks, "train_epochs": epochs, "webhooks_s": round(webhooks_s, 1),
+    out = {"mode": mode, "tasks": n_tasks, "train_epochs": epochs, "webhooks_s": round(webhooks_s, 1),
            "total_s": round(total, 1), "job_done_s": round(done_at - started, 1),
            "finetune_train_s": meta.get("train_seconds"), "epochs_run": meta.get("epochs_run"),
            "dev_f1": meta.get("dev", {}).get("f1"), "new_version": version,
@@ -142,7 +180,46 @@ def train_to_served(n_tasks=200, epochs=5, shape="nano"):
         out["other_s"] = round(total - meta["train_seconds"], 1)
         per_epoch = meta["train_seconds"] / max(1, meta.get("epochs_run") or epochs)
         out["per_epoch_s"] = round(per_epoch, 1)
-    log(f"train-to-served: {out}")
+    log(f"{name}: {out}")
+    return out
+
+
+# (scale-out section) annotated tasks, TRAIN_EPOCHS, rounds of (embedded, scale-out)
+SCALE_OUT_PLAN = {"tasks": 150, "epochs": 2, "rounds": 2, "shape": "nano"}
+SCALE_OUT_QUICK = {"tasks": 40, "epochs": 1, "rounds": 1}
+
+
+def scale_out(quick=False):
+    """``train_to_served`` embedded and scale-out side by side: the same tasks, model and
+    settings, fresh deployments each time; the order alternates from round to round."""
+    plan = dict(SCALE_OUT_PLAN, **(SCALE_OUT_QUICK if quick else {}))
+    modes = (EMBEDDED, SCALE_OUT)
+    runs = {mode: [] for mode in modes}
+    for r in range(plan["rounds"]):
+        for mode in (modes if r % 2 == 0 else modes[::-1]):
+            runs[mode].append(train_to_served(plan["tasks"], plan["epochs"], plan["shape"], mode,
+                                              name=f"scale-out-{mode}-{r + 1}"))
+
+    def middle(mode, key):
+        values = [run[key] for run in runs[mode] if run.get(key) is not None]
+        return round(common.median(values), 1) if values else None
+
+    def paired(key, combine):
+        """The median over the rounds of ``combine(scale-out, embedded)`` of ``key``."""
+        pairs = [(s.get(key), e.get(key)) for e, s in zip(runs[EMBEDDED], runs[SCALE_OUT])]
+        values = [combine(s, e) for s, e in pairs if s is not None and e is not None]
+        return round(common.median(values), 2) if values else None
+
+    out = {"shape": plan["shape"], "tasks": plan["tasks"], "train_epochs": plan["epochs"],
+           "rounds": plan["rounds"], "runs": runs,
+           "median": {mode: {key: middle(mode, key) for key in
+                             ("total_s", "finetune_train_s", "other_s", "job_started_s")}
+                      for mode in modes},
+           "scale_out_over_embedded": paired("total_s", lambda s, e: s / e),
+           "scale_out_minus_embedded_s": paired("total_s", lambda s, e: s - e),
+           # finetune's training is the same work in both: the deployments differ in the rest
+           "other_scale_out_minus_embedded_s": paired("other_s", lambda s, e: s - e)}
+    log(f"scale-out: {out['median']}, ratio {out['scale_out_over_embedded']}")
     return out
 
 
@@ -278,12 +355,15 @@ def learning_run(recipe, n_sentences, minutes, name=None, test=True, threads=Non
     return out
 
 
-def trained_tutorial_model(minutes=3.0):
-    """A small scratch UIE trained on CLUENER mapped to the tutorial's prompts (for agreement,
-    when no learning run has left a model)."""
+def trained_tutorial_model(minutes=3.0, shape=None):
+    """A UIE trained on CLUENER mapped to the tutorial's prompts: the best recipe's scratch shape
+    (for agreement, when no learning run has left a model), or, with ``shape``, that shape
+    (``common.SHAPES``, random weights) as the start (for relations: a model that finds regions,
+    whose subjects the relation prompts ask about). Trained once, kept under work/models/."""
     import uie_model
 
-    path = common.WORK / "models" / "trained-tutorial"
+    name = "trained-tutorial" if shape is None else f"trained-tutorial-{shape}-{minutes:g}min"
+    path = common.WORK / "models" / name
     if uie_model.is_model_dir(path / "model_best"):
         return path / "model_best"
     sentences = common.cluener()[3000:3500]
@@ -291,14 +371,16 @@ def trained_tutorial_model(minutes=3.0):
     train = common.uie_examples(sentences, prompts=prompts, negatives=3)
     data = common.WORK / "data" / "tutorial"
     best = recipe()
-    spec = {"build": best["shape"], "save_dir": str(path),
+    start = ({"build": best["shape"]} if shape is None
+             else {"model": str(common.model_dir(shape, **common.SHAPES[shape]))})
+    spec = {**start, "save_dir": str(path),
             "train": str(write_jsonl(data / "train.jsonl", train)),
             "dev": str(write_jsonl(data / "dev.jsonl", common.uie_examples(sentences[:100], prompts=prompts))),
             "kwargs": {"learning_rate": best["learning_rate"], "num_epochs": 30, "batch_size": 16,
                        "max_seq_len": 128, "valid_steps": 100, "patience": 1000,
                        "pos_weight": best.get("pos_weight", 5.0), "max_seconds": minutes * 60}}
-    result = run_worker(spec, "trained-tutorial")
-    log(f"tutorial model: dev f1 {result['f1']} after {result['train_seconds']}s")
+    result = run_worker(spec, name)
+    log(f"{name}: dev f1 {result['f1']} after {result['train_seconds']}s")
     return path / "model_best"
 
 
