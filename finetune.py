@@ -539,29 +539,17 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 
     import uie_model
 
+    options = {k: v for k, v in locals().items()
+               if k not in ("train_examples", "dev_examples", "model_dir", "save_dir", "devices",
+                            "paddle", "uie_model")}
     dist = Distributed.from_env()
     if devices and dist is None and "PADDLE_TRAINERS_NUM" not in os.environ:
-        return launch(devices, train_examples, dev_examples, model_dir, save_dir,
-                      learning_rate=learning_rate, num_epochs=num_epochs, batch_size=batch_size,
-                      max_seq_len=max_seq_len, seed=seed, logging_steps=logging_steps,
-                      valid_steps=valid_steps, device=device, patience=patience,
-                      weight_decay=weight_decay, warmup_proportion=warmup_proportion,
-                      init_from_ckpt=init_from_ckpt, max_seconds=max_seconds, pos_weight=pos_weight,
-                      tagging_weight=tagging_weight, max_negatives=max_negatives)
-
-    if not train_examples:
-        raise DataError("the training set is empty")
-    if max_negatives is not None and max_negatives < 0:
-        raise DataError(f"max_negatives must be 0 or more, not {max_negatives}")
-    if tagging_weight is not None and tagging_weight < 0:
-        raise DataError(f"tagging_weight must be 0 or more, not {tagging_weight}")
-    if max_seq_len < uie_model.MIN_SEQ_LEN:
-        raise DataError(f"max_seq_len must be at least {uie_model.MIN_SEQ_LEN}, not {max_seq_len}")
+        return launch(devices, train_examples, dev_examples, model_dir, save_dir, **options)
+    check_options(train_examples, max_negatives, tagging_weight, max_seq_len)
     kind = model_kind(model_dir)
-    learning_rate = learning_rate or DEFAULTS[kind]["learning_rate"]
-    pos_weight = pos_weight or DEFAULTS[kind]["pos_weight"]
-    patience = patience or DEFAULTS[kind]["patience"]
-    tagging_weight = DEFAULTS[kind]["tagging_weight"] if tagging_weight is None else tagging_weight
+    defaults = DEFAULTS[kind]
+    learning_rate = learning_rate or defaults["learning_rate"]
+    tagging_weight = defaults["tagging_weight"] if tagging_weight is None else tagging_weight
     dev_examples = dev_examples or train_examples
     random.seed(seed)
     np.random.seed(seed)
@@ -576,14 +564,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     encoded = encode_examples(train_examples, tokenizer, max_seq_len, origins)
     if not encoded:
         raise DataError("no training example has any token")
-    tagging = None
-    if tagging_weight > 0:
-        tag_classes, tag_encoded = encode_tagging(train_examples, tokenizer, max_seq_len)
-        if tag_encoded:
-            head = paddle.nn.Linear(model.config.hidden_size, 2 * len(tag_classes))
-            tagging = TaggingTask(tag_encoded, tag_classes, head, tagging_weight)
-    predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
-                                       batch_size=max(batch_size, 32))
+    tagging = tagging_task(train_examples, tokenizer, max_seq_len, model, tagging_weight)
     rng = random.Random(seed)
 
     def epoch_order():
@@ -591,11 +572,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
             return range(len(encoded))
         return sample_negatives(train_examples, origins, max_negatives, rng)
 
-    steps_per_epoch = math.ceil(len(epoch_order()) / batch_size)
-    if dist and steps_per_epoch >= dist.world:
-        steps_per_epoch //= dist.world      # each process takes its share of the batches
-    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
-        20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
+    steps_per_epoch, num_epochs = plan_epochs(len(epoch_order()), batch_size, num_epochs, kind, dist)
     total_steps = steps_per_epoch * num_epochs
     optimizer, schedule = make_optimizer(model, tagging.head.parameters() if tagging else [],
                                          learning_rate, total_steps, warmup_proportion, weight_decay)
@@ -612,10 +589,13 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         save_best(model, model_dir, save_dir, dict(metrics, max_seq_len=max_seq_len, kind=kind))
         log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
 
+    predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
+                                       batch_size=max(batch_size, 32))
     trainer = Trainer(model=model, tokenizer=tokenizer, encoded=encoded, optimizer=optimizer,
                       schedule=schedule, rng=rng, predictor=predictor, dev_examples=dev_examples,
-                      save=save, batch_size=batch_size, pos_weight=pos_weight, patience=patience,
-                      max_seconds=max_seconds, tagging=tagging, dist=dist)
+                      save=save, batch_size=batch_size, pos_weight=pos_weight or defaults["pos_weight"],
+                      patience=patience or defaults["patience"], max_seconds=max_seconds,
+                      tagging=tagging, dist=dist)
     if dist:
         dist.same_start(trainer.parameters())
     epochs_run = trainer.run(num_epochs, total_steps, epoch_order, logging_steps, valid_steps)
@@ -633,6 +613,44 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                   world_size=dist.world if dist else 1)
     (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def check_options(train_examples, max_negatives, tagging_weight, max_seq_len):
+    """``DataError`` for a training set or option ``finetune`` cannot use."""
+    import uie_model
+
+    if not train_examples:
+        raise DataError("the training set is empty")
+    if max_negatives is not None and max_negatives < 0:
+        raise DataError(f"max_negatives must be 0 or more, not {max_negatives}")
+    if tagging_weight is not None and tagging_weight < 0:
+        raise DataError(f"tagging_weight must be 0 or more, not {tagging_weight}")
+    if max_seq_len < uie_model.MIN_SEQ_LEN:
+        raise DataError(f"max_seq_len must be at least {uie_model.MIN_SEQ_LEN}, not {max_seq_len}")
+
+
+def tagging_task(examples, tokenizer, max_seq_len, model, weight):
+    """The auxiliary prompt-free tagging task (``None`` with weight 0 or nothing to tag)."""
+    import paddle
+
+    if weight <= 0:
+        return None
+    classes, encoded = encode_tagging(examples, tokenizer, max_seq_len)
+    if not encoded:
+        return None
+    head = paddle.nn.Linear(model.config.hidden_size, 2 * len(classes))
+    return TaggingTask(encoded, classes, head, weight)
+
+
+def plan_epochs(n_inputs, batch_size, num_epochs, kind, dist=None) -> tuple[int, int]:
+    """``(steps per epoch, epochs)``: a scratch model's default epochs come to about
+    ``SCRATCH_STEPS`` steps (20 to 200 epochs); each launched process takes its share."""
+    steps_per_epoch = math.ceil(n_inputs / batch_size)
+    if dist and steps_per_epoch >= dist.world:
+        steps_per_epoch //= dist.world
+    num_epochs = num_epochs or DEFAULTS[kind]["num_epochs"] or max(
+        20, min(200, math.ceil(SCRATCH_STEPS / steps_per_epoch)))
+    return steps_per_epoch, num_epochs
 
 
 def load_model(model_dir, init_from_ckpt=None):
