@@ -11,9 +11,7 @@ import json
 import os
 import platform
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,11 +28,11 @@ os.environ["HOME"] = str(HOME)
 os.environ["PPNLP_HOME"] = str(HOME / "ppnlp")
 os.environ.pop("LABEL_STUDIO_URL", None)
 os.environ.pop("LABEL_STUDIO_API_KEY", None)
-for path in (REPO, REPO / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-import gunicorn_process  # noqa: E402  (tests/gunicorn_process.py: the tests' gunicorn helper)
+from harness import gunicorn_process  # noqa: E402  (the tests' gunicorn process, harness/)
+from harness.rq_worker import RQWorker  # noqa: E402,F401  (bench/training.py starts workers)
 
 # The tutorial's seven labels (Label Studio's UIE example), used as UIE prompts.
 LABELS = ["地名", "人名", "组织机构", "时间", "产品", "价格", "天气"]
@@ -176,7 +174,7 @@ def model_dir(name, **shape) -> Path:
 # gunicorn, as `make run` starts it
 
 class Gunicorn(gunicorn_process.Gunicorn):
-    """The tests' gunicorn process (tests/gunicorn_process.py), with bench defaults
+    """The tests' gunicorn process (harness/gunicorn_process.py), with bench defaults
     (its own MODEL_DIR under work/serve, quiet logs) and memory readings."""
 
     def __init__(self, env, log_path, model_root=None):
@@ -210,43 +208,6 @@ class Gunicorn(gunicorn_process.Gunicorn):
                 "worker_peak_mib": [round(w["VmHWM"], 1) for w in workers],
                 "worker_rss_mib": [round(w["VmRSS"], 1) for w in workers],
                 "total_peak_mib": round(master["VmHWM"] + sum(w["VmHWM"] for w in workers), 1)}
-
-
-class RQWorker:
-    """``python job_queue.py worker`` (``make worker``) with ``env``, in its own session, as
-    tests/test_scale_out.py starts it; ``wait`` until it is idle on the queue."""
-
-    def __init__(self, env, log_path):
-        self.log_path = Path(log_path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "job_queue.py", "worker"], cwd=REPO,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def wait(self, redis, timeout=120):
-        """Until an RQ worker is registered idle in ``redis`` (tests/redis_server.RedisServer)."""
-        from rq import Worker
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"RQ worker exited ({self.log_path}): {self.log_path.read_text()[-3000:]}")
-            if any(w.get_state() == "idle" for w in Worker.all(connection=redis.client())):
-                return self
-            time.sleep(0.25)
-        raise RuntimeError(f"RQ worker not idle after {timeout}s ({self.log_path})")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)     # RQ's warm shutdown: idle, it exits
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 def post(url, body, timeout=1800):

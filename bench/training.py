@@ -101,7 +101,7 @@ def deployment(mode, env, name):
     """The backend in ``mode``, on ``env``; yields (A, B): the replica that gets /setup and
     START_TRAINING, and the one that gets the webhooks and is asked for predictions.
 
-    embedded: one gunicorn that trains (A is B). scale-out: a Redis (tests/redis_server.py),
+    embedded: one gunicorn that trains (A is B). scale-out: a Redis (harness/redis_server.py),
     replicas A and B over one MODEL_DIR and one RQ worker (``job_queue.py worker``), idle
     on the queue before anything is sent, as a deployed worker would be.
     """
@@ -110,7 +110,7 @@ def deployment(mode, env, name):
         with Gunicorn(env, logs / f"gunicorn-{name}.log") as server:
             yield server, server
         return
-    from redis_server import RedisServer
+    from harness.redis_server import RedisServer
 
     redis = RedisServer()
     env = dict(env, REDIS_URL=redis.url)

@@ -18,9 +18,10 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from gunicorn_process import REPO, Gunicorn, free_port  # noqa: E402,F401  (re-exported to the tests)
-
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from harness.gunicorn_process import Gunicorn, free_port  # noqa: E402,F401  (re-exported to the tests)
 SHARED = REPO.parent / "shared"
 REQUESTS = SHARED / "label-studio-1.23.2" / "requests"
 

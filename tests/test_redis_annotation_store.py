@@ -9,7 +9,7 @@ import pytest
 from annotation_store import AnnotationStore
 from conftest import load_request
 from redis_annotation_store import RedisAnnotationStore
-from redis_server import RedisServer
+from harness.redis_server import RedisServer
 
 CREATED = load_request("post_webhook_annotation_created.json")["body"]
 UPDATED = load_request("post_webhook_annotation_updated.json")["body"]

