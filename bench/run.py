@@ -3,9 +3,9 @@
 Sections: throughput (1), latency (2), training (3), memory (4), learning (5),
 profile (6), relations (7), scale_out (8), agreement and, only when asked for,
 recipes (short learning runs of several scratch shapes / learning rates).
-Results are merged into ``bench/results.json`` (a section that was not run
-keeps its previous numbers) and written out as ``bench/results.md``. See
-bench/README.md.
+Results are merged into ``bench/results.json`` (a section, or a shape of
+sections 1, 2 and 4, that was not run keeps its previous numbers) and written
+out as ``bench/results.md``. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -77,9 +77,10 @@ def main(argv=None):
         for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
             per_shape[shape] = serving.run_shape(shape, serve_sections, quick=args.quick,
                                                  batch_size=args.batch_size)
-        for section in serve_sections:
+        for section in serve_sections:      # shapes not run keep their previous numbers
             value = {shape: r[section] for shape, r in per_shape.items() if section in r}
-            save(section, value)
+            kept = {k: v for k, v in results.get(section, {}).items() if k != "_run" and k not in value}
+            save(section, dict(kept, **value))
 
     if "profile" in sections:
         shapes = [s.strip() for s in args.profile_shapes.split(",") if s.strip()]
