@@ -437,8 +437,9 @@ def report(results) -> str:
                       f"**{_f(s['total_s'], 1)} s** from the START_TRAINING webhook to the first `/predict` "
                       f"answered by the new version; of which finetune's training {_f(s.get('finetune_train_s'), 1)} s "
                       f"({s.get('epochs_run')} epochs, {_f(s.get('per_epoch_s'), 1)} s each with its per-epoch "
-                      f"evaluation) and everything else (convert, doccano, process start-ups, the two "
-                      f"evaluate.py runs, promotion, loading) {_f(s.get('other_s'), 1)} s. "
+                      f"evaluation) and everything else (the job process's start-up, convert, doccano, "
+                      f"the static export, scoring the new and the served model, promotion, loading) "
+                      f"{_f(s.get('other_s'), 1)} s. "
                       f"The {s['tasks']} webhooks took {_f(s['webhooks_s'], 1)} s."]
         lines.append("")
 
