@@ -235,7 +235,8 @@ def test_a_failing_job_leaves_the_served_version(quick_app):
 
 
 def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)],   # -ww: whole lines
+                         capture_output=True, text=True)
     return [line.split(None, 1) for line in out.stdout.splitlines() if line.strip()]
 
 
