@@ -55,6 +55,15 @@ def _dumps(value) -> str:
     return json.dumps(value, ensure_ascii=True)
 
 
+def check_label_config_text(label_config: str):
+    """``ValueError`` for a label config UTF-8 cannot hold (a lone surrogate)."""
+    try:
+        label_config.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the label config holds characters that are not valid Unicode "
+                         "(a lone surrogate)") from None
+
+
 def annotation_time(annotation: dict) -> float | None:
     """When an annotation was last changed (``updated_at``, else ``created_at``), epoch seconds."""
     for field in ("updated_at", "created_at"):
@@ -140,11 +149,7 @@ class AnnotationStore:
 
     def set_label_config(self, project: str, label_config: str):
         """Keep a project's label config; ``ValueError`` for text UTF-8 cannot hold."""
-        try:
-            label_config.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("the label config holds characters that are not valid Unicode "
-                             "(a lone surrogate)") from None
+        check_label_config_text(label_config)
         with self._db() as db:
             db.execute("INSERT INTO projects (project, label_config) VALUES (?, ?) "
                        "ON CONFLICT(project) DO UPDATE SET label_config = excluded.label_config",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 
-from annotation_store import _dumps, _key, annotation_time
+from annotation_store import _dumps, _key, annotation_time, check_label_config_text
 
 PREFIX = "uie:ann:"
 
@@ -104,11 +104,7 @@ class RedisAnnotationStore:
 
     def set_label_config(self, project: str, label_config: str):
         """Keep a project's label config; ``ValueError`` for text UTF-8 cannot hold."""
-        try:
-            label_config.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("the label config holds characters that are not valid Unicode "
-                             "(a lone surrogate)") from None
+        check_label_config_text(label_config)
         self.conn.set(self._k(project, "config"), label_config.encode("utf-8"))
 
     def label_config(self, project: str) -> str | None:
