@@ -10,7 +10,6 @@ installed into its own virtual environment, ``<repo>/.venv-label-studio-ml``
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
@@ -24,11 +23,12 @@ import requests
 
 import _wsgi
 from conftest import EDGE_CASES, LABEL_CONFIG, REPO, free_port, tasks_for
+from harness.tool_venv import InstallError, ensure_tool
 from settings import Settings
 
 LSML_VERSION = "1.0.9"
 LSML_VENV = REPO / ".venv-label-studio-ml"
-LSML_PACKAGES = [f"label-studio-ml=={LSML_VERSION}", "redis==5.0.8", "rq==1.16.2"]
+LSML_REQUIREMENTS = ["redis==5.0.8", "rq==1.16.2"]
 TEMPLATE = "label_studio_ml/default_configs/_wsgi.py.tmpl"
 # The options of label-studio-ml 1.0.9's _wsgi.py template (checked against the
 # installed template in test_label_studio_ml_start_serves_this_backend).
@@ -133,45 +133,16 @@ def test_a_model_that_does_not_load_stops_the_dev_server_with_a_message(tmp_path
 
 
 # -- label-studio-ml start, for real -----------------------------------------------------
-def _installed_version(venv: Path) -> str | None:
-    python = venv / "bin" / "python"
-    if not (venv / "bin" / "label-studio-ml").exists() or not python.exists():
-        return None
-    proc = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
-                           "print(m.version('label-studio-ml')); import label_studio_ml.server"],
-                          capture_output=True, text=True, timeout=120)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def ensure_label_studio_ml(venv: Path = LSML_VENV, log_dir: Path = REPO / "test-artifacts") -> Path:
-    """``venv/bin/label-studio-ml`` of ``LSML_VERSION``, installed with pip when missing.
-
-    Reused when it imports and has that version; two test runs never install
-    at once (a lock file next to the venv). A failed install fails the test
-    with the tail of pip's log.
-    """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.install-lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_version(venv) == LSML_VERSION:
-            return venv / "bin" / "label-studio-ml"
-        pip_log = log_dir / "label-studio-ml-pip.log"
-        base = Path(getattr(sys, "_base_executable", sys.executable))   # not the backend's venv
-        with open(pip_log, "w", encoding="utf-8") as out:
-            for cmd in ([str(base), "-m", "venv", "--clear", str(venv)],
-                        [str(venv / "bin" / "python"), "-m", "pip", "install",
-                         "--disable-pip-version-check", *LSML_PACKAGES]):
-                out.write(f"$ {' '.join(cmd)}\n")
-                out.flush()
-                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=900)
-                if proc.returncode != 0:
-                    pytest.fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
-                                f"{pip_log.read_text(encoding='utf-8')[-3000:]}", pytrace=False)
-        found = _installed_version(venv)
-        if found != LSML_VERSION:
-            pytest.fail(f"label-studio-ml in {venv} reports {found!r}, not {LSML_VERSION}; "
-                        f"log: {pip_log}", pytrace=False)
-        return venv / "bin" / "label-studio-ml"
+def ensure_label_studio_ml(venv: Path = LSML_VENV) -> Path:
+    """``venv/bin/label-studio-ml`` of ``LSML_VERSION`` (``harness.tool_venv``), installed with
+    pip when missing (it imports ``redis`` and ``rq`` without declaring them). A failed
+    install fails the test with the tail of pip's log."""
+    try:
+        return ensure_tool(venv, "label-studio-ml", LSML_VERSION, "label-studio-ml",
+                           requirements=LSML_REQUIREMENTS, log_dir=REPO / "test-artifacts",
+                           check_import="label_studio_ml.server", timeout=900)
+    except InstallError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def template_options(venv: Path) -> set[str]:

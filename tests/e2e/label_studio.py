@@ -13,7 +13,6 @@ says a headless test instance needs: no outbound traffic, backends on
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
@@ -28,6 +27,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from harness.gunicorn_process import free_port  # noqa: E402
+from harness.tool_venv import InstallError, ensure_tool, tail as _tail  # noqa: E402
 LS_VERSION = "1.23.2"
 LS_VENV = REPO / ".venv-ls"
 
@@ -41,73 +41,15 @@ class LabelStudioError(RuntimeError):
     """Label Studio could not be installed or started."""
 
 
-def _tail(path: Path, chars=4000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
-
-
-def _installed_version(venv: Path) -> str | None:
-    python = venv / "bin" / "python"
-    if not (venv / "bin" / "label-studio").exists() or not python.exists():
-        return None
-    proc = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
-                           "print(m.version('label-studio'))"],
-                          capture_output=True, text=True, timeout=120)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
 def ensure_label_studio(venv: Path = LS_VENV, version: str = LS_VERSION,
                         log_dir: Path | None = None, timeout: float = 1800) -> Path:
-    """Path of ``label-studio`` ``version`` in ``venv``; installs it there with pip when missing.
-
-    Reused as is when ``venv/bin/label-studio`` exists with that version. A
-    failed pip run raises ``LabelStudioError`` with the tail of pip's output
-    (kept in ``log_dir/label-studio-pip.log``).
-    """
-    venv = Path(venv)
-    exe = venv / "bin" / "label-studio"
-    log_dir = Path(log_dir or REPO / "test-artifacts")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = venv.parent / f".{venv.name}.install-lock"
-    with open(lock_path, "w") as lock:             # two test runs never install at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _installed_version(venv)
-        if found == version:
-            return exe
-        pip_log = log_dir / "label-studio-pip.log"
-        with open(pip_log, "w", encoding="utf-8") as out:
-            if not (venv / "bin" / "python").exists():
-                # the base interpreter, not the backend's venv: a clean, separate environment
-                base = Path(getattr(sys, "_base_executable", sys.executable))
-                out.write(f"$ {base} -m venv {venv}\n")
-                out.flush()
-                proc = subprocess.run([str(base), "-m", "venv", str(venv)], stdout=out,
-                                      stderr=subprocess.STDOUT, timeout=300)
-                if proc.returncode != 0:
-                    raise LabelStudioError(f"could not create {venv} (exit {proc.returncode}): "
-                                           f"{_tail(pip_log)}\nfull log: {pip_log}")
-            cmd = [str(venv / "bin" / "python"), "-m", "pip", "install",
-                   "--disable-pip-version-check", f"label-studio=={version}"]
-            out.write(f"$ {' '.join(cmd)}\n")
-            out.flush()
-            started = time.time()
-            try:
-                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise LabelStudioError(f"pip install label-studio=={version} took more than "
-                                       f"{timeout:.0f}s; log: {pip_log}") from None
-            out.write(f"\n(pip took {time.time() - started:.0f}s)\n")
-        if proc.returncode != 0:
-            raise LabelStudioError(
-                f"pip install label-studio=={version} into {venv} failed (exit {proc.returncode}); "
-                f"last lines:\n{_tail(pip_log)}\nfull log: {pip_log}")
-        found = _installed_version(venv)
-        if found != version or not exe.exists():
-            raise LabelStudioError(f"after pip install, {exe} is missing or reports version "
-                                   f"{found!r}, not {version}; log: {pip_log}")
-        return exe
+    """Path of ``label-studio`` ``version`` in ``venv`` (``harness.tool_venv``), installed
+    with pip when missing; ``LabelStudioError`` with the tail of pip's log if that fails."""
+    try:
+        return ensure_tool(venv, "label-studio", version, "label-studio",
+                           log_dir=log_dir or REPO / "test-artifacts", timeout=timeout)
+    except InstallError as exc:
+        raise LabelStudioError(str(exc)) from None
 
 
 def label_studio_env(data_dir: Path, base=None) -> dict:
