@@ -1,0 +1,133 @@
+"""Baidu LAC's character embedding, as a start for a scratch model's vocabulary.
+
+LAC (``pip install lac==2.1.2``; ``make install`` does it) ships its lexical
+analysis model in the package: ``LAC/lac_model/model/word_emb`` is a
+58,224 x 128 character embedding trained with a BiGRU-CRF for word
+segmentation, part of speech and PER/LOC/ORG/TIME. LAC's own Python code
+needs the removed ``paddle.fluid``, so the package is never imported here:
+its files are read as they are. Without the package a scratch model starts
+from random embeddings (``for_vocab`` returns None).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("lac_embedding")
+SOURCE = "lac-2.1.2/lac_model/word_emb"
+FP32 = 5          # paddle's VarType.FP32 in a TensorDesc
+
+
+def model_dir() -> Path | None:
+    """The installed ``LAC/lac_model`` directory (``LAC_MODEL_DIR`` overrides), or None."""
+    override = os.environ.get("LAC_MODEL_DIR")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("LAC")       # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "lac_model"
+    return path if path.is_dir() else None
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def _tensor_desc(desc: bytes) -> tuple[int | None, list[int]]:
+    """``(data type, dims)`` of a serialised ``TensorDesc`` protobuf message."""
+    dtype, dims, i = None, [], 0
+    while i < len(desc):
+        key, i = _varint(desc, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(desc, i)
+            if field == 1:
+                dtype = value
+            elif field == 2:
+                dims.append(value)
+        elif wire == 2:          # packed dims
+            size, i = _varint(desc, i)
+            end = i + size
+            while i < end:
+                value, i = _varint(desc, i)
+                if field == 2:
+                    dims.append(value)
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    return dtype, dims
+
+
+def read_tensor(path) -> np.ndarray:
+    """A float32 parameter saved by ``fluid.io.save_params`` (one LoDTensor per file)."""
+    data = Path(path).read_bytes()
+    offset = 4                                            # LoDTensor version
+    (lod_levels,) = struct.unpack_from("<Q", data, offset)
+    offset += 8
+    for _ in range(lod_levels):
+        (size,) = struct.unpack_from("<Q", data, offset)
+        offset += 8 + size
+    offset += 4                                           # Tensor version
+    (desc_size,) = struct.unpack_from("<i", data, offset)
+    offset += 4
+    dtype, dims = _tensor_desc(data[offset: offset + desc_size])
+    offset += desc_size
+    if dtype != FP32 or not dims:
+        raise ValueError(f"{path}: not a float32 tensor (type {dtype}, dims {dims})")
+    count = int(np.prod(dims))
+    if len(data) - offset < 4 * count:
+        raise ValueError(f"{path}: truncated ({len(data) - offset} bytes for {count} floats)")
+    return np.frombuffer(data, dtype="<f4", count=count, offset=offset).reshape(dims).copy()
+
+
+def _read_dict(path) -> dict[str, str]:
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("\t")
+            out.setdefault(key, value)
+    return out
+
+
+def for_vocab(vocab: list[str], dim: int, seed: int = 0) -> np.ndarray | None:
+    """A ``len(vocab) x dim`` embedding: LAC's row for every token LAC knows
+    (``##x`` as ``x``; traditional characters through LAC's own q2b map), a
+    random row of LAC's scale for the others. None when LAC is not installed,
+    its files do not read, or its width is not ``dim``."""
+    where = model_dir()
+    if where is None:
+        return None
+    try:
+        table = read_tensor(where / "model" / "word_emb")
+        ids = {char: int(i) for i, char in _read_dict(where / "conf" / "word.dic").items()}
+        q2b = _read_dict(where / "conf" / "q2b.dic")
+    except (OSError, ValueError, struct.error, IndexError) as exc:
+        log.warning("LAC's embedding in %s does not read (%s): starting from random embeddings", where, exc)
+        return None
+    if table.shape[1] != dim or max(ids.values(), default=-1) >= table.shape[0]:
+        log.warning("LAC's embedding is %s, the model needs width %d: random embeddings", table.shape, dim)
+        return None
+    out = np.random.RandomState(seed).normal(0.0, float(table.std()), (len(vocab), dim)).astype("float32")
+    known = 0
+    for row, token in enumerate(vocab):
+        char = token[2:] if token.startswith("##") else token
+        for candidate in (char, q2b.get(char), char.upper()):
+            if candidate is not None and candidate in ids:
+                out[row] = table[ids[candidate]]
+                known += 1
+                break
+    log.info("embedding from LAC for %d of %d tokens", known, len(vocab))
+    return out
