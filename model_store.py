@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import inference_engine
+import span_tagger
 import uie_model
 from projects import is_project_name
 from uie_model import ModelLoadError, ModelSource, UIEPredictor
@@ -94,7 +95,7 @@ def read_meta(version_dir: Path) -> dict:
 def _signature(path: Path) -> tuple:
     """What a model directory's files look like now (to retry a failed load only after a change)."""
     out = []
-    for name in ("meta.json", *uie_model.MODEL_FILES):
+    for name in ("meta.json", *uie_model.MODEL_FILES, *span_tagger.FILES):
         try:
             st = (Path(path) / name).stat()
             out.append((name, st.st_size, st.st_mtime_ns))
@@ -182,12 +183,14 @@ class ModelStore:
         return predictor
 
     def engines(self) -> dict[str, dict]:
-        """How each loaded model runs: engine, threads, and why not Paddle Inference if so."""
+        """How each loaded model runs: engine, threads, why not Paddle Inference if so,
+        and the labels its span tagger answers (scratch models)."""
         with self._lock:
             loaded = dict(self._predictors)
         return {path: {"engine": p.engine.name, "threads": self.settings.math_threads,
                        "device": self.device, **({"engine_fallback_reason": p.engine.reason}
-                                                 if p.engine.reason else {})}
+                                                 if p.engine.reason else {}),
+                       **({"tagger_labels": list(p.tagger.classes)} if p.tagger is not None else {})}
                 for path, p in loaded.items()}
 
     def _evict_least_recent(self):

@@ -12,7 +12,9 @@
 - ``UIEPredictor`` extracts spans for many (text, prompts) queries at once:
   texts are tokenised once, long texts are split into overlapping windows,
   every (window, prompt) input is batched by length and padded only to the
-  longest input of its batch.
+  longest input of its batch. A model with a span tagger (``span_tagger``,
+  scratch models) answers the labels the tagger knows from one prompt-free
+  pass per window, and only the others from prompts.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def _tune_cpu_env():
 _tune_cpu_env()
 
 import paddle  # noqa: E402  (after the environment above)
+
+import span_tagger  # noqa: E402
 
 
 def use_all_cores():
@@ -694,11 +698,17 @@ class UIEPredictor:
     dygraph; a dygraph ``UIE`` module is taken as it is). With ``batch_wait_ms``
     the forward passes of concurrent ``extract`` calls are batched together
     (``batcher.Batcher``); otherwise each call runs its own batches.
+    ``tagger`` (a ``span_tagger.SpanTagger`` or ``TaggerRunner``) answers the
+    prompts that are its classes, one pass per window for all of them.
     """
 
     def __init__(self, engine, tokenizer: OffsetTokenizer, device="cpu", max_seq_len=512,
-                 batch_size=16, threshold=0.5, max_position=None, batch_wait_ms=None):
+                 batch_size=16, threshold=0.5, max_position=None, batch_wait_ms=None, tagger=None):
         import inference_engine
+
+        if isinstance(tagger, span_tagger.SpanTagger):
+            tagger = span_tagger.TaggerRunner(tagger)
+        self.tagger = tagger
 
         if isinstance(engine, paddle.nn.Layer):
             max_position = max_position or engine.config.max_position_embeddings
@@ -723,8 +733,16 @@ class UIEPredictor:
 
         paddle.set_device(device)
         tokenizer = OffsetTokenizer.from_dir(path)   # first: a broken vocabulary loads no model
+        try:
+            tagger = span_tagger.load(path)
+        except span_tagger.TaggerError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if tagger is not None and tagger.config["vocab_size"] < len(tokenizer.vocab):
+            raise ModelLoadError(f"{path}: the tagger embeds {tagger.config['vocab_size']} tokens, "
+                                 f"vocab.txt has {len(tokenizer.vocab)}")
         engine = engine or inference_engine.DygraphEngine.from_dir(path, device)
-        return cls(engine, tokenizer, device=device, max_position=max_position_of(path), **kwargs)
+        return cls(engine, tokenizer, device=device, max_position=max_position_of(path),
+                   tagger=tagger, **kwargs)
 
     def close(self):
         """Stop the batching thread (the model is being unloaded)."""
@@ -798,18 +816,50 @@ class UIEPredictor:
         Span offsets are Python string indices into the query's text.
         """
         queries = [(text, list(dict.fromkeys(prompts))) for text, prompts in queries]
-        inputs, tokens = self.build_inputs(queries)
+        tagged = self.tagger.classes if self.tagger is not None else ()
+        asked = [(text, [p for p in prompts if p not in tagged]) for text, prompts in queries]
+        inputs, tokens = self.build_inputs(asked)
         results = [{p: {} for p in prompts} for _, prompts in queries]
         rows = self.rows([x for _, _, x in inputs])
         for (q, prompt, x), (start, end) in zip(inputs, rows):
-            c0, c1 = x.content_start, x.content_start + x.n_content
-            _, t_starts, t_ends = tokens[q]
-            found = results[q][prompt]
-            for s, e, score in pair_spans(start[c0:c1], end[c0:c1], self.threshold):
-                if not x.own_lo <= x.lo + s < x.own_hi:
-                    continue
-                key = (t_starts[x.lo + s], t_ends[x.lo + e])
-                if score > found.get(key, -1.0):
-                    found[key] = score
+            self._collect(x, start, end, tokens[q], results[q][prompt])
+        if tagged:
+            self._tag(queries, tokens, results)
         return [{p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
                  for p, spans in res.items()} for res in results]
+
+    def _collect(self, x, start, end, tokens, found):
+        """Add the spans of one input's start/end rows that its window owns to
+        ``found`` {(char start, char end): score} (the best score of a span seen twice)."""
+        c0, c1 = x.content_start, x.content_start + x.n_content
+        _, t_starts, t_ends = tokens
+        for s, e, score in pair_spans(start[c0:c1], end[c0:c1], self.threshold):
+            if not x.own_lo <= x.lo + s < x.own_hi:
+                continue
+            key = (t_starts[x.lo + s], t_ends[x.lo + e])
+            if score > found.get(key, -1.0):
+                found[key] = score
+
+    def _tag(self, queries, tokens, results):
+        """The tagger's spans for the prompts of ``queries`` that are its classes:
+        one prompt-free input per window of each distinct text."""
+        classes = {p: k for k, p in enumerate(self.tagger.classes)}
+        windows_of, inputs = {}, []
+        for q, (text, prompts) in enumerate(queries):
+            if text not in windows_of and any(p in classes for p in prompts):
+                windows_of[text] = encode_windows(self.tokenizer, [], tokens[q][0], self.max_seq_len)
+                inputs += windows_of[text]
+        order = sorted(range(len(inputs)), key=lambda k: len(inputs[k].ids))
+        rows = [None] * len(inputs)
+        for batch in self._batches(order, inputs):
+            start, end = self.tagger(pad_batch([inputs[k] for k in batch], self.tokenizer.pad_id))
+            for r, k in enumerate(batch):
+                rows[k] = (start[r], end[r])
+        row_of = {id(x): row for x, row in zip(inputs, rows)}
+        for q, (text, prompts) in enumerate(queries):
+            for x in windows_of.get(text, ()):
+                start, end = row_of[id(x)]
+                for p in prompts:
+                    if p in classes:
+                        k = classes[p]
+                        self._collect(x, start[:, k], end[:, k], tokens[q], results[q][p])

@@ -72,22 +72,37 @@ def test_negatives_are_capped_per_content_and_drawn_anew(tokenizer):
     assert len({tuple(sorted(k)) for k in draws}) > 1
 
 
-def test_a_scratch_model_trained_with_tagging_saves_only_the_uie(tmp_path, scratch_small):
-    """The tagging head helps training and is not part of the saved model."""
+def test_a_scratch_model_trains_its_tagger_and_the_uie_the_prompts_it_does_not_know(tmp_path, scratch_small):
+    """The tagger learns the entity prompts and is saved; the UIE learns only the rest."""
     import paddle
 
     import finetune
 
-    metrics = finetune.finetune(uie_examples(), None, scratch_small, tmp_path, learning_rate=1e-3,
+    relation = "张三的出生地"
+    text = "张三出生于北京。"
+    extra = [{"content": text, "prompt": PERSON, "result_list": [{"text": "张三", "start": 0, "end": 2}]},
+             {"content": text, "prompt": relation, "result_list": [{"text": "北京", "start": 5, "end": 7}]}]
+    metrics = finetune.finetune(uie_examples() + extra, None, scratch_small, tmp_path, learning_rate=1e-3,
                                 num_epochs=3, batch_size=8, max_seq_len=SEQ_LEN, valid_steps=0,
                                 device="cpu", max_negatives=1)
     assert metrics["tagging_weight"] == 1.0 and metrics["max_negatives"] == 1
+    assert sorted(metrics["tagger_classes"]) == sorted([PERSON, PLACE])
+    assert metrics["train_inputs"] == 1               # the relation example, for the UIE
     saved = paddle.load(str(tmp_path / "model_best" / "model_state.pdparams"))
     initial = paddle.load(str(scratch_small / "model_state.pdparams"))
     assert sorted(saved) == sorted(initial)
+    assert (tmp_path / "model_best" / "tagger.pdparams").is_file()
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["tagging_weight"] == 1.0
 
+
+def test_tagging_weight_0_trains_and_saves_the_uie_alone(tmp_path, scratch_small):
+    import finetune
+
+    metrics = finetune.finetune(uie_examples(), None, scratch_small, tmp_path, num_epochs=1, batch_size=8,
+                                max_seq_len=SEQ_LEN, valid_steps=0, device="cpu", tagging_weight=0.0)
+    assert metrics["tagger_classes"] == [] and metrics["train_inputs"] > len(uie_examples())   # windows
+    assert not (tmp_path / "model_best" / "tagger.json").exists()
 
 
 def test_init_from_ckpt_refuses_weights_of_another_model(tmp_path, scratch_small):

@@ -1,0 +1,154 @@
+"""The span tagger of a scratch UIE: one pass per text marks every label it knows.
+
+A scratch UIE asks its transformer once per (text, label) and has to learn
+spans from nothing; on CLUENER that underfits in any time a CPU has. The
+tagger is what a from-scratch NER model is: character embeddings (Baidu
+LAC's when installed, ``lac_embedding``), a bidirectional GRU, and a start
+and an end probability per token for each of its *classes* (the prompts it
+was trained on). ``finetune`` trains it for scratch models and saves it
+beside the UIE; ``uie_model.UIEPredictor`` asks it for the labels it knows
+and the UIE's prompts for everything else (new labels, relations). Spans
+are decoded as the UIE's are (start/end pairs, score ``p_start * p_end``).
+
+Files in a model directory: ``tagger.json`` (classes and shape) and
+``tagger.pdparams`` (weights). Pretrained UIEs never get them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+CONFIG_FILE = "tagger.json"
+WEIGHTS_FILE = "tagger.pdparams"
+FILES = (CONFIG_FILE, WEIGHTS_FILE)
+SHAPE = {"embedding_size": 128, "hidden_size": 128, "num_layers": 2, "dropout": 0.3}
+BOUNDARY_BIAS = -4.0     # start at the base rate of span boundaries, as build_scratch does
+
+
+class TaggerError(ValueError):
+    """A tagger's files are missing, unreadable or do not fit each other."""
+
+
+class SpanTagger(paddle.nn.Layer):
+    """Character embeddings -> BiGRU -> start/end probabilities for each class."""
+
+    def __init__(self, vocab_size: int, classes, embedding_size=128, hidden_size=128,
+                 num_layers=2, dropout=0.3, embedding_start="random"):
+        super().__init__()
+        if not classes:
+            raise TaggerError("a tagger needs at least one class")
+        self.classes = list(classes)
+        self.config = {"classes": self.classes, "vocab_size": int(vocab_size),
+                       "embedding_size": embedding_size, "hidden_size": hidden_size,
+                       "num_layers": num_layers, "dropout": dropout, "embedding_start": embedding_start}
+        self.embedding = paddle.nn.Embedding(vocab_size, embedding_size)
+        self.dropout = paddle.nn.Dropout(dropout)
+        self.gru = paddle.nn.GRU(embedding_size, hidden_size, num_layers=num_layers,
+                                 direction="bidirect", dropout=dropout if num_layers > 1 else 0.0)
+        self.head = paddle.nn.Linear(2 * hidden_size, 2 * len(self.classes))
+        self.head.bias.set_value(np.full(2 * len(self.classes), BOUNDARY_BIAS, dtype="float32"))
+
+    def forward(self, input_ids, lengths):
+        """``(start, end)`` probabilities, each ``(batch, width, classes)``; a row's
+        tokens past its length (padding) do not change its other rows."""
+        hidden, _ = self.gru(self.dropout(self.embedding(input_ids)), sequence_length=lengths)
+        probs = paddle.nn.functional.sigmoid(self.head(self.dropout(hidden)))
+        return probs[:, :, 0::2], probs[:, :, 1::2]
+
+
+def build(vocab: list[str], classes, seed: int = 0, **shape) -> SpanTagger:
+    """A fresh tagger for a tokenizer's ``vocab`` (tokens in id order), its
+    embedding started from LAC's where LAC is installed."""
+    import lac_embedding
+
+    options = dict(SHAPE, **shape)
+    paddle.seed(seed)
+    start = lac_embedding.for_vocab(vocab, options["embedding_size"], seed=seed)
+    tagger = SpanTagger(len(vocab), classes, embedding_start=lac_embedding.SOURCE if start is not None
+                        else "random", **options)
+    if start is not None:
+        tagger.embedding.weight.set_value(start)
+    return tagger
+
+
+def with_classes(tagger: SpanTagger, classes) -> SpanTagger:
+    """``tagger`` for ``classes``: the same embedding and GRU, the head's rows of
+    the classes it already knows, fresh rows for the others."""
+    if list(classes) == tagger.classes:
+        return tagger
+    options = {k: v for k, v in tagger.config.items() if k not in ("classes", "vocab_size")}
+    new = SpanTagger(tagger.config["vocab_size"], classes, **options)
+    state = {k: v for k, v in tagger.state_dict().items() if not k.startswith("head.")}
+    new.set_state_dict(state)
+    old_w, old_b = tagger.head.weight.numpy(), tagger.head.bias.numpy()
+    w, b = new.head.weight.numpy(), new.head.bias.numpy()
+    for k, name in enumerate(new.classes):
+        if name in tagger.classes:
+            j = tagger.classes.index(name)
+            w[:, 2 * k: 2 * k + 2] = old_w[:, 2 * j: 2 * j + 2]
+            b[2 * k: 2 * k + 2] = old_b[2 * j: 2 * j + 2]
+    new.head.weight.set_value(w)
+    new.head.bias.set_value(b)
+    return new
+
+
+def save(tagger: SpanTagger, path) -> None:
+    """Write ``tagger.json`` and ``tagger.pdparams`` into the model directory ``path``."""
+    path = Path(path)
+    paddle.save(tagger.state_dict(), str(path / WEIGHTS_FILE))
+    (path / CONFIG_FILE).write_text(json.dumps(tagger.config, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def has_tagger(path) -> bool:
+    return (Path(path) / CONFIG_FILE).exists()
+
+
+def load(path) -> SpanTagger | None:
+    """The tagger saved in the model directory ``path`` (eval mode), None if it has
+    none; ``TaggerError`` if its files are damaged or do not fit together."""
+    path = Path(path)
+    if not has_tagger(path):
+        return None
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        classes = config.pop("classes")
+        vocab_size = config.pop("vocab_size")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise TaggerError("classes must be a list of strings")
+        tagger = SpanTagger(vocab_size, classes, **config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TaggerError(f"{path / CONFIG_FILE}: not a tagger configuration ({exc})") from None
+    try:
+        state = paddle.load(str(path / WEIGHTS_FILE))
+    except Exception as exc:   # paddle.load raises whatever its unpickler hits
+        raise TaggerError(f"{path / WEIGHTS_FILE}: unreadable weights ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in tagger.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+    if found != expected:
+        raise TaggerError(f"{path / WEIGHTS_FILE} does not fit {CONFIG_FILE}: "
+                          f"expected {len(expected)} tensors of its shapes, found {len(found)}")
+    tagger.set_state_dict(state)
+    tagger.eval()
+    return tagger
+
+
+class TaggerRunner:
+    """A loaded tagger answering padded batches, one at a time (a dygraph layer
+    is not run by two threads at once)."""
+
+    def __init__(self, tagger: SpanTagger):
+        self.tagger = tagger
+        self.classes = tagger.classes
+        self._lock = threading.Lock()
+
+    def __call__(self, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Start/end probabilities ``(batch, width, classes)`` for ``uie_model.pad_batch`` arrays."""
+        lengths = arrays["attention_mask"].sum(axis=1).astype("int64")
+        with self._lock, paddle.no_grad():
+            start, end = self.tagger(paddle.to_tensor(arrays["input_ids"]), paddle.to_tensor(lengths))
+            return start.numpy(), end.numpy()

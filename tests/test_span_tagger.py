@@ -1,0 +1,152 @@
+"""span_tagger.py and lac_embedding.py: a scratch model's span tagger, trained, saved, served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+
+OTHER = "其他"
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory, scratch_small):
+    """A tiny scratch UIE trained with the scratch defaults (its span tagger on)."""
+    import finetune
+
+    save = tmp_path_factory.mktemp("tagged")
+    metrics = finetune.finetune(uie_examples(), None, scratch_small, save, num_epochs=80, batch_size=4,
+                                max_seq_len=SEQ_LEN, valid_steps=0, patience=1000, device="cpu")
+    return save / "model_best", metrics
+
+
+class CountingEngine:
+    """The UIE's engine, counting the inputs it is asked for."""
+
+    def __init__(self, engine):
+        self.engine, self.rows = engine, 0
+
+    def __call__(self, arrays):
+        self.rows += len(arrays["input_ids"])
+        return self.engine(arrays)
+
+
+def gold(prompts=(PERSON, PLACE)):
+    return [{p: sorted((s, e) for lab, s, e in spans if lab == p) for p in prompts} for _, spans in EDGE_CASES]
+
+
+def found(results):
+    return [{p: sorted((x.start, x.end) for x in spans) for p, spans in r.items()} for r in results]
+
+
+def test_lac_is_installed_and_its_embedding_reads():
+    """`make install` installs LAC; its character rows start the tagger's embedding."""
+    import lac_embedding
+
+    where = lac_embedding.model_dir()
+    assert where is not None and (where / "model" / "word_emb").is_file()
+    table = lac_embedding.read_tensor(where / "model" / "word_emb")
+    assert table.shape == (58224, 128) and table.dtype == np.float32
+    ids = {}
+    for line in (where / "conf" / "word.dic").read_text(encoding="utf-8").splitlines():
+        i, _, char = line.partition("\t")
+        ids.setdefault(char, int(i))
+    vocab = ["[PAD]", "张", "##张", "京", "\U0001F600"]
+    start = lac_embedding.for_vocab(vocab, 128)
+    assert np.array_equal(start[1], table[ids["张"]]) and np.array_equal(start[2], table[ids["张"]])
+    assert np.array_equal(start[3], table[ids["京"]])
+    assert lac_embedding.for_vocab(vocab, 64) is None          # another width: no start
+
+
+def test_read_tensor_refuses_a_truncated_file(tmp_path):
+    import lac_embedding
+
+    src = lac_embedding.model_dir() / "model" / "fc_0.b_0"
+    (tmp_path / "cut").write_bytes(src.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="truncated"):
+        lac_embedding.read_tensor(tmp_path / "cut")
+
+
+def test_a_scratch_model_saves_its_tagger_and_answers_its_labels_with_it(tagged):
+    import uie_model
+
+    path, metrics = tagged
+    assert metrics["kind"] == "scratch" and metrics["f1"] == 1.0
+    assert sorted(metrics["tagger_classes"]) == sorted([PERSON, PLACE])
+    config = json.loads((path / "tagger.json").read_text(encoding="utf-8"))
+    assert config["embedding_start"].startswith("lac-")
+    predictor = uie_model.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN)
+    counting = CountingEngine(predictor.engine)
+    predictor.engine = counting
+    queries = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES]
+    assert found(predictor.extract(queries)) == gold()
+    assert counting.rows == 0                      # the UIE was not asked: one tagger pass per window
+    mixed = predictor.extract([(text, [PERSON, OTHER]) for text, _ in EDGE_CASES])
+    assert [{PERSON: r[PERSON]} for r in found(mixed)] == gold([PERSON])
+    assert counting.rows > 0                       # a label the tagger does not know: prompts
+
+
+def test_a_text_gets_the_same_tagger_answer_alone_and_beside_longer_ones(tagged):
+    """Padding never reaches a text's answer: the GRU stops at each row's length."""
+    import uie_model
+
+    predictor = uie_model.UIEPredictor.from_dir(tagged[0], max_seq_len=SEQ_LEN, threshold=0.01)
+    short = (EDGE_CASES[0][0], [PERSON, PLACE])
+    alone = predictor.extract([short])[0]
+    beside = predictor.extract([(EDGE_CASES[5][0], [PERSON]), short, (EDGE_CASES[1][0], [PLACE])])[1]
+    assert found([alone]) == found([beside]) and alone[PERSON]
+    for p in alone:        # the same up to float rounding of another batch shape
+        assert [x.score for x in alone[p]] == pytest.approx([x.score for x in beside[p]], rel=1e-5)
+
+
+def test_training_again_keeps_the_tagger_of_known_classes(tagged, tmp_path):
+    """A served model trained again starts from its tagger; a new class gets a fresh row."""
+    import paddle
+
+    import span_tagger
+
+    old = span_tagger.load(tagged[0])
+    new = span_tagger.with_classes(old, [PLACE, OTHER])
+    w_old, w_new = old.head.weight.numpy(), new.head.weight.numpy()
+    k = old.classes.index(PLACE)
+    assert np.array_equal(w_new[:, 0:2], w_old[:, 2 * k: 2 * k + 2])
+    assert not np.array_equal(w_new[:, 2:4], w_old[:, 0:2]) and not np.array_equal(w_new[:, 2:4], w_old[:, 2:4])
+    assert np.array_equal(new.gru.state_dict()["weight_hh_l0"].numpy(), old.gru.state_dict()["weight_hh_l0"].numpy())
+    assert np.array_equal(new.embedding.weight.numpy(), old.embedding.weight.numpy())
+    x = paddle.to_tensor([[1, 2, 3]])
+    assert new(x, paddle.to_tensor([3]))[0].shape == [1, 3, 2]
+
+
+@pytest.mark.parametrize("damage", ["config", "weights", "shape"])
+def test_a_damaged_tagger_does_not_load(tagged, tmp_path, damage):
+    import paddle
+
+    import uie_model
+
+    path = tmp_path / "model"
+    shutil.copytree(tagged[0], path)
+    if damage == "config":
+        (path / "tagger.json").write_text("{not json", encoding="utf-8")
+    elif damage == "weights":
+        (path / "tagger.pdparams").write_bytes(b"\0" * 100)
+    else:
+        state = paddle.load(str(path / "tagger.pdparams"))
+        state["head.weight"] = paddle.zeros([4, 4])
+        paddle.save(state, str(path / "tagger.pdparams"))
+    with pytest.raises(uie_model.ModelLoadError, match="tagger"):
+        uie_model.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN)
+
+
+def test_relation_prompts_are_no_tagger_class():
+    import finetune
+
+    text = "张三出生于北京。"
+    examples = [{"content": text, "prompt": PERSON, "result_list": [{"text": "张三", "start": 0, "end": 2}]},
+                {"content": text, "prompt": PLACE, "result_list": [{"text": "北京", "start": 5, "end": 7}]},
+                {"content": text, "prompt": "张三的出生地", "result_list": [{"text": "北京", "start": 5, "end": 7}]},
+                {"content": text, "prompt": "birthplace of 张三", "result_list": []}]
+    assert finetune.relation_prompts(examples) == {"张三的出生地", "birthplace of 张三"}
