@@ -52,8 +52,8 @@ SCRATCH_STEPS = 2000
 # one prompt-free pass per content marks the spans of every prompt at once. It
 # is saved with the model and answers the prompts it was trained on, so the
 # UIE trains only on the other examples (relations, labels past the tagger's
-# classes). On CLUENER it reached 0.70 test F1 in 2 minutes where the UIE's
-# prompts had 0.51 after 30 (bench/notes.md).
+# classes). On CLUENER (2 CPU cores) it scored 0.726 test F1 after 6.7 minutes
+# where the UIE's prompts had 0.514 after 28 (bench/results.md, section 9).
 DEFAULTS = {
     "scratch": {"learning_rate": 5e-4, "num_epochs": None, "pos_weight": 5.0, "patience": 30,
                 "tagging_weight": 1.0, "tagger_learning_rate": 2e-3, "tagger_pos_weight": 3.0},
@@ -738,22 +738,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train_path", required=True, help="UIE examples to train on (doccano.py's train.txt)")
     parser.add_argument("--dev_path", help="UIE examples to pick the best model by (default: the training set)")
-    parser.add_argument("--save_dir", default="./checkpoint")
+    parser.add_argument("--save_dir", default="./checkpoint", help="where model_best/ and metrics.json are written")
     parser.add_argument("--model", default="uie-base", help="PaddleNLP name, checkpoint directory or 'scratch'")
     parser.add_argument("--model_cache_dir", default=None, help="where named/scratch base models are kept (default: save_dir/_base)")
     parser.add_argument("--init_from_ckpt", default=None, help="model_state.pdparams (or its directory) to start from")
     parser.add_argument("--learning_rate", type=float, default=None, help="default: 5e-4 for scratch, 1e-5 for pretrained")
     parser.add_argument("--num_epochs", type=int, default=None, help="default: 20 for pretrained; for scratch about 2,000 steps' worth (20-200)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_seq_len", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--logging_steps", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=16, help="inputs per optimizer step (per process)")
+    parser.add_argument("--max_seq_len", type=int, default=512, help="tokens per input; longer texts are windowed")
+    parser.add_argument("--seed", type=int, default=1000, help="random seed (batches, negatives, a new tagger)")
+    parser.add_argument("--logging_steps", type=int, default=10, help="log loss and examples/s every N steps")
     parser.add_argument("--valid_steps", type=int, default=100, help="evaluate every N steps (and after every epoch)")
     parser.add_argument("--early_stopping_patience", type=int, default=None,
                         help="stop after N evaluations without a better dev F1 (default: 30 for scratch, 5 for pretrained)")
     parser.add_argument("--max_seconds", type=float, default=None, help="stop after this much training time")
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--warmup_proportion", type=float, default=0.06)
+    parser.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on biases and norms)")
+    parser.add_argument("--warmup_proportion", type=float, default=0.06, help="share of the steps with a linear warm-up")
     parser.add_argument("--max_negatives", type=int, default=None,
                         help="train each epoch on at most N prompts without spans per content, drawn anew (default: all)")
     parser.add_argument("--tagging_weight", type=float, default=None,
@@ -761,7 +761,7 @@ def main(argv=None):
                              "learned (default: 1 for scratch, 0 for pretrained: 0 keeps a model Taskflow's)")
     parser.add_argument("--tagger_learning_rate", type=float, default=None,
                         help="learning rate of the span tagger (default: 2e-3)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="auto: gpu when Paddle has one")
     args = parser.parse_args(argv)
 
     import uie_model
