@@ -1,8 +1,9 @@
 """The benchmarks: ``python bench/run.py [--only SECTIONS] [--quick] [--minutes N]``.
 
 Sections: throughput (1), latency (2), training (3), memory (4), learning (5),
-profile (6), relations (7), scale_out (8), agreement and, only when asked for,
-recipes (short learning runs of several scratch shapes / learning rates).
+profile (6), relations (7), scale_out (8), scratch (9: the scratch recipe,
+finetune.py's defaults, and the server's jobs on scratch), agreement and, only
+when asked for, recipes (short learning runs of several scratch shapes / learning rates).
 Results are merged into ``bench/results.json`` (a section, or a shape of
 sections 1, 2 and 4, that was not run keeps its previous numbers) and written
 out as ``bench/results.md``. See bench/README.md.
@@ -21,7 +22,7 @@ import common  # noqa: E402  (sets HOME/PPNLP_HOME before Paddle is imported)
 from serving import NEW, TODAY  # noqa: E402  (the servers compared in sections 1, 2 and 4)
 
 DEFAULT_SECTIONS = ("throughput", "latency", "training", "memory", "profile", "learning", "agreement",
-                    "relations", "scale_out")
+                    "relations", "scale_out", "scratch")
 ALL_SECTIONS = DEFAULT_SECTIONS + ("recipes",)
 RESULTS_JSON = common.BENCH / "results.json"
 RESULTS_MD = common.BENCH / "results.md"
@@ -47,6 +48,13 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="BATCH_SIZE of the served model")
     parser.add_argument("--profile-shapes", default="nano", help="shapes of the profile section")
     parser.add_argument("--no-write", action="store_true", help="print, do not update results.*")
+    parser.add_argument("--scratch-minutes", type=float, default=30.0,
+                        help="scratch: the time budget of finetune.py --model scratch on all of CLUENER")
+    parser.add_argument("--scratch-tasks", default="50,200,1000",
+                        help="scratch: annotated tasks of the server's training jobs")
+    parser.add_argument("--scratch-parts", default="learning,filled,jobs",
+                        help="scratch: which parts to run (learning: finetune.py's defaults; filled: as many "
+                             "epochs as fill --scratch-minutes; jobs: the server's jobs and serving speed)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(ALL_SECTIONS)
@@ -140,6 +148,26 @@ def main(argv=None):
 
     if "scale_out" in sections:
         save("scale_out", training.scale_out(quick=args.quick))
+
+    if "scratch" in sections:
+        value = {k: v for k, v in results.get("scratch", {}).items() if k != "_run"}   # parts not run
+        parts = args.scratch_parts.split(",")
+        if "learning" in parts:
+            value["learning"] = training.scratch_learning(
+                minutes=1.0 if args.quick else args.scratch_minutes, n_sentences=500 if args.quick else None)
+            save("scratch", value)
+        if "filled" in parts and value.get("learning"):
+            # the defaults end when their epochs do: as many epochs as fill the budget at their rate
+            ln, budget = value["learning"], (1.0 if args.quick else args.scratch_minutes)
+            rate = ln.get("examples_per_second") or ln["sentences"] * ln["epochs_run"] / (ln["train_minutes"] * 60)
+            epochs = max(1, round(budget * 60 * 0.9 * rate / ln["sentences"]))
+            value["filled"] = training.scratch_learning(minutes=budget, num_epochs=epochs,
+                                                        n_sentences=500 if args.quick else None)
+            save("scratch", value)
+        if "jobs" in parts:
+            sizes = (20,) if args.quick else tuple(int(n) for n in args.scratch_tasks.split(","))
+            value.update(training.scratch_jobs(sizes))       # "jobs" and "serving"
+            save("scratch", value)
 
     common.log(f"bench: done in {(time.time() - started) / 60:.1f} min")
     if args.no_write:
@@ -310,6 +338,82 @@ def _scale_out_report(s) -> list[str]:
             "doccano, the job's process start-up (a subprocess embedded, RQ's work horse scale-out), the "
             "evaluations, promotion, and loading the new version (embedded: in the training server "
             "before the job is done; scale-out: by B on its first request after promotion).", ""]
+
+
+def _scratch_report(sc, previous) -> list[str]:
+    """Section 9: the scratch recipe's learning curve, the server's jobs, serving speed."""
+    if not sc:
+        return []
+    lines = ["## 9. The scratch recipe: a span tagger (finetune.py's defaults for `--model scratch`)", ""]
+    ln = sc.get("learning")
+    if ln:
+        old = [r for r in (previous or {}).get("runs", [])      # the previous recipe's 30-minute row
+               if r["sentences"] == ln["sentences"] and r["minutes_budget"] >= 30]
+        lines += [f"`finetune.py --model scratch` with its defaults (batch {ln['batch_size']}, UIE lr "
+                  f"{ln['learning_rate']:g}, tagger lr {_f(ln.get('tagger_learning_rate'), 4)}), "
+                  f"{ln['minutes_budget']:g} minutes at most ({ln['threads']} math threads), on the learning split "
+                  f"of section 5 ({ln['sentences']} training sentences, 150 to select the best checkpoint, "
+                  f"1,075 test sentences); the score is `evaluate.py` on the saved model. Goal (issue 12): "
+                  f"≥ 0.70 micro F1 within 30 minutes. Reference: BiLSTM-CRF 70.0 F1.", ""]
+        runs = [("span tagger, finetune.py's defaults", ln)]
+        if sc.get("filled"):
+            runs.append((f"span tagger, {sc['filled']['num_epochs']} epochs (to fill the time)", sc["filled"]))
+        rows = [(what, r["sentences"], f"{r['train_minutes']:.1f}", r["epochs_run"], _f(r["test"]["precision"], 3),
+                 _f(r["test"]["recall"], 3), f"**{_f(r['test']['f1'], 3)}**",
+                 _goal(r["test"]["f1"], r["test"]["f1"] >= 0.70 and r["train_minutes"] <= 30, 3))
+                for what, r in runs]
+        for r in old:
+            te = r.get("test", {})
+            rows.append((f"previous: `{r['recipe']['name']}` (prompts, section 5)", r["sentences"],
+                         f"{r['train_minutes']:.1f}", r["epochs_run"], _f(te.get("precision"), 3),
+                         _f(te.get("recall"), 3), f"**{_f(te.get('f1'), 3)}**", "–"))
+        lines += _table(("recipe", "sentences", "trained min", "epochs", "test P", "test R", "test F1", "goal"), rows)
+        lines += ["", f"Test F1 along the way (training minutes: F1, every ~{training_every()} minutes; the "
+                  f"model as it was then, not the selected one):", ""]
+        for what, r in runs:
+            curve = ", ".join(f"{c['minutes']:.1f}: {c['f1']:.3f}" for c in r.get("test_curve", []))
+            lines.append(f"- {what}: {curve}")
+        lines.append("")
+    jobs = sc.get("jobs")
+    if jobs:
+        lines += ["**The server's own jobs** (`UIE_MODEL=scratch`, default job settings): the first N "
+                  "sentences of the training split sent as ANNOTATION_CREATED webhooks, START_TRAINING, "
+                  "then `/predict` on the 1,075 test sentences (micro F1, exact span and label). With 50 "
+                  "tasks or more a job holds 20 % of them out to choose and check the model "
+                  "(`TRAIN_MIN_DEV_TASKS`), so it trains on 80 %.", ""]
+        previous = {j["tasks"]: j for j in (sc.get("jobs_previous") or {}).get("jobs", [])}
+        rows = []
+        for j in jobs:
+            for recipe, r in (("span tagger", j), ("previous (prompts)", previous.get(j["tasks"]))):
+                if r:
+                    rows.append((j["tasks"], recipe, f"{r['job_minutes']:.1f}", f"{r['train_minutes']:.1f}",
+                                 r["epochs_run"], _f(r["test"]["precision"], 3), _f(r["test"]["recall"], 3),
+                                 f"**{_f(r['test']['f1'], 3)}**"))
+        lines += _table(("annotated tasks", "recipe", "job minutes (START_TRAINING → done)", "finetune minutes",
+                         "epochs", "test P", "test R", "test F1"), rows)
+        if previous:
+            lines += ["", f"The previous recipe's rows: {sc['jobs_previous']['measured']}."]
+        lines.append("")
+    sv = sc.get("serving")
+    if sv:
+        lines += [f"**Serving a scratch version**: `/predict` on the 1,075 test sentences (64 per request, 10 "
+                  f"labels) by the last job's version with its tagger, and by the same version without it "
+                  f"(every label a prompt to the UIE on Paddle Inference: how a scratch version was served "
+                  f"before). Goal: no slower.", "",
+                  "| served | texts/s | test F1 |", "|---|---|---|",
+                  f"| with the tagger | {sv['tagger']['texts_per_second']} | {_f(sv['tagger']['f1'], 3)} |",
+                  f"| prompts only (before) | {sv['prompts']['texts_per_second']} | {_f(sv['prompts']['f1'], 3)} |",
+                  "", f"With the tagger: **{_f(sv['ratio'])}×** the texts/s ({_ok(sv['ratio'] >= 1.0)}). "
+                  "Without it the version answers nothing: its UIE trained on no example (the tagger "
+                  "answers every label of this config, so the job gave the UIE only what the tagger does "
+                  "not: relations, of which CLUENER has none). The row is there for the speed.", ""]
+    return lines
+
+
+def training_every() -> str:
+    import training
+
+    return f"{training.TEST_EVERY_SECONDS / 60:g}"
 
 
 def report(results) -> str:
@@ -499,6 +603,8 @@ def report(results) -> str:
                 for name, v in prof[shape]["threads"].items():
                     lines.append(f"| {shape} | {name.replace('_', ' ')} | {v['seconds']} | {v['speedup']}× |")
         lines.append("")
+
+    lines += _scratch_report(results.get("scratch"), results.get("learning"))
 
     for key, title in (("learning", "## 5. Learning: a scratch UIE on CLUENER"), ("recipes", "### Recipes tried")):
         ln = results.get(key)

@@ -249,6 +249,8 @@ RECIPES = [
                                                            "num_attention_heads": 4, "intermediate_size": 1024}},
     {"name": "neg3-lr2e-3", "negatives": 3, "learning_rate": 2e-3},
     # The auxiliary tagging loss (finetune.encode_tagging) with negatives drawn anew each epoch.
+    # Measured with the throwaway tagging head of the time; since issue 12 a tagging weight
+    # trains the span tagger (span_tagger.py) instead, which then answers the labels.
     {"name": "tag-neg3", "max_negatives": 3, "tagging_weight": 1.0},
     {"name": "tag-neg1", "max_negatives": 1, "tagging_weight": 1.0},
     {"name": "tag-neg3-lr2e-3", "max_negatives": 3, "tagging_weight": 1.0, "learning_rate": 2e-3},
@@ -378,7 +380,8 @@ def trained_tutorial_model(minutes=3.0, shape=None):
             "dev": str(write_jsonl(data / "dev.jsonl", common.uie_examples(sentences[:100], prompts=prompts))),
             "kwargs": {"learning_rate": best["learning_rate"], "num_epochs": 30, "batch_size": 16,
                        "max_seq_len": 128, "valid_steps": 100, "patience": 1000,
-                       "pos_weight": best.get("pos_weight", 5.0), "max_seconds": minutes * 60}}
+                       "pos_weight": best.get("pos_weight", 5.0), "max_seconds": minutes * 60,
+                       "tagging_weight": 0.0}}     # a UIE answering from prompts, as Taskflow does
     result = run_worker(spec, name)
     log(f"{name}: dev f1 {result['f1']} after {result['train_seconds']}s")
     return path / "model_best"
@@ -398,9 +401,13 @@ def recipe(name=None) -> dict:
 
 
 def best_learned_model():
-    """The learning run model with the best test F1 (kept under work/models/learned-*), or None."""
+    """The learning run model with the best test F1 (kept under work/models/learned-*), or None.
+    A model with a span tagger is no candidate: Taskflow, which agreement compares with, only
+    asks prompts."""
     best = None
     for f in (common.WORK / "models").glob("learned-*/bench_test_f1.txt"):
+        if (f.parent / "tagger.json").exists():
+            continue
         score = float(f.read_text())
         if best is None or score > best[0]:
             best = (score, f.parent)
@@ -432,4 +439,166 @@ def training_threads(shapes=("nano", "base", "scratch"), quick=False):
         out[shape] = {f"{n}_threads": round(max(v), 1) for n, v in row.items()}
         out[shape].update(speedup=round(max(row[cores]) / max(row[1]), 2), steps=steps, batch_size=16)
         log(f"training threads {shape}: {out[shape]}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# 9. the scratch recipe: finetune.py's defaults for --model scratch (a span tagger)
+
+TEST_EVERY_SECONDS = 150
+
+
+def scratch_learning(minutes=30.0, n_sentences=None, threads=None, num_epochs=None):
+    """``finetune.py --model scratch`` with its defaults (the README's command) on all of
+    the learning split (90 %, minus the selection sentences), ``minutes`` at most; test
+    F1 along the way, then ``evaluate.py`` on the saved model. ``num_epochs`` overrides
+    the default epochs and turns early stopping off (to see what more time would give)."""
+    pool, select, test_sentences = learning_data()
+    pool = pool if n_sentences is None else pool[:n_sentences]
+    data = common.WORK / "data" / "scratch"
+    train_path = write_jsonl(data / f"train-{len(pool)}.jsonl", common.uie_examples(pool))
+    dev_path = write_jsonl(data / "select.jsonl", common.uie_examples(select))
+    test_path = write_jsonl(data / "test.jsonl", common.uie_examples(test_sentences))
+    name = f"scratch-{len(pool)}-{minutes:g}min" + (f"-{num_epochs}epochs" if num_epochs else "")
+    save_dir = common.WORK / "runs" / name / "ckpt"
+    shutil.rmtree(save_dir, ignore_errors=True)
+    math_threads = threads or len(os.sched_getaffinity(0))
+    kwargs = {"max_seconds": minutes * 60, "logging_steps": 50, "valid_steps": 200}
+    if num_epochs:      # and no early stop: the whole time, to see where it goes
+        kwargs.update(num_epochs=num_epochs, patience=10 ** 6)
+    spec = {"build": {}, "save_dir": str(save_dir), "train": str(train_path), "dev": str(dev_path),
+            "test": str(test_path), "test_every_seconds": TEST_EVERY_SECONDS,
+            "math_threads": math_threads, "kwargs": kwargs}
+    log(f"{name}: finetune --model scratch on {len(pool)} sentences, {minutes} min at most")
+    result = run_worker(spec, name, threads=threads)
+    out_json = common.WORK / "runs" / name / "evaluate.json"
+    t = time.time()
+    subprocess.run([sys.executable, "evaluate.py", "--model_path", str(save_dir / "model_best"),
+                    "--test_path", str(test_path), "--output_json", str(out_json)],
+                   cwd=common.REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=dict(os.environ, CPU_THREADS=str(math_threads)))
+    evaluated = json.loads(out_json.read_text(encoding="utf-8"))
+    out = {"sentences": len(pool), "minutes_budget": minutes, "threads": math_threads,
+           "epochs_run": result["epochs_run"], "steps": result["steps"], "num_epochs": num_epochs,
+           "examples_per_second": result["examples_per_second"],
+           "train_minutes": round(result["train_seconds"] / 60, 2), "batch_size": result["batch_size"],
+           "learning_rate": result["learning_rate"], "tagger_learning_rate": result.get("tagger_learning_rate"),
+           "tagger_classes": len(result.get("tagger_classes", [])), "best_dev_f1": result["f1"],
+           "dev_curve": [{"minutes": round(h["seconds"] / 60, 2), "dev_f1": h["f1"], "epoch": h["epoch"]}
+                         for h in result["history"]],
+           "test_curve": result.get("test_curve", []),
+           "test": {k: evaluated[k] for k in ("precision", "recall", "f1")},
+           "evaluate_seconds": round(time.time() - t, 1)}
+    keep = common.WORK / "models" / "scratch-learned"
+    shutil.rmtree(keep, ignore_errors=True)
+    shutil.copytree(save_dir / "model_best", keep)
+    shutil.rmtree(save_dir, ignore_errors=True)
+    log(f"{name}: test f1 {out['test']['f1']} after {out['train_minutes']} min, "
+        f"curve {[(c['minutes'], c['f1']) for c in out['test_curve']]}")
+    return out
+
+
+def _train_and_wait(a, b, project, probe):
+    """START_TRAINING to ``a``; wait until the job ends and ``b`` serves its version.
+    Returns ``(job state, new version, seconds to done, seconds to served)``."""
+    before = post(b.url + "/predict", probe)["model_version"]
+    started = time.perf_counter()
+    job = post(a.url + "/webhook", {"action": "START_TRAINING", "project": project})["job"]
+    while True:
+        jobs = requests.get(b.url + "/jobs", params={"project": str(project["id"])}, timeout=30).json()["jobs"]
+        state = next(j for j in jobs if j["id"] == job["id"])
+        if state["state"] in ("done", "failed"):
+            done_s = time.perf_counter() - started
+            break
+        time.sleep(0.5)
+    if state["state"] != "done":
+        raise RuntimeError(f"training job failed: {state.get('error')}")
+    if not state.get("promoted", True):
+        raise RuntimeError(f"the job's version is not served: {state.get('summary')}")
+    while True:
+        version = post(b.url + "/predict", probe)["model_version"]
+        if version != before:
+            return state, version, done_s, time.perf_counter() - started
+        time.sleep(0.2)
+
+
+def _served_f1(server, sentences, chunk=64):
+    """Micro P/R/F1 (exact span and label) of ``/predict`` on ``sentences``, and its texts/s."""
+    labels = {v: k for k, v in common.CLUENER_PROMPTS.items()}
+    tp = n_pred = n_gold = 0
+    seconds = 0.0
+    for c in range(0, len(sentences), chunk):
+        part = sentences[c: c + chunk]
+        body = {"tasks": [{"id": c + i + 1, "data": {"text": s["text"]}} for i, s in enumerate(part)],
+                "project": "1", "label_config": CLUENER_CONFIG}
+        t = time.perf_counter()
+        answer = post(server.url + "/predict", body)
+        seconds += time.perf_counter() - t
+        for s, prediction in zip(part, answer["results"]):
+            got = {(labels[r["value"]["labels"][0]], r["value"]["start"], r["value"]["end"])
+                   for r in prediction["result"]}
+            gold = set(s["spans"])
+            tp, n_pred, n_gold = tp + len(got & gold), n_pred + len(got), n_gold + len(gold)
+    p, r = tp / max(n_pred, 1), tp / max(n_gold, 1)
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / max(p + r, 1e-9), 4),
+            "texts_per_second": round(len(sentences) / seconds, 1)}
+
+
+def scratch_jobs(sizes=(50, 200, 1000), compare_serving=True):
+    """The server's own training jobs on a scratch model (UIE_MODEL=scratch, default job
+    settings): ``n`` annotated CLUENER tasks sent as webhooks, START_TRAINING, then
+    ``/predict`` on the held-out test sentences. With ``compare_serving``, the last
+    version is also served without its tagger (today's path for a scratch version:
+    every label a prompt) and both are timed on the same texts."""
+    pool, _, test_sentences = learning_data()
+    rows = []
+    for n in sizes:
+        name = f"scratch-job-{n}"
+        root = common.WORK / "serve" / name
+        shutil.rmtree(root, ignore_errors=True)
+        project = {"id": 1, "label_config": CLUENER_CONFIG}
+        with deployment(EMBEDDED, {"UIE_MODEL": "scratch", "MODEL_DIR": str(root)}, name) as (a, b):
+            post(a.url + "/setup", {"project": "1", "schema": CLUENER_CONFIG})
+            for i, s in enumerate(pool[:n], 1):
+                task, annotation = common.ls_task(i, s)
+                post(b.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
+                                          "task": task, "project": project})
+            probe = {"tasks": [{"id": 1, "data": {"text": pool[0]["text"]}}], "project": "1",
+                     "label_config": CLUENER_CONFIG}
+            state, version, done_s, served_s = _train_and_wait(a, b, project, probe)
+            versions = requests.get(b.url + "/versions", params={"project": "1"}, timeout=30).json()
+            meta = versions["projects"]["1"]["versions"][-1]
+            scored = _served_f1(b, test_sentences)
+        row = {"tasks": n, "version": version, "job_minutes": round(done_s / 60, 2),
+               "served_minutes": round(served_s / 60, 2),
+               "train_minutes": round((meta.get("train_seconds") or 0) / 60, 2),
+               "epochs_run": meta.get("epochs_run"), "test": scored}
+        rows.append(row)
+        log(f"{name}: {row}")
+    out = {"jobs": rows}
+    if compare_serving and rows:
+        out["serving"] = _compare_serving(root / "1" / rows[-1]["version"], test_sentences)
+    return out
+
+
+def _compare_serving(version_dir, sentences):
+    """``/predict`` texts/s of a served scratch version with its tagger and without it."""
+    models = common.WORK / "models"
+    out = {}
+    for kind in ("tagger", "prompts"):
+        copy = models / f"scratch-serving-{kind}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(version_dir, copy)
+        if kind == "prompts":
+            for name in ("tagger.json", "tagger.pdparams"):
+                (copy / name).unlink()
+        root = common.WORK / "serve" / f"scratch-serving-{kind}"
+        shutil.rmtree(root, ignore_errors=True)
+        with Gunicorn({"UIE_MODEL": str(copy), "MODEL_DIR": str(root)},
+                      common.WORK / "logs" / f"gunicorn-scratch-serving-{kind}.log") as server:
+            server.wait()
+            _served_f1(server, sentences[:64])                       # warm-up
+            out[kind] = _served_f1(server, sentences)
+    out["ratio"] = round(out["tagger"]["texts_per_second"] / out["prompts"]["texts_per_second"], 2)
+    log(f"scratch serving: {out}")
     return out

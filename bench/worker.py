@@ -61,6 +61,35 @@ def build(spec):
     return path
 
 
+TEST_CURVE = []     # (training minutes, test P/R/F1 of the model as it was then)
+
+
+def test_along_the_way(finetune, test, every):
+    """Also score the model being trained on ``test`` at its first evaluation
+    after every ``every`` seconds of training (the learning curve; the model
+    is still selected on dev). The time these take is not training time."""
+    evaluate = finetune.Trainer._evaluate
+    marks = {"next": every}
+
+    def _evaluate(self, epoch):
+        stop = evaluate(self, epoch)
+        elapsed = time.time() - self.started
+        if elapsed >= marks["next"] or stop:
+            t = time.time()
+            self.train_mode(False)
+            m = evaluate_examples(self.predictor, test)
+            self.train_mode(True)
+            TEST_CURVE.append({"minutes": round(elapsed / 60, 2), "step": self.step, "epoch": epoch,
+                               "precision": m["precision"], "recall": m["recall"], "f1": m["f1"]})
+            marks["next"] = elapsed + every
+            self.started += time.time() - t        # not training time (max_seconds, train_seconds)
+        return stop
+
+    from evaluate import evaluate_examples
+
+    finetune.Trainer._evaluate = _evaluate
+
+
 def main(spec_path, result_path):
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     import finetune
@@ -87,6 +116,8 @@ def main(spec_path, result_path):
         result = {"examples_per_second": rate, "steps": min(steps, done["steps"])}
     else:
         dev = read_examples(spec["dev"]) if spec.get("dev") else None
+        if spec.get("test_every_seconds"):
+            test_along_the_way(finetune, read_examples(spec["test"]), spec["test_every_seconds"])
         started = time.time()
         result = finetune.finetune(train, dev, model_dir, save_dir, device="cpu", **spec["kwargs"])
         result["wall_seconds"] = round(time.time() - started, 1)
@@ -102,6 +133,7 @@ def main(spec_path, result_path):
             t = time.time()
             result["test"] = evaluate_examples(predictor, test, per_label=True)
             result["test"]["seconds"] = round(time.time() - t, 1)
+            result["test_curve"] = TEST_CURVE
     Path(result_path).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
