@@ -254,6 +254,12 @@ def sample_negatives(examples, origins, max_negatives, rng):
     return [k for k, n in enumerate(origins) if n not in drop]
 
 
+def _cycle(make_batches):
+    """``make_batches()``'s batches, again and again (each round drawn anew)."""
+    while True:
+        yield from make_batches()
+
+
 def batches(encoded, batch_size, rng, order=None):
     """Length-bucketed batches in random order (little padding, still shuffled)."""
     order = list(range(len(encoded))) if order is None else list(order)
@@ -462,22 +468,25 @@ class Trainer:
     bad_evals: int = 0
     history: list = field(default_factory=list)
     started: float = 0.0
-    _uie_iter: object = field(default=None, repr=False)
+    epoch_inputs: int = 0                # with a tagger: inputs per epoch (see epoch_steps)
+    _cycles: tuple | None = field(default=None, repr=False)
 
     def epoch_steps(self, epoch_order) -> list[tuple]:
-        """This epoch's steps, ``(UIE input indices or None, tagger input indices or None)``:
-        with a tagger, one pass over its inputs, each step beside the next batch of
-        the UIE's inputs (if it has any); without, one pass over the UIE's."""
+        """This epoch's steps, ``(UIE input indices or None, tagger input indices or None)``.
+
+        Without a tagger, one pass over the UIE's inputs. With one, one pass over
+        ``epoch_inputs`` (the larger of the two sets): each step takes the next batch
+        of both, the smaller set starting again (reshuffled) when it runs out.
+        """
         if not self.tagging:
             return [(b, None) for b in batches(self.encoded, self.batch_size, self.rng, epoch_order())]
-        if self._uie_iter is None and self.encoded:
-            self._uie_iter = self._uie_batches(epoch_order)
-        return [(next(self._uie_iter) if self.encoded else None, b)
-                for b in batches(self.tagging.inputs, self.batch_size, self.rng)]
-
-    def _uie_batches(self, epoch_order):
-        while True:
-            yield from batches(self.encoded, self.batch_size, self.rng, epoch_order())
+        if self._cycles is None:
+            uie = _cycle(lambda: batches(self.encoded, self.batch_size, self.rng, epoch_order()))
+            tag = _cycle(lambda: batches(self.tagging.inputs, self.batch_size, self.rng))
+            self._cycles = (uie if self.encoded else None, tag)
+        uie, tag = self._cycles
+        return [(next(uie) if uie else None, next(tag))
+                for _ in range(math.ceil(self.epoch_inputs / self.batch_size))]
 
     def loss(self, uie_batch, tag_batch):
         """The span loss of a batch of the UIE's inputs plus the weighted loss of a
@@ -627,7 +636,9 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
             return range(len(encoded))
         return sample_negatives(uie_examples, origins, max_negatives, rng)
 
-    per_epoch = len(tagging.inputs) if tagging else len(epoch_order())
+    per_epoch = len(epoch_order()) if encoded else 0
+    if tagging:         # an epoch passes over the larger of the tagger's and the UIE's inputs
+        per_epoch = max(per_epoch, len(tagging.inputs))
     steps_per_epoch, num_epochs = plan_epochs(per_epoch, batch_size, num_epochs, kind, dist)
     total_steps = steps_per_epoch * num_epochs
     optimizer, schedule = make_optimizer(model, tagging.tagger if tagging else None, learning_rate,
@@ -653,7 +664,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                       schedule=schedule, rng=rng, predictor=predictor, dev_examples=dev_examples,
                       save=save, batch_size=batch_size, pos_weight=pos_weight or defaults["pos_weight"],
                       patience=patience or defaults["patience"], max_seconds=max_seconds,
-                      tagging=tagging, dist=dist)
+                      tagging=tagging, dist=dist, epoch_inputs=per_epoch)
     if dist:
         dist.same_start(trainer.parameters())
     epochs_run = trainer.run(num_epochs, total_steps, epoch_order, logging_steps, valid_steps)

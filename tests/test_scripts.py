@@ -33,7 +33,7 @@ def test_the_tutorial_pipeline_from_the_command_line(tmp_path, scratch_small):
     trained = run("finetune.py", "--train_path", tmp_path / "data/train.txt", "--dev_path",
                   tmp_path / "data/dev.txt", "--save_dir", tmp_path / "ckpt", "--model", scratch_small,
                   "--num_epochs", 2, "--batch_size", 8, "--max_seq_len", 64, "--device", "cpu",
-                  "--logging_steps", 5, "--learning_rate", "1e-3", "--max_negatives", 2,
+                  "--logging_steps", 1, "--learning_rate", "1e-3", "--max_negatives", 2,
                   "--tagging_weight", 0.5)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "examples/s" in trained.stderr and "Best dev: Precision:" in trained.stdout
