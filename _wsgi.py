@@ -29,7 +29,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
-import server_metrics
+import service.metrics
 from label_config import LabelConfigError
 from my_ml_backend import UIEBackend
 from projects import project_key
@@ -207,7 +207,7 @@ def predict():
     regions = sum(len(r["result"]) for r in results)
     _ext()["metrics"].add(predict_requests=1, predicted_tasks=len(tasks), predicted_regions=regions,
                           predict_seconds=time.perf_counter() - started)
-    server_metrics.observe_prediction(project, len(tasks), regions)
+    service.metrics.observe_prediction(project, len(tasks), regions)
     return jsonify(results=results, model_version=results[0]["model_version"] if results
                    else model.model_version)
 
@@ -336,7 +336,7 @@ def metrics_view():
     ext = _ext()
     if request.args.get("format") == "json":
         return jsonify(dict(ext["metrics"].snapshot(), jobs=ext["jobs"].summary()))
-    body, content_type = server_metrics.render(ext["store"], ext["jobs"])
+    body, content_type = service.metrics.render(ext["store"], ext["jobs"])
     return current_app.response_class(body, content_type=content_type)
 
 
@@ -352,7 +352,7 @@ def count_request(response):
     started = g.get("request_started")
     if started is not None:
         rule = request.url_rule.rule if request.url_rule is not None else "other"
-        server_metrics.observe_request(rule, request.method, response.status_code,
+        service.metrics.observe_request(rule, request.method, response.status_code,
                                        time.perf_counter() - started)
     return response
 
@@ -437,16 +437,16 @@ def configure_logging(level: str):
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app: load the base model once, start the job runner, wire the views."""
-    from annotation_store import AnnotationStore
-    from jobs import JobRunner
-    from model_store import ModelStore
+    from service.annotation_store import AnnotationStore
+    from service.jobs import JobRunner
+    from service.model_store import ModelStore
 
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     store = ModelStore(settings)
     if settings.redis_url:      # scale-out: jobs on RQ workers, annotations in Redis
-        from job_queue import QueueRunner, connect
-        from redis_annotation_store import RedisAnnotationStore
+        from service.job_queue import QueueRunner, connect
+        from service.redis_annotation_store import RedisAnnotationStore
 
         conn = connect(settings.redis_url)
         conn.ping()             # fail at start, not on the first webhook
@@ -454,7 +454,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         jobs = QueueRunner(store, annotations, conn)
     else:
         annotations = AnnotationStore(store.root / "annotations.sqlite3")
-        jobs = JobRunner(store, annotations, on_finish=server_metrics.observe_training)
+        jobs = JobRunner(store, annotations, on_finish=service.metrics.observe_training)
 
     app = Flask(__name__)
     app.json = JSONProvider(app)
@@ -546,8 +546,8 @@ def cli_env(args: argparse.Namespace, env) -> dict:
 
 def check(settings: Settings) -> int:
     """``--check``: load the model as the server would; 0 if it serves what was asked for."""
-    from model_store import ModelStore
-    from uie_model import ModelLoadError
+    from service.model_store import ModelStore
+    from uie.checkpoint import ModelLoadError
 
     configure_logging(settings.log_level)
     try:
@@ -575,7 +575,7 @@ def main(argv=None, env=None) -> int:
         return 2
     if args.check:
         return check(settings)
-    from uie_model import ModelLoadError
+    from uie.checkpoint import ModelLoadError
 
     try:
         app = create_app(settings)

@@ -78,18 +78,20 @@ def main(argv=None):
     parser.add_argument("--output_json", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
 
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
 
-    if args.max_seq_len < uie_model.MIN_SEQ_LEN:
-        parser.error(f"--max_seq_len must be at least {uie_model.MIN_SEQ_LEN}")
-    uie_model.use_all_cores()
+    if args.max_seq_len < uie.checkpoint.MIN_SEQ_LEN:
+        parser.error(f"--max_seq_len must be at least {uie.checkpoint.MIN_SEQ_LEN}")
+    uie.engine.use_all_cores()
     try:
         examples = read_examples(args.test_path)
-        device = uie_model.select_device(args.device)
-        predictor = uie_model.UIEPredictor.from_dir(args.model_path, device=device,
+        device = uie.checkpoint.select_device(args.device)
+        predictor = uie.predictor.UIEPredictor.from_dir(args.model_path, device=device,
                                                     max_seq_len=args.max_seq_len,
                                                     batch_size=args.batch_size)
-    except (DataError, uie_model.ModelLoadError) as exc:
+    except (DataError, uie.checkpoint.ModelLoadError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     metrics = evaluate_examples(predictor, examples, per_label=args.debug)

@@ -64,9 +64,12 @@ DEFAULTS = {
 
 def model_kind(model_dir) -> str:
     """``scratch`` for models built on the built-in char vocabulary, else ``pretrained``."""
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
-    return "scratch" if uie_model.is_scratch_model(model_dir) else "pretrained"
+    return "scratch" if uie.checkpoint.is_scratch_model(model_dir) else "pretrained"
 
 
 def token_span(t_starts, t_ends, start, end):
@@ -80,7 +83,7 @@ def token_span(t_starts, t_ends, start, end):
 class TrainingInput:
     """A UIE input and its targets: positions in ``input.ids`` of the span starts and ends."""
 
-    input: "uie_model.EncodedInput"
+    input: "uie.tokenizer.EncodedInput"
     starts: tuple[int, ...]
     ends: tuple[int, ...]
 
@@ -93,7 +96,7 @@ class TaggingInput:
     ``starts``/``ends``: ``(position in input.ids, class)`` of every span.
     """
 
-    input: "uie_model.EncodedInput"
+    input: "uie.tokenizer.EncodedInput"
     asked: tuple[int, ...]
     starts: tuple[tuple[int, int], ...]
     ends: tuple[tuple[int, int], ...]
@@ -111,11 +114,14 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
     """The UIE inputs of ``examples`` with their start/end targets.
 
     Long contents are split into the windows prediction uses
-    (``uie_model.encode_windows``); a window is trained on the spans it holds
+    (``uie.tokenizer.encode_windows``); a window is trained on the spans it holds
     whole. With a list as ``origins``, the index of each input's example is
     appended to it.
     """
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
     cache, out, dropped = {}, [], 0
     for n, ex in enumerate(examples):
@@ -130,7 +136,7 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
                 dropped += 1
             else:
                 spans.append(ts)
-        for encoded in uie_model.encode_windows(tokenizer, tokenizer.encode(ex["prompt"]), ids, max_seq_len):
+        for encoded in uie.tokenizer.encode_windows(tokenizer, tokenizer.encode(ex["prompt"]), ids, max_seq_len):
             marks = [m for m in (in_window(encoded, first, last) for first, last in spans) if m]
             out.append(TrainingInput(encoded, tuple(s for s, _ in marks), tuple(e for _, e in marks)))
             if origins is not None:
@@ -149,7 +155,10 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
     and the classes the examples ask about this content (a prompt nobody asked
     says nothing either way). Returns ``(classes, [TaggingInput])``.
     """
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
     counts = {}
     for ex in examples:
@@ -173,7 +182,7 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
             ts = token_span(t_starts, t_ends, s, e)
             if ts:
                 token_spans.append((k, *ts))
-        for encoded in uie_model.encode_windows(tokenizer, [], ids, max_seq_len):
+        for encoded in uie.tokenizer.encode_windows(tokenizer, [], ids, max_seq_len):
             marks = [(k, m) for k, first, last in token_spans if (m := in_window(encoded, first, last))]
             out.append(TaggingInput(encoded, tuple(sorted(asked)), tuple((s, k) for k, (s, _) in marks),
                                     tuple((e, k) for k, (_, e) in marks)))
@@ -202,9 +211,12 @@ def to_tensors(items, pad_id):
     float32, it also weighs the loss) and the start/end targets."""
     import paddle
 
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
-    arrays = uie_model.pad_batch([x.input for x in items], pad_id)
+    arrays = uie.tokenizer.pad_batch([x.input for x in items], pad_id)
     start = np.zeros(arrays["input_ids"].shape, dtype="float32")
     end = np.zeros(arrays["input_ids"].shape, dtype="float32")
     for r, x in enumerate(items):
@@ -221,9 +233,12 @@ def tagging_tensors(items, pad_id, n_classes):
     ``(n, width, classes)``."""
     import paddle
 
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
-    arrays = uie_model.pad_batch([x.input for x in items], pad_id)
+    arrays = uie.tokenizer.pad_batch([x.input for x in items], pad_id)
     n, width = arrays["input_ids"].shape
     asked = np.zeros((n, 1, n_classes), dtype="float32")
     start = np.zeros((n, width, n_classes), dtype="float32")
@@ -373,15 +388,18 @@ def launch(devices, train_examples, dev_examples, model_dir, save_dir, **options
 def save_best(model, model_dir, save_dir, metrics, tagger=None):
     """Write ``save_dir/model_best`` whole (temporary directory, then rename),
     with its span tagger if it has one."""
-    import span_tagger
-    import uie_model
+    import uie.tagger
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
     save_dir = Path(save_dir)
     tmp = save_dir / ".model_best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    uie_model.save_model(model, tmp, tokenizer_src=model_dir)
+    uie.checkpoint.save_model(model, tmp, tokenizer_src=model_dir)
     if tagger is not None:
-        span_tagger.save(tagger, tmp)
+        uie.tagger.save(tagger, tmp)
     (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     best = save_dir / "model_best"
     old = save_dir / ".model_best.old"
@@ -598,7 +616,10 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     """
     import paddle
 
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
     options = {k: v for k, v in locals().items()
                if k not in ("train_examples", "dev_examples", "model_dir", "save_dir", "devices",
@@ -620,7 +641,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     if dist:
         dist.start()
     model = load_model(model_dir, init_from_ckpt)
-    tokenizer = uie_model.OffsetTokenizer.from_dir(model_dir)
+    tokenizer = uie.checkpoint.load_tokenizer(model_dir)
     max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
     tagging = tagging_task(train_examples, tokenizer, max_seq_len, model_dir, tagging_weight, seed,
                            defaults["tagger_pos_weight"])
@@ -657,7 +678,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                   tagging.tagger if tagging else None)
         log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
 
-    predictor = uie_model.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
+    predictor = uie.predictor.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
                                        batch_size=max(batch_size, 32),
                                        tagger=tagging.tagger if tagging else None)
     trainer = Trainer(model=model, tokenizer=tokenizer, encoded=encoded, optimizer=optimizer,
@@ -688,7 +709,10 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 
 def check_options(train_examples, max_negatives, tagging_weight, max_seq_len):
     """``DataError`` for a training set or option ``finetune`` cannot use."""
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
     if not train_examples:
         raise DataError("the training set is empty")
@@ -696,26 +720,26 @@ def check_options(train_examples, max_negatives, tagging_weight, max_seq_len):
         raise DataError(f"max_negatives must be 0 or more, not {max_negatives}")
     if tagging_weight is not None and tagging_weight < 0:
         raise DataError(f"tagging_weight must be 0 or more, not {tagging_weight}")
-    if max_seq_len < uie_model.MIN_SEQ_LEN:
-        raise DataError(f"max_seq_len must be at least {uie_model.MIN_SEQ_LEN}, not {max_seq_len}")
+    if max_seq_len < uie.checkpoint.MIN_SEQ_LEN:
+        raise DataError(f"max_seq_len must be at least {uie.checkpoint.MIN_SEQ_LEN}, not {max_seq_len}")
 
 
 def tagging_task(examples, tokenizer, max_seq_len, model_dir, weight, seed=0, pos_weight=3.0):
     """The span tagger to train (``None`` with weight 0 or nothing to tag): the one
     ``model_dir`` serves, given the classes of ``examples``, or a new one."""
-    import span_tagger
+    import uie.tagger
 
     if weight <= 0:
         return None
     classes, encoded = encode_tagging(examples, tokenizer, max_seq_len)
     if not encoded:
         return None
-    served = span_tagger.load(model_dir)
+    served = uie.tagger.load(model_dir)
     if served is not None:
-        tagger = span_tagger.with_classes(served, classes)
+        tagger = uie.tagger.with_classes(served, classes)
     else:
         vocab = sorted(tokenizer.vocab, key=tokenizer.vocab.get)
-        tagger = span_tagger.build(vocab, classes, seed=seed)
+        tagger = uie.tagger.build(vocab, classes, seed=seed)
     return TaggingTask(encoded, classes, tagger, weight, pos_weight)
 
 
@@ -733,14 +757,17 @@ def plan_epochs(n_inputs, batch_size, num_epochs, kind, dist=None) -> tuple[int,
 def load_model(model_dir, init_from_ckpt=None):
     """The UIE of ``model_dir``, with the weights of ``init_from_ckpt`` (a
     ``.pdparams`` file or its directory) when given; they must fit it."""
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
-    model = uie_model.load_uie(model_dir)
+    model = uie.checkpoint.load_uie(model_dir)
     if init_from_ckpt:
         state_path = Path(init_from_ckpt)
         state_path = state_path / "model_state.pdparams" if state_path.is_dir() else state_path
-        state = uie_model.read_state_dict(state_path)
-        uie_model.check_weights(model, uie_model.weight_shapes(state), state_path)
+        state = uie.checkpoint.read_state_dict(state_path)
+        uie.checkpoint.check_weights(model, uie.checkpoint.weight_shapes(state), state_path)
         model.set_state_dict(state)
     return model
 
@@ -775,9 +802,12 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="auto: gpu when Paddle has one")
     args = parser.parse_args(argv)
 
-    import uie_model
+    import uie.checkpoint
+    import uie.engine
+    import uie.predictor
+    import uie.tokenizer
 
-    uie_model.use_all_cores()
+    uie.engine.use_all_cores()
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(message)s", force=True)
 
@@ -789,8 +819,8 @@ def main(argv=None):
         if dev is not None and not dev:
             log.warning("%s is empty: selecting the best model on the training set", args.dev_path)
         cache = args.model_cache_dir or Path(args.save_dir) / "_base"
-        source = uie_model.resolve_model(args.model, cache)
-        device = uie_model.select_device(args.device)
+        source = uie.checkpoint.resolve_model(args.model, cache)
+        device = uie.checkpoint.select_device(args.device)
         metrics = finetune(
             train, dev, source.path, args.save_dir, learning_rate=args.learning_rate,
             num_epochs=args.num_epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
@@ -799,7 +829,7 @@ def main(argv=None):
             warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
             max_seconds=args.max_seconds, max_negatives=args.max_negatives,
             tagging_weight=args.tagging_weight, tagger_learning_rate=args.tagger_learning_rate)
-    except (DataError, uie_model.ModelLoadError, FileNotFoundError) as exc:
+    except (DataError, uie.checkpoint.ModelLoadError, FileNotFoundError) as exc:
         print(f"finetune.py: error: {exc}", file=sys.stderr)
         return 2
     if "f1" not in metrics:     # a data-parallel process other than the first

@@ -13,7 +13,7 @@ import logging
 
 from convert import TaskTextError, task_text
 from label_config import Control, RelationLabel, parse_label_config, parse_relations
-from model_store import LiveModel, ModelStore
+from service.model_store import LiveModel, ModelStore
 from relations import relation_round
 
 log = logging.getLogger(__name__)

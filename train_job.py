@@ -134,25 +134,25 @@ def schema_lang_of(spec: JobSpec) -> str:
 def _score(model_path, examples, spec: JobSpec) -> dict:
     """Span P/R/F1 of the model in ``model_path``, loaded afresh from its files on the
     engine the server runs it with (so the new model's export is checked too)."""
-    import inference_engine
-    import uie_model
+    import uie.engine
+    import uie.predictor
     from evaluate import evaluate_examples
 
-    engine = inference_engine.load_engine(model_path, spec.inference_engine, spec.device, spec.threads)
-    predictor = uie_model.UIEPredictor.from_dir(model_path, device=spec.device, engine=engine,
+    engine = uie.engine.load_engine(model_path, spec.inference_engine, spec.device, spec.threads)
+    predictor = uie.predictor.UIEPredictor.from_dir(model_path, device=spec.device, engine=engine,
                                                 max_seq_len=spec.max_seq_len)
     return evaluate_examples(predictor, examples)
 
 
 def _export(candidate: Path, spec: JobSpec):
     """The static model the server will load, made here and not in a request."""
-    import inference_engine
+    import uie.engine
 
     if spec.inference_engine != "paddle-inference":
         return
     try:
-        inference_engine.export_static(candidate)
-    except inference_engine.ExportError as exc:
+        uie.engine.export_static(candidate)
+    except uie.engine.ExportError as exc:
         log.warning("%s; the new model will be served with dygraph", exc)
 
 
@@ -193,18 +193,19 @@ def train(spec: JobSpec, work: Path) -> dict:
 
 def run(job_dir) -> int:
     """Read ``spec.json``, train, write ``result.json`` (or ``{"error"}``); exit status."""
-    import uie_model
+    import uie.engine
+    import uie.predictor
 
-    import inference_engine
+    import uie.engine
 
     job_dir = Path(job_dir)
     started = time.time()
     try:
         spec = JobSpec.read(job_dir)
         if spec.threads:
-            inference_engine.set_math_threads(spec.threads)
+            uie.engine.set_math_threads(spec.threads)
         else:
-            uie_model.use_all_cores()
+            uie.engine.use_all_cores()
         result = train(spec, job_dir / "work")
         status = 0
     except JobError as exc:

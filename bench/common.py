@@ -18,8 +18,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CLUENER = SHARED / "data" / "cluener" / "train.json"
+# CLUENER2020's full training split (10,748 sentences), which the repository does not ship:
+# CLUENER_TRAIN or ``--cluener`` (bench/run.py), else data/cluener/train.json in the checkout.
+CLUENER_DEFAULT = REPO / "data" / "cluener" / "train.json"
+CLUENER = Path(os.environ.get("CLUENER_TRAIN") or CLUENER_DEFAULT)
 WORK = BENCH / "work"
 HOME = WORK / "home"
 
@@ -69,6 +71,20 @@ SHAPES = {
 
 # --------------------------------------------------------------------------
 # data
+
+def use_cluener(path=None) -> Path:
+    """Read CLUENER from ``path`` (else CLUENER_TRAIN, else the default); exit with a message
+    that says where to put it when the file is not there."""
+    global CLUENER
+    CLUENER = Path(path or CLUENER).expanduser()
+    if not CLUENER.is_file():
+        sys.exit(f"bench: CLUENER2020's train.json is not at {CLUENER}.\n"
+                 "The benchmarks train and measure on all of it (10,748 sentences); the repository ships only "
+                 "the tests' 1,000-line sample.\nGet train.json from the CLUENER2020 release "
+                 "(github.com/CLUEbenchmark/CLUENER2020, cluener_public.zip), then put it at "
+                 f"{CLUENER_DEFAULT} or pass --cluener PATH (or set CLUENER_TRAIN=PATH).")
+    return CLUENER
+
 
 def cluener(limit=None) -> list[dict]:
     """CLUENER sentences: ``{"text", "spans": [(label, start, end_exclusive)]}``."""
@@ -158,11 +174,11 @@ def model_dir(name, **shape) -> Path:
     a scratch model: finetune.py and the server treat it as they would uie-nano
     or uie-base (pretrained defaults, no auxiliary tagging pass).
     """
-    import uie_model
+    import uie.checkpoint
 
     path = WORK / "models" / name
-    if not uie_model.is_model_dir(path):
-        uie_model.build_scratch(path, **shape)
+    if not uie.checkpoint.is_model_dir(path):
+        uie.checkpoint.build_scratch(path, **shape)
     cfg = path / "tokenizer_config.json"
     config = json.loads(cfg.read_text(encoding="utf-8"))
     if config.pop("vocab_kind", None) is not None:

@@ -48,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="BATCH_SIZE of the served model")
     parser.add_argument("--profile-shapes", default="nano", help="shapes of the profile section")
     parser.add_argument("--no-write", action="store_true", help="print, do not update results.*")
+    parser.add_argument("--cluener", default=None,
+                        help="CLUENER2020's train.json (default: CLUENER_TRAIN, else data/cluener/train.json)")
     parser.add_argument("--scratch-minutes", type=float, default=30.0,
                         help="scratch: the time budget of finetune.py --model scratch on all of CLUENER")
     parser.add_argument("--scratch-tasks", default="50,200,1000",
@@ -61,6 +63,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 3.0)
+    common.use_cluener(args.cluener)
 
     import serving
     import training
@@ -188,7 +191,7 @@ def _f(x, digits=2):
 
 def _recipe(r) -> str:
     shape = r["shape"]
-    drop = shape.get("hidden_dropout_prob", 0.0)     # uie_model.SCRATCH_SHAPE has no dropout
+    drop = shape.get("hidden_dropout_prob", 0.0)     # uie.checkpoint.SCRATCH_SHAPE has no dropout
     neg = r.get("negatives")
     max_neg = r.get("max_negatives")
     if neg is not None:
@@ -446,7 +449,7 @@ def report(results) -> str:
                   "`INFERENCE_ENGINE=paddle-inference`, `CPU_THREADS` = every core, `BATCH_WAIT_MS=5`); "
                   "(b0) the same request to a second gunicorn on today's path (`INFERENCE_ENGINE=dygraph "
                   "CPU_THREADS=1`); (c) the forward pass alone: exactly (b)'s batches through "
-                  "`inference_engine.load_engine(model, \"paddle-inference\", \"cpu\", threads)` with (b)'s "
+                  "`uie.engine.load_engine(model, \"paddle-inference\", \"cpu\", threads)` with (b)'s "
                   "threads, in the benchmark's process. The four are timed back to back in each round.", "",
                   f"Goals (issue 9, on 2 cores; measured on {cores}): (b) ≥ {GOALS['b_over_b0']}× (b0); "
                   f"(b) ≥ {GOALS['b_over_a_nano']}× (a) on the nano shape; (b)'s seconds ≤ "

@@ -122,13 +122,13 @@ def taskflow_spans(result):
 def engine_predictor(model, engine="paddle-inference", threads=1, **kwargs):
     """A ``UIEPredictor`` (no batcher) of ``model`` whose forward pass is ``inference_engine``'s
     ``engine`` on ``threads`` math threads; an error if that engine does not load."""
-    import inference_engine
-    import uie_model
+    import uie.engine
+    import uie.predictor
 
-    forward = inference_engine.load_engine(model, engine, "cpu", threads)
+    forward = uie.engine.load_engine(model, engine, "cpu", threads)
     if forward.name != engine:
         raise RuntimeError(f"{model}: {engine} did not load ({forward.reason})")
-    return uie_model.UIEPredictor.from_dir(model, engine=forward, **kwargs)
+    return uie.predictor.UIEPredictor.from_dir(model, engine=forward, **kwargs)
 
 
 def forward_batches(predictor, texts):
@@ -192,12 +192,12 @@ def describe_servers(servers) -> dict:
 
 def run_shape(shape, sections, quick=False, batch_size=None):
     """Throughput / latency / memory of one model shape, (b) beside (b0); their results."""
-    import inference_engine
+    import uie.engine
 
     plan = dict(PLAN[shape], **(QUICK[shape] if quick else {}))
     model = common.model_dir(shape, **common.SHAPES[shape])
     # as the server's start-up would: done here, so that no worker's peak memory includes it
-    inference_engine.export_static(model)
+    uie.engine.export_static(model)
     texts = common.bench_texts(plan.get("texts", 256))
     env = {"UIE_MODEL": str(model)}
     if batch_size:
@@ -417,11 +417,11 @@ def relations(model, quick=False):
     """``/predict`` of the same texts with the tutorial's labels alone and with three relations
     (``common.RELATION_CONFIG``), interleaved round by round on one server with the new defaults
     (server (b)); texts/s of each, the ratio, and the prompts each asked per text."""
-    import inference_engine
+    import uie.engine
     from settings import Settings
 
     plan = RELATIONS_QUICK if quick else RELATIONS_PLAN
-    inference_engine.export_static(model)        # as in section 1: not in the worker's time
+    uie.engine.export_static(model)        # as in section 1: not in the worker's time
     texts = common.bench_texts(plan["texts"])
     env = dict(SERVERS[NEW], UIE_MODEL=str(model))
     schema_lang = Settings.from_env(env).schema_lang
@@ -506,12 +506,12 @@ def agreement(model_dir, labels, label_config, n_texts=256, thresholds=(0.5, 0.2
 def profile(shape, quick=False):
     """Forward-pass seconds of (c) (the served engine and threads) for several BATCH_SIZE
     values, short texts and a long one; then the engines and threads compared."""
-    import inference_engine
-    import uie_model
+    import uie.engine
+    import uie.predictor
     from settings import Settings
 
     model_path = common.model_dir(shape, **common.SHAPES[shape])
-    inference_engine.export_static(model_path)
+    uie.engine.export_static(model_path)
     settings = Settings.from_env({})
     base = engine_predictor(model_path, settings.inference_engine, settings.math_threads, max_seq_len=512)
     n_short = {"nano": 256, "base": 32}[shape] // (4 if quick else 1)
@@ -523,7 +523,7 @@ def profile(shape, quick=False):
     rounds = 1 if quick or shape == "base" else 2
     timings = {}
     for bs in sizes:
-        p = uie_model.UIEPredictor(base.engine, base.tokenizer, max_seq_len=512, batch_size=bs)
+        p = uie.predictor.UIEPredictor(base.engine, base.tokenizer, max_seq_len=512, batch_size=bs)
         timings[bs] = {"short": forward_batches(p, short)[0], "long": forward_batches(p, [long_text])[0]}
     res = {bs: {"short": [], "long": []} for bs in sizes}
     time_forward(base, timings[16]["short"][:2])

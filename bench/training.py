@@ -57,14 +57,14 @@ RATE_EXAMPLES = {"nano": 1600, "base": 160, "scratch": 1600}
 
 def rate_model(shape) -> Path:
     """The model the training rates start from: ``nano``/``base`` (standing in for the
-    pretrained models) or ``scratch``, the backend's scratch model (``uie_model.SCRATCH_SHAPE``)."""
+    pretrained models) or ``scratch``, the backend's scratch model (``uie.checkpoint.SCRATCH_SHAPE``)."""
     if shape != "scratch":
         return common.model_dir(shape, **common.SHAPES[shape])
-    import uie_model
+    import uie.checkpoint
 
     model = common.WORK / "models" / "scratch-default"
-    if not uie_model.is_model_dir(model):
-        uie_model.build_scratch(model)
+    if not uie.checkpoint.is_model_dir(model):
+        uie.checkpoint.build_scratch(model)
     return model
 
 
@@ -362,11 +362,11 @@ def trained_tutorial_model(minutes=3.0, shape=None):
     (for agreement, when no learning run has left a model), or, with ``shape``, that shape
     (``common.SHAPES``, random weights) as the start (for relations: a model that finds regions,
     whose subjects the relation prompts ask about). Trained once, kept under work/models/."""
-    import uie_model
+    import uie.checkpoint
 
     name = "trained-tutorial" if shape is None else f"trained-tutorial-{shape}-{minutes:g}min"
     path = common.WORK / "models" / name
-    if uie_model.is_model_dir(path / "model_best"):
+    if uie.checkpoint.is_model_dir(path / "model_best"):
         return path / "model_best"
     sentences = common.cluener()[3000:3500]
     prompts = dict(common.TUTORIAL_MAP, _time="时间", _price="价格", _weather="天气")

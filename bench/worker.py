@@ -42,13 +42,14 @@ class RateLog(logging.Handler):
 
 
 def build(spec):
-    import uie_model
+    import uie.checkpoint
+    import uie.predictor
 
     shape = dict(spec["build"])
     bias = shape.pop("output_bias", None)
     path = Path(spec["save_dir"]) / "init"
-    if not uie_model.is_model_dir(path):
-        uie_model.build_scratch(path, **shape)
+    if not uie.checkpoint.is_model_dir(path):
+        uie.checkpoint.build_scratch(path, **shape)
         if bias is not None:   # a different start for the span heads than build_scratch's -4
             import numpy as np
             import paddle
@@ -124,10 +125,11 @@ def main(spec_path, result_path):
         rates = getattr(rate_log, "first_eval_rates", None) or rate_log.rates
         result["train_rate"] = rates[-1][1] if rates else result["examples_per_second"]
         if spec.get("test"):
-            import uie_model
+            import uie.checkpoint
+            import uie.predictor
 
             test = read_examples(spec["test"])
-            predictor = uie_model.UIEPredictor.from_dir(save_dir / "model_best",
+            predictor = uie.predictor.UIEPredictor.from_dir(save_dir / "model_best",
                                                         max_seq_len=spec["kwargs"].get("max_seq_len", 128),
                                                         batch_size=64)
             t = time.time()

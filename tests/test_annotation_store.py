@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from annotation_store import AnnotationStore
-from conftest import load_request
+from service.annotation_store import AnnotationStore
+from helpers import load_request
 
 CREATED = load_request("post_webhook_annotation_created.json")["body"]
 UPDATED = load_request("post_webhook_annotation_updated.json")["body"]

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN
-from test_inference_engine import cluener_texts
+from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, cluener_texts
 
 
 class Counting:
@@ -28,11 +27,11 @@ class Counting:
 
 
 def make(model_dir, batch_wait_ms=None, batch_size=8, fail_when=None, max_seq_len=SEQ_LEN):
-    import inference_engine
-    import uie_model
+    import uie.engine
+    import uie.predictor
 
-    engine = Counting(inference_engine.load_engine(model_dir, "paddle-inference", export=True), fail_when)
-    return uie_model.UIEPredictor.from_dir(model_dir, engine=engine, max_seq_len=max_seq_len,
+    engine = Counting(uie.engine.load_engine(model_dir, "paddle-inference", export=True), fail_when)
+    return uie.predictor.UIEPredictor.from_dir(model_dir, engine=engine, max_seq_len=max_seq_len,
                                            batch_size=batch_size, batch_wait_ms=batch_wait_ms), engine
 
 

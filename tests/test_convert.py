@@ -15,8 +15,9 @@ sys.path.insert(0, str(REPO))
 
 import convert  # noqa: E402
 import doccano  # noqa: E402
+from helpers import REQUESTS  # noqa: E402
 
-POST_TRAIN = Path(__file__).resolve().parents[2] / "shared/label-studio-1.23.2/requests/post_train.json"
+POST_TRAIN = REQUESTS / "post_train.json"
 
 
 def region(text, start, end, *labels, rid=None, from_name="label", value_text=None):

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
 
 
 @pytest.fixture(scope="module")
 def tokenizer(scratch_small):
-    import uie_model
+    import uie.checkpoint
 
-    return uie_model.OffsetTokenizer.from_dir(scratch_small)
+    return uie.checkpoint.load_tokenizer(scratch_small)
 
 
 def test_tagging_marks_every_prompts_spans_in_one_prompt_free_input(tokenizer):
@@ -109,11 +109,11 @@ def test_init_from_ckpt_refuses_weights_of_another_model(tmp_path, scratch_small
     import paddle
 
     import finetune
-    import uie_model
+    import uie.checkpoint
 
     state = paddle.load(str(scratch_small / "model_state.pdparams"))
     paddle.save({"bert." + k: v for k, v in state.items()}, str(tmp_path / "foreign.pdparams"))
-    with pytest.raises(uie_model.ModelLoadError, match="foreign.pdparams does not fit"):
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="foreign.pdparams does not fit"):
         finetune.finetune(uie_examples()[:2], None, scratch_small, tmp_path / "out", num_epochs=1,
                           max_seq_len=SEQ_LEN, device="cpu", init_from_ckpt=tmp_path / "foreign.pdparams")
     assert not (tmp_path / "out" / "model_best").exists()

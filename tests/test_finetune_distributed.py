@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SEQ_LEN, uie_examples
+from helpers import REPO, SEQ_LEN, uie_examples
 
 
 def write(examples, path):
@@ -46,9 +46,9 @@ def test_the_cli_runs_under_the_launcher_on_two_cpu_processes(tmp_path, scratch_
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 3
     # both processes took the same number of steps, each on its share of the batches
     import finetune
-    import uie_model
+    import uie.checkpoint
 
-    tokenizer = uie_model.OffsetTokenizer.from_dir(scratch_small)
+    tokenizer = uie.checkpoint.load_tokenizer(scratch_small)
     # a scratch model's epoch is one pass of its span tagger over the texts (the UIE has no
     # example of its own: the tagger answers both labels)
     inputs = len(finetune.encode_tagging(uie_examples(), tokenizer, SEQ_LEN)[1])
@@ -59,7 +59,7 @@ def test_the_cli_runs_under_the_launcher_on_two_cpu_processes(tmp_path, scratch_
         last = re.findall(r"step (\d+)/(\d+) loss", text)[-1]
         assert last == (str(3 * per_process),) * 2, (name, text[-2000:])
     assert "Best dev" in logs["workerlog.0"] and "Best dev" not in logs["workerlog.1"]
-    uie_model.load_uie(save / "model_best")        # the first process saved a whole model
+    uie.checkpoint.load_uie(save / "model_best")        # the first process saved a whole model
 
 
 def test_finetune_launches_itself_for_a_job(tmp_path, scratch_small):

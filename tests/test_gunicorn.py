@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from conftest import (EDGE_CASES, LABEL_CONFIG, REPO, SEQ_LEN, free_port, load_request, spans_of,
-                      tasks_for)
+from harness.gunicorn_process import free_port
+from helpers import EDGE_CASES, LABEL_CONFIG, REPO, SEQ_LEN, load_request, spans_of, tasks_for
 
 
 def test_gunicorn_serves_label_studio_requests_and_concurrent_ones_equal_sequential(gunicorn, trained_model):

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from conftest import EDGE_CASES, LABEL_CONFIG, PERSON, load_request, spans_of, tasks_for
+from helpers import EDGE_CASES, LABEL_CONFIG, PERSON, load_request, spans_of, tasks_for
 
 SURROGATE = "\ud800"
 

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
-from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN
-from test_training import CLUENER
+from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, cluener_texts
 
 SERVE_LEN = 128     # CLUENER sentences fit one window, as in Taskflow
-
-
-def cluener_texts(n):
-    with open(CLUENER, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_model):
     """A copy of the trained fixture model with its static export."""
-    import inference_engine
+    import uie.engine
 
     model_dir = tmp_path_factory.mktemp("exported") / "model"
     shutil.copytree(trained_model, model_dir)
-    inference_engine.export_static(model_dir)
+    uie.engine.export_static(model_dir)
     return model_dir
 
 
 def predictor(model_dir, engine, threshold, max_seq_len=SERVE_LEN):
-    import inference_engine
-    import uie_model
+    import uie.engine
+    import uie.predictor
 
-    return uie_model.UIEPredictor.from_dir(model_dir, max_seq_len=max_seq_len, threshold=threshold,
-                                           engine=inference_engine.load_engine(model_dir, engine))
+    return uie.predictor.UIEPredictor.from_dir(model_dir, max_seq_len=max_seq_len, threshold=threshold,
+                                           engine=uie.engine.load_engine(model_dir, engine))
 
 
 def as_table(found):
@@ -84,11 +77,11 @@ def test_long_texts_split_into_windows_answer_as_dygraph(exported):
 @pytest.mark.parametrize("damage", ["missing", "truncated-params", "deleted-model", "garbage-stamp",
                                     "other-weights"])
 def test_a_damaged_export_is_never_loaded(exported, tmp_path, damage, trained_model, scratch_small):
-    import inference_engine
+    import uie.engine
 
     model_dir = tmp_path / "model"
     shutil.copytree(exported, model_dir)
-    model_file, params_file = inference_engine.static_files(model_dir)
+    model_file, params_file = uie.engine.static_files(model_dir)
     if damage == "missing":
         shutil.rmtree(model_dir / "static")
     elif damage == "truncated-params":
@@ -99,12 +92,12 @@ def test_a_damaged_export_is_never_loaded(exported, tmp_path, damage, trained_mo
         (model_dir / "static" / "export.json").write_text("{{", encoding="utf-8")
     elif damage == "other-weights":
         shutil.copyfile(scratch_small / "model_state.pdparams", model_dir / "model_state.pdparams")
-    assert inference_engine.check_static(model_dir)
-    engine = inference_engine.load_engine(model_dir, "paddle-inference")
+    assert uie.engine.check_static(model_dir)
+    engine = uie.engine.load_engine(model_dir, "paddle-inference")
     assert engine.name == "dygraph" and engine.reason
     # at start-up or in a training job the export is made again
-    engine = inference_engine.load_engine(model_dir, "paddle-inference", export=True)
-    assert engine.name == "paddle-inference" and inference_engine.check_static(model_dir) is None
+    engine = uie.engine.load_engine(model_dir, "paddle-inference", export=True)
+    assert engine.name == "paddle-inference" and uie.engine.check_static(model_dir) is None
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".static")]
 
 
@@ -112,7 +105,7 @@ def test_an_export_is_whole_or_absent(exported, tmp_path, monkeypatch):
     """A crash mid-export leaves no static/ that looks usable."""
     import paddle
 
-    import inference_engine
+    import uie.engine
 
     model_dir = tmp_path / "model"
     shutil.copytree(exported, model_dir, ignore=shutil.ignore_patterns("static"))
@@ -122,8 +115,8 @@ def test_an_export_is_whole_or_absent(exported, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(paddle.jit, "save", crash)
-    with pytest.raises(inference_engine.ExportError, match="disk full"):
-        inference_engine.export_static(model_dir)
+    with pytest.raises(uie.engine.ExportError, match="disk full"):
+        uie.engine.export_static(model_dir)
     assert not (model_dir / "static").exists()
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".static")]
 
@@ -132,7 +125,7 @@ def test_an_export_is_whole_or_absent(exported, tmp_path, monkeypatch):
 # The server's models run on INFERENCE_ENGINE
 
 def predict(client, project="1.1"):
-    from conftest import LABEL_CONFIG, tasks_for
+    from helpers import LABEL_CONFIG, tasks_for
 
     answer = client.post("/predict", json={"tasks": tasks_for(), "project": project,
                                            "label_config": LABEL_CONFIG})
@@ -160,9 +153,7 @@ def test_the_server_predicts_the_same_on_both_engines_and_says_which_it_uses(mak
 
 def test_a_trained_version_carries_its_export_and_a_missing_one_is_not_made_in_a_request(
         make_app, scratch_small, tmp_path, caplog):
-    from test_jobs import annotated_tasks
-    from test_training import wait_job
-    from conftest import LABEL_CONFIG
+    from helpers import LABEL_CONFIG, annotated_tasks, wait_job
 
     app = make_app(uie_model=str(scratch_small), train_epochs=1, train_max_seq_len=SEQ_LEN)
     client = app.test_client()
@@ -172,9 +163,9 @@ def test_a_trained_version_carries_its_export_and_a_missing_one_is_not_made_in_a
     assert done["state"] == "done" and done["promoted"], done
     store = app.extensions["uie"]["store"]
     version_dir = store.project_dir("3") / done["model_version"]
-    import inference_engine
+    import uie.engine
 
-    assert inference_engine.check_static(version_dir) is None          # exported by the job
+    assert uie.engine.check_static(version_dir) is None          # exported by the job
     predict(client, "3.1")
     assert store.engines()[str(version_dir)]["engine"] == "paddle-inference"
 

@@ -6,20 +6,7 @@ import json
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from conftest import EDGE_CASES, LABEL_CONFIG, SEQ_LEN
-from test_training import wait_job
-
-
-def annotated_tasks(cases, label_of=lambda label: label):
-    """Label Studio tasks with one annotation each, from (text, [(label, start, end)])."""
-    tasks = []
-    for i, (text, spans) in enumerate(cases, 1):
-        result = [{"id": f"r{k}", "from_name": "label", "to_name": "text", "type": "labels",
-                   "value": {"start": s, "end": e, "text": text[s:e], "labels": [label_of(label)]}}
-                  for k, (label, s, e) in enumerate(spans)]
-        tasks.append({"id": i, "data": {"text": text},
-                      "annotations": [{"id": 100 + i, "result": result, "was_cancelled": False}]})
-    return tasks
+from helpers import EDGE_CASES, LABEL_CONFIG, SEQ_LEN, annotated_tasks, wait_job
 
 
 def test_label_values_are_never_parsed_as_options(make_app, scratch_small, tmp_path):

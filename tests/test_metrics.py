@@ -5,8 +5,7 @@ from __future__ import annotations
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import EDGE_CASES, LABEL_CONFIG, tasks_for
-from test_training import CLUENER_CONFIG, cluener_tasks, wait_job
+from helpers import CLUENER_CONFIG, EDGE_CASES, LABEL_CONFIG, cluener_tasks, tasks_for, wait_job
 
 
 def parse(text: str) -> dict:

@@ -6,17 +6,16 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
-from conftest import make_settings
+from helpers import make_settings
 
 
 @pytest.fixture
 def store_for(tmp_path, scratch_small):
     """``store_for(**settings)`` -> a ModelStore on the tiny scratch model as base."""
-    from model_store import ModelStore
+    from service.model_store import ModelStore
 
     def make(**overrides):
         overrides.setdefault("model_dir", str(tmp_path / "models"))
@@ -37,7 +36,7 @@ def two_versions(store_for, scratch_small, trained_model):
 
 def fresh(store):
     """The same MODEL_DIR in a new process (nothing loaded, nothing remembered)."""
-    from model_store import ModelStore
+    from service.model_store import ModelStore
 
     return ModelStore(store.settings, source=store.base)
 
@@ -119,7 +118,7 @@ def test_a_version_kept_unserved_is_never_the_fallback(store_for, scratch_small,
 
 
 def test_promotion_records_the_weights_checksum(store_for, trained_model):
-    from model_store import weights_checksum
+    from service.model_store import weights_checksum
 
     store = store_for()
     version = store.promote("1", trained_model, {})
@@ -129,15 +128,15 @@ def test_promotion_records_the_weights_checksum(store_for, trained_model):
 
 def test_promotion_is_synced_to_disk_before_it_is_switched(store_for, trained_model, monkeypatch):
     """Every file of a version and its directory reach the disk before the renames."""
-    import model_store
+    import service.model_store
 
     events = []
     real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
-    monkeypatch.setattr(model_store.os, "fsync",
+    monkeypatch.setattr(service.model_store.os, "fsync",
                         lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
-    monkeypatch.setattr(model_store.os, "rename",
+    monkeypatch.setattr(service.model_store.os, "rename",
                         lambda a, b: (events.append(("rename", str(a), str(b))), real_rename(a, b)))
-    monkeypatch.setattr(model_store.os, "replace",
+    monkeypatch.setattr(service.model_store.os, "replace",
                         lambda a, b: (events.append(("replace", str(a), str(b))), real_replace(a, b)))
     store = store_for()
     version = store.promote("1", trained_model, {})
@@ -178,8 +177,8 @@ def test_health_shows_damaged_files_but_their_details_only_to_the_authenticated(
                                                                                 trained_model, tmp_path):
     import base64
 
-    from model_store import ModelStore
-    from conftest import make_settings
+    from service.model_store import ModelStore
+    from helpers import make_settings
 
     models = tmp_path / "models"
     store = ModelStore(make_settings(uie_model=str(scratch_small), model_dir=str(models)))

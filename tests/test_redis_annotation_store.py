@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from annotation_store import AnnotationStore
-from conftest import load_request
-from redis_annotation_store import RedisAnnotationStore
+from service.annotation_store import AnnotationStore
+from helpers import load_request
+from service.redis_annotation_store import RedisAnnotationStore
 from harness.redis_server import RedisServer
 
 CREATED = load_request("post_webhook_annotation_created.json")["body"]

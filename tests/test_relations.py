@@ -8,84 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FILLER, SEQ_LEN
-from test_training import start_training_body, wait_job, webhook_body
-
-PERSON, ORG, FOUNDER = "人名", "组织机构", "创始人"
-RELATION_CONFIG = (
-    '<View>'
-    f'<Labels name="label" toName="text"><Label value="{PERSON}"/><Label value="{ORG}"/></Labels>'
-    '<Text name="text" value="$text"/>'
-    f'<Relations><Relation value="{FOUNDER}"/></Relations>'
-    '</View>')
-PLAIN_CONFIG = RELATION_CONFIG.replace(f'<Relations><Relation value="{FOUNDER}"/></Relations>', "")
-
-
-def case(text, entities, relations=(), directions=None):
-    """(text, [(label, start, end)], [(subject, object, label, direction)]) with offsets found in
-    the text: ``entities`` is [(label, words)], ``relations`` [(subject words, object words)]
-    of FOUNDER; ``direction`` is how the annotator drew the arrow (Label Studio's
-    ``right``: subject -> object; ``left``: the arrow drawn from the object, pointing back)."""
-    spans, at = [], {}
-    for label, words in entities:
-        start = text.index(words, at.get(words, 0))
-        at[words] = start + 1
-        spans.append((label, start, start + len(words)))
-    where = {text[s:e]: (s, e) for _, s, e in spans}
-    rels = [(where[subj], where[obj], FOUNDER, (directions or {}).get(k, "right"))
-            for k, (subj, obj) in enumerate(relations)]
-    return text, spans, rels
-
-
-# A dozen sentences with persons, organisations and who founded what (organisation
-# 的创始人 -> person): some with two relations, some with a person or an organisation
-# in no relation, and the offset traps (emoji, CRLF, full width, a trailing space).
-RELATION_CASES = [
-    case("😀马云在杭州创办了阿里巴巴。", [(PERSON, "马云"), (ORG, "阿里巴巴")], [("阿里巴巴", "马云")]),
-    case("1998年，马化腾创立了腾讯公司。\r\n总部在深圳。", [(PERSON, "马化腾"), (ORG, "腾讯公司")],
-         [("腾讯公司", "马化腾")], {0: "left"}),
-    case("李彦宏是百度的创始人。", [(PERSON, "李彦宏"), (ORG, "百度")], [("百度", "李彦宏")]),
-    case("ＡＢＣ科技由赵六创办，孙七是那里的员工。", [(ORG, "ＡＢＣ科技"), (PERSON, "赵六"), (PERSON, "孙七")],
-         [("ＡＢＣ科技", "赵六")], {0: "left"}),
-    case("雷军创办的小米公司今天发布了新手机。", [(PERSON, "雷军"), (ORG, "小米公司")], [("小米公司", "雷军")]),
-    case("张一鸣创立了字节跳动，王兴则创办了美团。",
-         [(PERSON, "张一鸣"), (ORG, "字节跳动"), (PERSON, "王兴"), (ORG, "美团")],
-         [("字节跳动", "张一鸣"), ("美团", "王兴")]),
-    case("京东由刘强东创办，张三在那里工作了五年。", [(ORG, "京东"), (PERSON, "刘强东"), (PERSON, "张三")],
-         [("京东", "刘强东")]),
-    case("丁磊创立了网易，他的同学李四后来加入了搜狐。",
-         [(PERSON, "丁磊"), (ORG, "网易"), (PERSON, "李四"), (ORG, "搜狐")], [("网易", "丁磊")]),
-    case("黄峥创办的拼多多发展很快。 ", [(PERSON, "黄峥"), (ORG, "拼多多")], [("拼多多", "黄峥")]),
-    case("王五是华为的一名工程师。", [(PERSON, "王五"), (ORG, "华为")]),
-    case("程维创立了滴滴出行，柳青后来加入了滴滴出行。", [(PERSON, "程维"), (ORG, "滴滴出行"), (PERSON, "柳青")],
-         [("滴滴出行", "程维")]),
-    case("周鸿祎创办了奇虎公司。", [(PERSON, "周鸿祎"), (ORG, "奇虎公司")], [("奇虎公司", "周鸿祎")]),
-]
-
-# For the model the fixture trains until it knows them: the offset traps, and a text
-# longer than SEQ_LEN whose subject and object are in different windows.
-LONG_TEXT = "华为公司成立于深圳。" + FILLER * 3 + "任正非是它的创始人。"
-EDGE_RELATION_CASES = [
-    RELATION_CASES[0], RELATION_CASES[1], RELATION_CASES[3], RELATION_CASES[8],
-    case(LONG_TEXT, [(ORG, "华为公司"), (PERSON, "任正非")], [("华为公司", "任正非")]),
-    case(FILLER, []),
-]
-
-
-def annotation_result(text, spans, relations):
-    """Label Studio's result: regions with ids, relation items between them."""
-    ids = {}
-    result = []
-    for k, (label, s, e) in enumerate(spans):
-        ids[(s, e)] = f"r{k}"
-        result.append({"id": f"r{k}", "from_name": "label", "to_name": "text", "type": "labels",
-                       "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]}})
-    for subject, obj, label, direction in relations:
-        a, b = (subject, obj) if direction == "right" else (obj, subject)
-        result.append({"from_id": ids[a], "to_id": ids[b], "type": "relation", "direction": direction,
-                       "labels": [label]})
-    return result
-
+from helpers import (EDGE_RELATION_CASES, FILLER, FOUNDER, LONG_TEXT, ORG, PERSON, PLAIN_CONFIG, RELATION_CASES,
+                     RELATION_CONFIG, SEQ_LEN, annotation_result, case, start_training_body, wait_job, webhook_body)
 
 def annotated(cases, start_id=1):
     tasks = []
@@ -213,7 +137,7 @@ def test_relations_link_regions_of_the_same_prediction_with_exact_offsets(relati
     predictor = relation_app.extensions["uie"]["store"].live("1").predictor
     _, starts, _ = predictor.tokenizer.tokenize(LONG_TEXT)
     prompt = len(predictor.tokenizer.encode("华为公司的创始人"))
-    windows = [(lo, hi) for lo, hi, _, _ in __import__("uie_model").windows(len(starts), SEQ_LEN - 3 - prompt)]
+    windows = [(lo, hi) for lo, hi, _, _ in __import__("uie.tokenizer", fromlist=["windows"]).windows(len(starts), SEQ_LEN - 3 - prompt)]
     subject_token = starts.index(LONG_TEXT.index("华为公司"))
     object_token = starts.index(LONG_TEXT.index("任正非"))
     assert not any(lo <= subject_token and object_token < hi for lo, hi in windows)
@@ -300,7 +224,7 @@ def region(rid, text, start, end, label, score=0.9):
 def test_linking_nearest_subject_best_object_and_dropped_answers():
     from label_config import RelationLabel
     from relations import build_query, link
-    from uie_model import Span
+    from uie.predictor import Span
 
     text = "小米的雷军说：小米很好，雷军很忙。"
     regions = [region("a", text, 0, 2, ORG), region("b", text, 3, 5, PERSON),

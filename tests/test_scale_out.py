@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO
+from helpers import REPO
 from harness.gunicorn_process import Gunicorn
 from harness.rq_worker import RQWorker as Worker
 from harness.redis_server import RedisServer
-from test_training import CLUENER_CONFIG, cluener_tasks, start_training_body, wait_job, webhook_body
+from helpers import CLUENER_CONFIG, cluener_tasks, start_training_body, wait_job, webhook_body
 
 PROJECT = 21
 SETUP = {"project": f"{PROJECT}.1795892522"}

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from conftest import EDGE_CASES, PERSON, PLACE, REPO, SEQ_LEN, uie_examples
-from test_training import cluener_tasks
+from helpers import EDGE_CASES, PERSON, PLACE, REPO, SEQ_LEN, cluener_tasks, uie_examples
 
 
 def run(script, *args):
@@ -97,7 +96,7 @@ def test_taskflow_loads_a_finetuned_model_and_agrees_with_the_backend(trained_mo
     import paddlenlp.taskflow.utils as taskflow_utils
     from paddlenlp import Taskflow
 
-    import uie_model
+    import uie.predictor
 
     model_dir = tmp_path / "model"          # Taskflow writes static/ into its task_path
     shutil.copytree(trained_model, model_dir)
@@ -106,7 +105,7 @@ def test_taskflow_loads_a_finetuned_model_and_agrees_with_the_backend(trained_mo
                     max_seq_len=SEQ_LEN)
     texts = [text for text, _ in EDGE_CASES[:5]]
     theirs = flow(texts)
-    ours = uie_model.UIEPredictor.from_dir(trained_model, max_seq_len=SEQ_LEN).extract(
+    ours = uie.predictor.UIEPredictor.from_dir(trained_model, max_seq_len=SEQ_LEN).extract(
         [(t, [PERSON, PLACE]) for t in texts])
     for text, t, o in zip(texts, theirs, ours):
         for label in (PERSON, PLACE):

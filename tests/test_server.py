@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import EDGE_CASES, LABEL_CONFIG, PERSON, PLACE, SEQ_LEN, load_request, spans_of, tasks_for
+from helpers import EDGE_CASES, LABEL_CONFIG, PERSON, PLACE, SEQ_LEN, load_request, spans_of, tasks_for
 
 
 @pytest.fixture
@@ -221,11 +221,11 @@ def test_a_name_that_cannot_be_downloaded_falls_back_to_scratch(make_app, monkey
 
 
 def test_a_checkpoint_path_that_does_not_exist_is_a_startup_error(make_app, tmp_path):
-    import uie_model
+    import uie.checkpoint
 
-    with pytest.raises(uie_model.ModelLoadError, match="no such checkpoint directory"):
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="no such checkpoint directory"):
         make_app(uie_model=str(tmp_path / "nowhere"))
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(uie_model.ModelLoadError, match="missing model_state.pdparams"):
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="missing model_state.pdparams"):
         make_app(uie_model=str(tmp_path / "half"))

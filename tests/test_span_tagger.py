@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
 
 OTHER = "其他"
 
@@ -45,41 +45,42 @@ def found(results):
 
 def test_lac_is_installed_and_its_embedding_reads():
     """`make install` installs LAC; its character rows start the tagger's embedding."""
-    import lac_embedding
+    import uie.lac_embedding
 
-    where = lac_embedding.model_dir()
+    where = uie.lac_embedding.model_dir()
     assert where is not None and (where / "model" / "word_emb").is_file()
-    table = lac_embedding.read_tensor(where / "model" / "word_emb")
+    table = uie.lac_embedding.read_tensor(where / "model" / "word_emb")
     assert table.shape == (58224, 128) and table.dtype == np.float32
     ids = {}
     for line in (where / "conf" / "word.dic").read_text(encoding="utf-8").splitlines():
         i, _, char = line.partition("\t")
         ids.setdefault(char, int(i))
     vocab = ["[PAD]", "张", "##张", "京", "\U0001F600"]
-    start = lac_embedding.for_vocab(vocab, 128)
+    start = uie.lac_embedding.for_vocab(vocab, 128)
     assert np.array_equal(start[1], table[ids["张"]]) and np.array_equal(start[2], table[ids["张"]])
     assert np.array_equal(start[3], table[ids["京"]])
-    assert lac_embedding.for_vocab(vocab, 64) is None          # another width: no start
+    assert uie.lac_embedding.for_vocab(vocab, 64) is None          # another width: no start
 
 
 def test_read_tensor_refuses_a_truncated_file(tmp_path):
-    import lac_embedding
+    import uie.lac_embedding
 
-    src = lac_embedding.model_dir() / "model" / "fc_0.b_0"
+    src = uie.lac_embedding.model_dir() / "model" / "fc_0.b_0"
     (tmp_path / "cut").write_bytes(src.read_bytes()[:-8])
     with pytest.raises(ValueError, match="truncated"):
-        lac_embedding.read_tensor(tmp_path / "cut")
+        uie.lac_embedding.read_tensor(tmp_path / "cut")
 
 
 def test_a_scratch_model_saves_its_tagger_and_answers_its_labels_with_it(tagged):
-    import uie_model
+    import uie.checkpoint
+    import uie.predictor
 
     path, metrics = tagged
     assert metrics["kind"] == "scratch" and metrics["f1"] == 1.0
     assert sorted(metrics["tagger_classes"]) == sorted([PERSON, PLACE])
     config = json.loads((path / "tagger.json").read_text(encoding="utf-8"))
     assert config["embedding_start"].startswith("lac-")
-    predictor = uie_model.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN)
+    predictor = uie.predictor.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN)
     counting = CountingEngine(predictor.engine)
     predictor.engine = counting
     queries = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES]
@@ -92,9 +93,10 @@ def test_a_scratch_model_saves_its_tagger_and_answers_its_labels_with_it(tagged)
 
 def test_a_text_gets_the_same_tagger_answer_alone_and_beside_longer_ones(tagged):
     """Padding never reaches a text's answer: the GRU stops at each row's length."""
-    import uie_model
+    import uie.checkpoint
+    import uie.predictor
 
-    predictor = uie_model.UIEPredictor.from_dir(tagged[0], max_seq_len=SEQ_LEN, threshold=0.01)
+    predictor = uie.predictor.UIEPredictor.from_dir(tagged[0], max_seq_len=SEQ_LEN, threshold=0.01)
     short = (EDGE_CASES[0][0], [PERSON, PLACE])
     alone = predictor.extract([short])[0]
     beside = predictor.extract([(EDGE_CASES[5][0], [PERSON]), short, (EDGE_CASES[1][0], [PLACE])])[1]
@@ -107,10 +109,10 @@ def test_training_again_keeps_the_tagger_of_known_classes(tagged, tmp_path):
     """A served model trained again starts from its tagger; a new class gets a fresh row."""
     import paddle
 
-    import span_tagger
+    import uie.tagger
 
-    old = span_tagger.load(tagged[0])
-    new = span_tagger.with_classes(old, [PLACE, OTHER])
+    old = uie.tagger.load(tagged[0])
+    new = uie.tagger.with_classes(old, [PLACE, OTHER])
     w_old, w_new = old.head.weight.numpy(), new.head.weight.numpy()
     k = old.classes.index(PLACE)
     assert np.array_equal(w_new[:, 0:2], w_old[:, 2 * k: 2 * k + 2])
@@ -125,7 +127,8 @@ def test_training_again_keeps_the_tagger_of_known_classes(tagged, tmp_path):
 def test_a_damaged_tagger_does_not_load(tagged, tmp_path, damage):
     import paddle
 
-    import uie_model
+    import uie.checkpoint
+    import uie.predictor
 
     path = tmp_path / "model"
     shutil.copytree(tagged[0], path)
@@ -137,8 +140,8 @@ def test_a_damaged_tagger_does_not_load(tagged, tmp_path, damage):
         state = paddle.load(str(path / "tagger.pdparams"))
         state["head.weight"] = paddle.zeros([4, 4])
         paddle.save(state, str(path / "tagger.pdparams"))
-    with pytest.raises(uie_model.ModelLoadError, match="tagger"):
-        uie_model.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="tagger"):
+        uie.predictor.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN)
 
 
 def test_relation_prompts_are_no_tagger_class():

@@ -4,14 +4,16 @@ import random
 
 import pytest
 
-import uie_model
+import uie.checkpoint
+import uie.predictor
+import uie.tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizers(scratch_small):
     from paddlenlp.transformers import ErnieTokenizer
 
-    return (uie_model.OffsetTokenizer.from_dir(scratch_small),
+    return (uie.checkpoint.load_tokenizer(scratch_small),
             ErnieTokenizer(str(scratch_small / "vocab.txt")))
 
 
@@ -44,7 +46,7 @@ def test_offsets_point_at_the_original_characters(tokenizers, text, pieces):
 
 def test_windows_partition_ownership():
     for n, budget in [(10, 20), (200, 50), (1000, 45), (61, 60)]:
-        ws = uie_model.windows(n, budget)
+        ws = uie.tokenizer.windows(n, budget)
         assert ws[0][0] == 0 and ws[-1][1] == n
         assert all(hi - lo <= budget for lo, hi, _, _ in ws)
         owned = [(a, b) for _, _, a, b in ws]
@@ -60,7 +62,7 @@ def test_pair_spans_follows_uie_decoding():
 
     start = np.array([0.9, 0.1, 0.8, 0.1, 0.1, 0.7])
     end = np.array([0.1, 0.9, 0.1, 0.9, 0.1, 0.8])
-    spans = uie_model.pair_spans(start, end, 0.5)
+    spans = uie.predictor.pair_spans(start, end, 0.5)
     assert [(s, e) for s, e, _ in spans] == [(0, 1), (2, 3), (5, 5)]
     assert spans[0][2] == pytest.approx(0.81)
 
@@ -68,10 +70,10 @@ def test_pair_spans_follows_uie_decoding():
 def test_long_words_are_not_kept_in_the_caches(tokenizers):
     """Words of up to MAX_TEXT_CHARS characters must not pile up in the word cache."""
     ours, ernie = tokenizers
-    fresh = uie_model.OffsetTokenizer(ours.vocab, ours.do_lower_case)
+    fresh = uie.tokenizer.OffsetTokenizer(ours.vocab, ours.do_lower_case)
     rng = random.Random(3)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    lengths = [2000] * 100 + [101, 150, 60, 40, uie_model.WORD_CACHE_CHARS + 1]
+    lengths = [2000] * 100 + [101, 150, 60, 40, uie.tokenizer.WORD_CACHE_CHARS + 1]
     words = ["".join(rng.choice(letters) for _ in range(n)) for n in lengths]
     texts = [f"张三 {w}，Hello" for w in words]
     results = [fresh.tokenize(t) for t in texts]
@@ -90,12 +92,12 @@ def test_the_word_cache_is_bounded(tokenizers):
     import tracemalloc
 
     ours, _ = tokenizers
-    fresh = uie_model.OffsetTokenizer(ours.vocab, ours.do_lower_case)
+    fresh = uie.tokenizer.OffsetTokenizer(ours.vocab, ours.do_lower_case)
     rng = random.Random(5)
 
     def word():
         return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789")
-                       for _ in range(uie_model.WORD_CACHE_CHARS))
+                       for _ in range(uie.tokenizer.WORD_CACHE_CHARS))
 
     sample = 2000
     tracemalloc.start()
@@ -106,14 +108,14 @@ def test_the_word_cache_is_bounded(tokenizers):
         per_word = (tracemalloc.get_traced_memory()[0] - base) / sample
     finally:
         tracemalloc.stop()
-    for _ in range(uie_model.WORD_CACHE_SIZE):
+    for _ in range(uie.tokenizer.WORD_CACHE_SIZE):
         fresh.tokenize(word())
-    assert fresh._wordpiece.cache_info().currsize == uie_model.WORD_CACHE_SIZE
-    assert per_word * uie_model.WORD_CACHE_SIZE < 64 * 2**20, f"{per_word:.0f} bytes a word"
+    assert fresh._wordpiece.cache_info().currsize == uie.tokenizer.WORD_CACHE_SIZE
+    assert per_word * uie.tokenizer.WORD_CACHE_SIZE < 64 * 2**20, f"{per_word:.0f} bytes a word"
 
 
 def test_windows_of_one_token_and_of_none():
-    assert uie_model.windows(3, 1) == [(0, 1, 0, 1), (1, 2, 1, 2), (2, 3, 2, 3)]
-    assert uie_model.windows(0, 0) == [(0, 0, 0, 0)]
+    assert uie.tokenizer.windows(3, 1) == [(0, 1, 0, 1), (1, 2, 1, 2), (2, 3, 2, 3)]
+    assert uie.tokenizer.windows(0, 0) == [(0, 0, 0, 0)]
     with pytest.raises(ValueError, match="max_seq_len too short"):
-        uie_model.windows(3, 0)          # used to loop for ever
+        uie.tokenizer.windows(3, 0)          # used to loop for ever

@@ -13,78 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import SHARED, load_request
-
-CLUENER = SHARED / "data" / "cluener" / "train.json"
-CLUENER_LABELS = ["name", "address", "company", "organization", "government", "position",
-                  "game", "book", "movie", "scene"]
-CLUENER_CONFIG = ('<View><Labels name="label" toName="text">'
-                  + "".join(f'<Label value="{label}"/>' for label in CLUENER_LABELS)
-                  + '</Labels><Text name="text" value="$text"/></View>')
-
-
-def cluener_tasks(n, start=0):
-    """``n`` real CLUENER sentences as Label Studio tasks with one annotation each."""
-    tasks = []
-    with open(CLUENER, encoding="utf-8") as f:
-        lines = f.readlines()[start: start + n]
-    for i, line in enumerate(lines):
-        row = json.loads(line)
-        text = row["text"]
-        result = []
-        for label, entities in row["label"].items():
-            for spans in entities.values():
-                for s, e in spans:   # CLUENER's ends are inclusive
-                    result.append({"id": f"r{len(result)}", "from_name": "label", "to_name": "text",
-                                   "type": "labels",
-                                   "value": {"start": s, "end": e + 1, "text": text[s:e + 1],
-                                             "labels": [label]}})
-        task_id = 100 + start + i
-        tasks.append({"id": task_id, "data": {"text": text},
-                      "annotations": [{"id": 1000 + task_id, "result": result, "was_cancelled": False,
-                                       "ground_truth": False, "task": task_id,
-                                       "created_at": "2026-11-28T19:02:03.674275Z",
-                                       "updated_at": "2026-11-28T19:02:03.674322Z"}]})
-    return tasks
-
-
-def gold_spans(tasks):
-    return {(t["id"], r["value"]["labels"][0], r["value"]["start"], r["value"]["end"])
-            for t in tasks for r in t["annotations"][0]["result"]}
-
-
-def predicted_spans(predictions, tasks):
-    return {(t["id"], r["value"]["labels"][0], r["value"]["start"], r["value"]["end"])
-            for t, p in zip(tasks, predictions) for r in p["result"]}
-
-
-def webhook_body(action, task, annotation, project_id, label_config):
-    """The real ANNOTATION_CREATED body, carrying another task and annotation."""
-    body = copy.deepcopy(load_request("post_webhook_annotation_created.json")["body"])
-    body["action"] = action
-    body["annotation"].update(annotation)
-    body["annotation"]["task"] = task["id"]
-    body["task"].update({k: v for k, v in task.items() if k != "annotations"})
-    body["project"].update(id=project_id, label_config=label_config)
-    return body
-
-
-def start_training_body(project_id, label_config):
-    body = copy.deepcopy(load_request("post_webhook_start_training.json")["body"])
-    body["project"].update(id=project_id, label_config=label_config)
-    return body
-
-
-def wait_job(get, project, job_id, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        jobs = {j["id"]: j for j in get(f"/jobs?project={project}")["jobs"]}
-        job = jobs.get(job_id)
-        if job and job["state"] in ("done", "failed"):
-            return job
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {jobs}")
-
+from helpers import (CLUENER_CONFIG, cluener_tasks, gold_spans, load_request, predicted_spans,
+                     start_training_body, wait_job, webhook_body)
 
 def test_webhooks_start_training_new_version_reproduces_annotations(make_app, caplog):
     """Default settings, UIE_MODEL=scratch: a dozen annotated tasks, START_TRAINING, predictions."""

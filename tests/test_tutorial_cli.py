@@ -22,7 +22,8 @@ import pytest
 import requests
 
 import _wsgi
-from conftest import EDGE_CASES, LABEL_CONFIG, REPO, free_port, tasks_for
+from harness.gunicorn_process import free_port
+from helpers import EDGE_CASES, LABEL_CONFIG, REPO, tasks_for
 from harness.tool_venv import InstallError, ensure_tool
 from settings import Settings
 

@@ -9,21 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
 
-import uie_model
+import uie.checkpoint
+import uie.predictor
+import uie.tokenizer
 
 QUERIES = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES]
 
 
 @pytest.fixture(scope="module")
 def tokenizer(scratch_small):
-    return uie_model.OffsetTokenizer.from_dir(scratch_small)
+    return uie.checkpoint.load_tokenizer(scratch_small)
 
 
 @pytest.fixture(scope="module")
 def predictor(scratch_small):
-    return uie_model.UIEPredictor.from_dir(scratch_small, device="cpu", max_seq_len=SEQ_LEN,
+    return uie.predictor.UIEPredictor.from_dir(scratch_small, device="cpu", max_seq_len=SEQ_LEN,
                                            batch_size=4)
 
 
@@ -34,7 +36,7 @@ def expected_inputs(tokenizer, text, prompt, max_seq_len):
     budget = max_seq_len - 3 - len(p_ids)
     return [([tokenizer.cls_id, *p_ids, tokenizer.sep_id, *ids[lo:hi], tokenizer.sep_id],
              len(p_ids) + 2, lo, own_lo, own_hi)
-            for lo, hi, own_lo, own_hi in uie_model.windows(len(ids), budget)]
+            for lo, hi, own_lo, own_hi in uie.tokenizer.windows(len(ids), budget)]
 
 
 def serving_inputs(predictor, queries):
@@ -42,7 +44,7 @@ def serving_inputs(predictor, queries):
     inputs, _ = predictor.build_inputs(queries)
     out = []
     for q, prompt, x in inputs:
-        assert isinstance(x, uie_model.EncodedInput)
+        assert isinstance(x, uie.tokenizer.EncodedInput)
         out.append((q, prompt, list(x.ids), x.content_start, x.lo, x.own_lo, x.own_hi))
     return out
 
@@ -132,7 +134,7 @@ TAGGING_ARRAYS = "3d1b9babc96e3fca173060682e5dac3fd3222a51"
 def test_serving_feeds_the_model_the_same_arrays(predictor, monkeypatch):
     recorder = Recorder()
     monkeypatch.setattr(predictor, "forward",
-                        lambda inputs: recorder(uie_model.pad_batch(inputs, predictor.tokenizer.pad_id)))
+                        lambda inputs: recorder(uie.tokenizer.pad_batch(inputs, predictor.tokenizer.pad_id)))
     assert predictor.extract(QUERIES) == [{PERSON: [], PLACE: []} for _ in QUERIES]
     arrays = [call[k] for call in recorder.calls
               for k in ("input_ids", "token_type_ids", "position_ids", "attention_mask")]
@@ -190,7 +192,7 @@ def test_an_empty_text_or_no_prompt_has_no_input(predictor):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "model"
-    return uie_model.build_scratch(path, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    return uie.checkpoint.build_scratch(path, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=64)
 
 
@@ -214,22 +216,22 @@ def load_state(path):
 
 
 def test_a_tiny_model_loads(tiny):
-    model = uie_model.load_uie(tiny)
+    model = uie.checkpoint.load_uie(tiny)
     assert not model.training
-    predictor = uie_model.UIEPredictor.from_dir(tiny, max_seq_len=SEQ_LEN)
+    predictor = uie.predictor.UIEPredictor.from_dir(tiny, max_seq_len=SEQ_LEN)
     assert predictor.extract([("张三在北京。", [PERSON])])[0].keys() == {PERSON}
 
 
 def test_an_empty_state_dict_is_refused(model_copy):
     save_state(model_copy, {})
-    with pytest.raises(uie_model.ModelLoadError, match=r"model_state.pdparams does not fit .*missing"):
-        uie_model.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match=r"model_state.pdparams does not fit .*missing"):
+        uie.checkpoint.load_uie(model_copy)
 
 
 def test_a_foreign_state_dict_is_refused(model_copy):
     save_state(model_copy, {"bert." + k: v for k, v in load_state(model_copy).items()})
-    with pytest.raises(uie_model.ModelLoadError, match=r"missing.*not the model's") as err:
-        uie_model.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match=r"missing.*not the model's") as err:
+        uie.checkpoint.load_uie(model_copy)
     assert "bert.ernie.embeddings" in str(err.value)
 
 
@@ -239,8 +241,8 @@ def test_extra_weights_are_refused(model_copy):
     state = load_state(model_copy)
     state["linear_middle.weight"] = np.zeros((32, 1), dtype="float32")
     save_state(model_copy, state)
-    with pytest.raises(uie_model.ModelLoadError, match="linear_middle.weight"):
-        uie_model.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="linear_middle.weight"):
+        uie.checkpoint.load_uie(model_copy)
 
 
 def test_a_shape_mismatch_is_refused(model_copy):
@@ -249,16 +251,16 @@ def test_a_shape_mismatch_is_refused(model_copy):
     state = load_state(model_copy)
     state["linear_start.weight"] = np.zeros((31, 1), dtype="float32")
     save_state(model_copy, state)
-    with pytest.raises(uie_model.ModelLoadError, match=r"linear_start.weight \(31, 1\) instead of \(32, 1\)"):
-        uie_model.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match=r"linear_start.weight \(31, 1\) instead of \(32, 1\)"):
+        uie.checkpoint.load_uie(model_copy)
 
 
 def test_a_config_of_another_shape_is_refused(model_copy):
     cfg = json.loads((model_copy / "config.json").read_text())
     cfg["intermediate_size"] = 128
     (model_copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(uie_model.ModelLoadError, match="shapes differ"):
-        uie_model.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="shapes differ"):
+        uie.checkpoint.load_uie(model_copy)
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not-a-dict"])
@@ -270,18 +272,18 @@ def test_unreadable_weights_are_refused(model_copy, damage):
     else:
         weights.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
                              "garbage": bytes(range(256)) * 64}[damage])
-    with pytest.raises(uie_model.ModelLoadError, match="model_state.pdparams"):
-        uie_model.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="model_state.pdparams"):
+        uie.checkpoint.load_uie(model_copy)
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
 @pytest.mark.parametrize("text", ["{oops", "[1, 2]", "", "\udcff"])
 def test_invalid_json_files_are_refused(model_copy, name, text):
     (model_copy / name).write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(uie_model.ModelLoadError, match=name):
-        uie_model.load_uie(model_copy)
-    with pytest.raises(uie_model.ModelLoadError, match=name):
-        uie_model.UIEPredictor.from_dir(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match=name):
+        uie.checkpoint.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match=name):
+        uie.predictor.UIEPredictor.from_dir(model_copy)
 
 
 @pytest.mark.parametrize("damage", ["missing", "binary", "no-special-tokens", "directory"])
@@ -296,16 +298,16 @@ def test_a_missing_or_garbage_vocabulary_is_refused(model_copy, damage):
     else:
         vocab.unlink()
         vocab.mkdir()
-    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt"):
-        uie_model.OffsetTokenizer.from_dir(model_copy)
-    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt"):
-        uie_model.UIEPredictor.from_dir(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="vocab.txt"):
+        uie.checkpoint.load_tokenizer(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="vocab.txt"):
+        uie.predictor.UIEPredictor.from_dir(model_copy)
 
 
 def test_a_vocabulary_larger_than_the_embeddings_is_refused(model_copy):
     vocab = model_copy / "vocab.txt"
     vocab.write_text(vocab.read_text() + "".join(f"extra{k}\n" for k in range(10)))
-    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt has .* tokens"):
-        uie_model.load_uie(model_copy)
-    with pytest.raises(uie_model.ModelLoadError, match="vocab.txt has .* tokens"):
-        uie_model.UIEPredictor.from_dir(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="vocab.txt has .* tokens"):
+        uie.checkpoint.load_uie(model_copy)
+    with pytest.raises(uie.checkpoint.ModelLoadError, match="vocab.txt has .* tokens"):
+        uie.predictor.UIEPredictor.from_dir(model_copy)

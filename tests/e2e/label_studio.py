@@ -6,8 +6,8 @@
 
 Label Studio gets its own virtual environment: it pins packages (Django,
 pandas, pyarrow, rq, label-studio-sdk ...) that clash with the backend's.
-The environment below is what /work/shared/label-studio-1.23.2/README.md
-says a headless test instance needs: no outbound traffic, backends on
+The environment below is what tests/fixtures/label-studio-1.23.2/README.md
+(what was observed of Label Studio 1.23.2) says a headless test instance needs: no outbound traffic, backends on
 127.0.0.1 allowed, a known user with a legacy API token.
 """
 

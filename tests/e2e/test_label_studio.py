@@ -37,7 +37,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, Gunicorn
+from harness.gunicorn_process import Gunicorn
+from helpers import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_studio import LabelStudioError, LabelStudioProcess, ensure_label_studio  # noqa: E402
@@ -423,7 +424,7 @@ def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
 # ---------------------------------------------------------------------------
 def relation_config():
     """tests/test_relations.py's config, laid out as Label Studio's relation template."""
-    from test_relations import FOUNDER, ORG, PERSON
+    from helpers import FOUNDER, ORG, PERSON
 
     return ("<View>\n"
             '  <Relations>\n'
@@ -453,7 +454,7 @@ def stored_relations(prediction):
 
 
 def test_relations_predicted_annotated_and_trained(label_studio, start_backend):
-    from test_relations import RELATION_CASES, annotation_result
+    from helpers import RELATION_CASES, annotation_result
 
     ls = label_studio
     config = relation_config()

@@ -6,7 +6,7 @@ tagger is what a from-scratch NER model is: character embeddings (Baidu
 LAC's when installed, ``lac_embedding``), a bidirectional GRU, and a start
 and an end probability per token for each of its *classes* (the prompts it
 was trained on). ``finetune`` trains it for scratch models and saves it
-beside the UIE; ``uie_model.UIEPredictor`` asks it for the labels it knows
+beside the UIE; ``uie.predictor.UIEPredictor`` asks it for the labels it knows
 and the UIE's prompts for everything else (new labels, relations). Spans
 are decoded as the UIE's are (start/end pairs, score ``p_start * p_end``).
 
@@ -64,7 +64,7 @@ class SpanTagger(paddle.nn.Layer):
 def build(vocab: list[str], classes, seed: int = 0, **shape) -> SpanTagger:
     """A fresh tagger for a tokenizer's ``vocab`` (tokens in id order), its
     embedding started from LAC's where LAC is installed."""
-    import lac_embedding
+    from uie import lac_embedding
 
     options = dict(SHAPE, **shape)
     paddle.seed(seed)
@@ -147,7 +147,7 @@ class TaggerRunner:
         self._lock = threading.Lock()
 
     def __call__(self, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Start/end probabilities ``(batch, width, classes)`` for ``uie_model.pad_batch`` arrays."""
+        """Start/end probabilities ``(batch, width, classes)`` for ``uie.tokenizer.pad_batch`` arrays."""
         lengths = arrays["attention_mask"].sum(axis=1).astype("int64")
         with self._lock, paddle.no_grad():
             start, end = self.tagger(paddle.to_tensor(arrays["input_ids"]), paddle.to_tensor(lengths))

@@ -13,7 +13,7 @@ leaves the served model as it was; its state says why. A server restarted
 after a crash stops a job process that outlived it and removes its checkpoint.
 
 The locks and where a queued job is run are the runner's parts: ``FileLocks``
-and a thread in the server here; ``job_queue.QueueRunner`` (``REDIS_URL``)
+and a thread in the server here; ``service.job_queue.QueueRunner`` (``REDIS_URL``)
 takes Redis locks and hands each job to an RQ worker, which runs it with
 ``run_queued`` in its own work-horse process, through the same ``_run``.
 """
@@ -38,7 +38,7 @@ from label_config import LabelConfigError, parse_label_config
 from train_job import RESULT, JobError, JobSpec
 
 log = logging.getLogger(__name__)
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]   # where train_job.py is
 STATES = ("queued", "running", "failed", "done")
 # upper bounds (seconds) of the training-duration histogram buckets (GET /metrics)
 TRAINING_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
@@ -216,7 +216,7 @@ class JobRunner:
     def run_queued(self, project, job_id) -> bool:
         """Run one queued job of a project, waiting for the project's train lock first.
 
-        What an RQ worker calls (``job_queue.run_job``). Holding the lock, any job
+        What an RQ worker calls (``service.job_queue.run_job``). Holding the lock, any job
         still marked running belongs to a process that died: it is failed first.
         Returns whether the job was run (it may have been run or failed already).
         """
@@ -341,7 +341,7 @@ class JobRunner:
         after a crash can stop a job process that outlived it (``_recover``).
         """
         with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
-            proc = subprocess.Popen([self.python, str(HERE / "train_job.py"), str(job_dir)],
+            proc = subprocess.Popen([self.python, str(REPO / "train_job.py"), str(job_dir)],
                                     cwd=job_dir, stdout=logf, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
             self._update(job_dir, job_pid=proc.pid)

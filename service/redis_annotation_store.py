@@ -2,7 +2,7 @@
 
 Every serving replica and every RQ worker sees the same annotations, label
 configs and change counts, whichever replica a webhook reached. Same
-interface and rules as ``annotation_store.AnnotationStore`` (SQLite, one
+interface and rules as ``service.annotation_store.AnnotationStore`` (SQLite, one
 machine): an annotation is replaced only by a copy at least as new (its
 ``updated_at``, else ``created_at``; a copy without a time counts as new),
 and a deleted annotation stays deleted (a tombstone per project). Each check
@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 
-from annotation_store import _dumps, _key, annotation_time, check_label_config_text
+from service.annotation_store import _dumps, _key, annotation_time, check_label_config_text
 
 PREFIX = "uie:ann:"
 

@@ -15,7 +15,7 @@
   start-up and to training jobs, never to a request.
 
 An engine is a callable ``engine(arrays) -> (start_probs, end_probs)`` over
-the padded arrays of ``uie_model.pad_batch`` (rows may come back wider than
+the padded arrays of ``uie.tokenizer.pad_batch`` (rows may come back wider than
 given: read each row up to its input's length); one call runs at a time. Its
 ``max_batch_tokens`` (or ``None``) bounds rows × width of a batch.
 """
@@ -33,6 +33,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import paddle
+
+from uie.checkpoint import ModelLoadError, load_uie
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,19 @@ def _sha256(path: Path) -> str:
 
 def set_math_threads(n: int):
     """Math threads of Paddle's dygraph kernels (MKL/OpenMP) for the calling thread."""
-    import paddle
-
     paddle.base.core.set_num_threads(max(1, int(n)))
+
+
+def use_all_cores():
+    """Let Paddle's dygraph math use ``CPU_THREADS`` threads, else ``OMP_NUM_THREADS``
+    (every core): it uses one unless told. For the one-process scripts and jobs;
+    the server sets its threads per model (``set_math_threads``)."""
+    for name in ("CPU_THREADS", "OMP_NUM_THREADS"):     # CPU_THREADS=auto: every core
+        raw = os.environ.get(name, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            set_math_threads(int(raw))
+            return
+    set_math_threads(1)
 
 
 def default_threads(workers: int = 1) -> int:
@@ -104,9 +117,6 @@ def check_static(model_dir) -> str | None:
 
 def export_static(model_dir, force: bool = False) -> Path:
     """Export ``model_dir``'s UIE to ``model_dir/static/`` (unless a good export is there)."""
-    import paddle
-
-    import uie_model
 
     model_dir = Path(model_dir)
     target = model_dir / STATIC_DIR
@@ -114,7 +124,7 @@ def export_static(model_dir, force: bool = False) -> Path:
         return target
     tmp = Path(tempfile.mkdtemp(prefix=f".{STATIC_DIR}-", dir=model_dir))
     try:
-        model = uie_model.load_uie(model_dir)
+        model = load_uie(model_dir)
         spec = [paddle.static.InputSpec(shape=[None, None], dtype="int64", name=n) for n in INPUT_NAMES]
         paddle.jit.save(paddle.jit.to_static(model, input_spec=spec), str(tmp / PREFIX))
         del model
@@ -123,7 +133,7 @@ def export_static(model_dir, force: bool = False) -> Path:
         (tmp / STAMP).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
         _replace_dir(tmp, target)
         _mark_for_taskflow(model_dir)
-    except uie_model.ModelLoadError as exc:
+    except ModelLoadError as exc:
         raise ExportError(f"{model_dir}: cannot export a static model: {exc}") from exc
     except Exception as exc:   # paddle.jit raises many kinds
         raise ExportError(f"{model_dir}: cannot export a static model: {type(exc).__name__}: {exc}") from exc
@@ -205,13 +215,9 @@ class DygraphEngine:
 
     @classmethod
     def from_dir(cls, model_dir, device="cpu", threads=None, reason=""):
-        import uie_model
-
-        return cls(uie_model.load_uie(model_dir), device, threads, reason)
+        return cls(load_uie(model_dir), device, threads, reason)
 
     def __call__(self, arrays: dict[str, np.ndarray]):
-        import paddle
-
         with self._lock, paddle.no_grad():
             paddle.set_device(self.device)
             if self.threads:        # None: leave the calling thread's setting alone
@@ -239,8 +245,6 @@ class PaddleInferenceEngine:
     CPU_BATCH_TOKENS = 1024
 
     def __init__(self, model_dir, device="cpu", threads=1):
-        import paddle
-
         problem = check_static(model_dir)
         if problem:
             raise ExportError(problem)

@@ -29,7 +29,7 @@ from prometheus_client import (CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Coun
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
-from jobs import STATES, TRAINING_BUCKETS
+from service.jobs import STATES, TRAINING_BUCKETS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TRAINING = "uie_training_duration_seconds"

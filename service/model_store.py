@@ -35,11 +35,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import inference_engine
-import span_tagger
-import uie_model
+import uie.engine
+import uie.tagger
+import uie.checkpoint
 from projects import is_project_name
-from uie_model import ModelLoadError, ModelSource, UIEPredictor
+from uie.checkpoint import ModelLoadError, ModelSource
+from uie.predictor import UIEPredictor
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def read_meta(version_dir: Path) -> dict:
 def _signature(path: Path) -> tuple:
     """What a model directory's files look like now (to retry a failed load only after a change)."""
     out = []
-    for name in ("meta.json", *uie_model.MODEL_FILES, *span_tagger.FILES):
+    for name in ("meta.json", *uie.checkpoint.MODEL_FILES, *uie.tagger.FILES):
         try:
             st = (Path(path) / name).stat()
             out.append((name, st.st_size, st.st_mtime_ns))
@@ -118,7 +119,7 @@ class ModelStore:
         self.settings = settings
         self.root = Path(settings.model_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.device = uie_model.select_device(settings.device)
+        self.device = uie.checkpoint.select_device(settings.device)
         self.base = source or self._resolve_base()
         self._predictors: OrderedDict[str, UIEPredictor] = OrderedDict()   # least recent first
         self._lock = threading.Lock()         # guards the dicts below
@@ -131,13 +132,13 @@ class ModelStore:
     def _resolve_base(self) -> ModelSource:
         spec = self.settings.uie_model
         try:
-            return uie_model.resolve_model(spec, self.root / "_base")
-        except uie_model.DownloadError as exc:
+            return uie.checkpoint.resolve_model(spec, self.root / "_base")
+        except uie.checkpoint.DownloadError as exc:
             log.error("=" * 72)
             log.error("UIE_MODEL=%s could not be loaded: %s", spec, exc)
             log.error("SERVING AN UNTRAINED SCRATCH MODEL INSTEAD: it predicts little until trained.")
             log.error("=" * 72)
-            scratch = uie_model.resolve_model("scratch", self.root / "_base")
+            scratch = uie.checkpoint.resolve_model("scratch", self.root / "_base")
             return ModelSource(scratch.path, scratch.kind, scratch.name, scratch.version,
                                fallback_reason=f"UIE_MODEL={spec} could not be loaded: {exc}")
 
@@ -169,7 +170,7 @@ class ModelStore:
         max_seq_len = self.serving_seq_len(path)
         log.info("loading model %s on %s", path, self.device)
         try:
-            engine = inference_engine.load_engine(path, s.inference_engine, self.device,
+            engine = uie.engine.load_engine(path, s.inference_engine, self.device,
                                                   s.math_threads, export=export)
             predictor = UIEPredictor.from_dir(path, device=self.device, engine=engine,
                                               max_seq_len=max_seq_len, batch_size=s.batch_size,
@@ -215,7 +216,7 @@ class ModelStore:
         """
         limit = self.settings.max_seq_len
         trained = Path(path) / "training_metrics.json"
-        if uie_model.is_scratch_model(path) and trained.is_file():
+        if uie.checkpoint.is_scratch_model(path) and trained.is_file():
             try:
                 limit = min(limit, int(json.loads(trained.read_text(encoding="utf-8"))["max_seq_len"]))
             except (OSError, ValueError, KeyError, TypeError):
