@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from checks import require_unicode
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -124,12 +126,7 @@ def task_text(task: Any, text_key: str | None) -> str:
     text = data.get(text_key)
     if not isinstance(text, str) or not text:
         raise TaskTextError(f"data.{text_key} is missing, empty or not a string")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise TaskTextError(f"data.{text_key} is not valid Unicode (a lone surrogate at "
-                            f"character {exc.start})") from None
-    return text
+    return require_unicode(text, f"data.{text_key}", TaskTextError)
 
 
 def task_to_doccano(

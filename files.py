@@ -57,19 +57,26 @@ def atomic_write_json(path, value, **dumps) -> None:
     atomic_write_text(path, json.dumps(value, **{"indent": 2, **dumps}))
 
 
-def replace_dir(new, target) -> None:
-    """Put the finished directory ``new`` at ``target``, synced first; an old ``target`` is
-    moved aside, then deleted, so a reader sees the old tree or the new one, never a mix."""
+def publish_dir(new, target) -> None:
+    """Rename the finished directory ``new`` to ``target``, synced first (``OSError`` when
+    a non-empty ``target`` is there)."""
     new, target = Path(new), Path(target)
     fsync_tree(new)
+    os.rename(new, target)
+    fsync_path(target.parent)
+
+
+def replace_dir(new, target) -> None:
+    """``publish_dir``, an old ``target`` moved aside first and then deleted: a reader sees
+    the old tree or the new one, never a mix."""
+    target = Path(target)
     old = _sibling(target, "old")
     if target.exists():
         os.rename(target, old)
     try:
-        os.rename(new, target)
+        publish_dir(new, target)
     finally:
         shutil.rmtree(old, ignore_errors=True)
-    fsync_path(target.parent)
 
 
 def read_json_object(path, error=ValueError) -> dict:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+import files
 from evaluate import DataError, evaluate_examples, read_examples
 
 log = logging.getLogger("finetune")
@@ -65,9 +66,6 @@ DEFAULTS = {
 def model_kind(model_dir) -> str:
     """``scratch`` for models built on the built-in char vocabulary, else ``pretrained``."""
     import uie.checkpoint
-    import uie.engine
-    import uie.predictor
-    import uie.tokenizer
 
     return "scratch" if uie.checkpoint.is_scratch_model(model_dir) else "pretrained"
 
@@ -118,9 +116,6 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
     whole. With a list as ``origins``, the index of each input's example is
     appended to it.
     """
-    import uie.checkpoint
-    import uie.engine
-    import uie.predictor
     import uie.tokenizer
 
     cache, out, dropped = {}, [], 0
@@ -155,9 +150,6 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
     and the classes the examples ask about this content (a prompt nobody asked
     says nothing either way). Returns ``(classes, [TaggingInput])``.
     """
-    import uie.checkpoint
-    import uie.engine
-    import uie.predictor
     import uie.tokenizer
 
     counts = {}
@@ -211,9 +203,6 @@ def to_tensors(items, pad_id):
     float32, it also weighs the loss) and the start/end targets."""
     import paddle
 
-    import uie.checkpoint
-    import uie.engine
-    import uie.predictor
     import uie.tokenizer
 
     arrays = uie.tokenizer.pad_batch([x.input for x in items], pad_id)
@@ -233,9 +222,6 @@ def tagging_tensors(items, pad_id, n_classes):
     ``(n, width, classes)``."""
     import paddle
 
-    import uie.checkpoint
-    import uie.engine
-    import uie.predictor
     import uie.tokenizer
 
     arrays = uie.tokenizer.pad_batch([x.input for x in items], pad_id)
@@ -390,9 +376,6 @@ def save_best(model, model_dir, save_dir, metrics, tagger=None):
     with its span tagger if it has one."""
     import uie.tagger
     import uie.checkpoint
-    import uie.engine
-    import uie.predictor
-    import uie.tokenizer
 
     save_dir = Path(save_dir)
     tmp = save_dir / ".model_best.tmp"
@@ -401,13 +384,7 @@ def save_best(model, model_dir, save_dir, metrics, tagger=None):
     if tagger is not None:
         uie.tagger.save(tagger, tmp)
     (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    best = save_dir / "model_best"
-    old = save_dir / ".model_best.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if best.exists():
-        os.rename(best, old)
-    os.rename(tmp, best)
-    shutil.rmtree(old, ignore_errors=True)
+    files.replace_dir(tmp, save_dir / "model_best")
 
 
 def span_loss(start_p, end_p, start_t, end_t, mask, pos_weight):
@@ -617,9 +594,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     import paddle
 
     import uie.checkpoint
-    import uie.engine
     import uie.predictor
-    import uie.tokenizer
 
     options = {k: v for k, v in locals().items()
                if k not in ("train_examples", "dev_examples", "model_dir", "save_dir", "devices",
@@ -710,9 +685,6 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 def check_options(train_examples, max_negatives, tagging_weight, max_seq_len):
     """``DataError`` for a training set or option ``finetune`` cannot use."""
     import uie.checkpoint
-    import uie.engine
-    import uie.predictor
-    import uie.tokenizer
 
     if not train_examples:
         raise DataError("the training set is empty")
@@ -758,9 +730,6 @@ def load_model(model_dir, init_from_ckpt=None):
     """The UIE of ``model_dir``, with the weights of ``init_from_ckpt`` (a
     ``.pdparams`` file or its directory) when given; they must fit it."""
     import uie.checkpoint
-    import uie.engine
-    import uie.predictor
-    import uie.tokenizer
 
     model = uie.checkpoint.load_uie(model_dir)
     if init_from_ckpt:
@@ -804,8 +773,6 @@ def main(argv=None):
 
     import uie.checkpoint
     import uie.engine
-    import uie.predictor
-    import uie.tokenizer
 
     uie.engine.use_all_cores()
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from checks import require_unicode
+
 
 class LabelConfigError(ValueError):
     """The label config is not XML or has nothing UIE can predict."""
@@ -64,11 +66,7 @@ def _words(raw: str | None) -> tuple[str, ...]:
 def _parse_xml(xml: str):
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("label config is missing or empty")
-    try:
-        xml.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LabelConfigError(f"label config is not valid Unicode: a lone surrogate at "
-                               f"character {exc.start}") from None
+    require_unicode(xml, "label config", LabelConfigError)
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from checks import require_unicode
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -51,12 +53,7 @@ def _choice(env, name, default, choices):
 
 def _text(env, name, default=""):
     """A string that can be sent as UTF-8 (the environment may hold undecodable bytes)."""
-    value = env.get(name) or default
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{name} is not valid UTF-8 text") from None
-    return value
+    return require_unicode(env.get(name) or default, name, ConfigError)
 
 
 def _nonnegative(env, name, default):
@@ -75,6 +72,17 @@ def _auto_float(env, name):
 def _auto_int(env, name, minimum=1):
     raw = (env.get(name) or "auto").strip().lower()
     return None if raw == "auto" else _int({name: raw}, name, None, minimum)
+
+
+def cpu_threads(env=os.environ) -> int | None:
+    """``CPU_THREADS``: math threads, or ``None`` for ``auto`` (the one reading of it: the
+    server's settings, the scripts and training jobs)."""
+    return _auto_int(env, "CPU_THREADS")
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 def _redis_url(env):
@@ -195,7 +203,7 @@ class Settings:
             max_loaded_models=_int(env, "MAX_LOADED_MODELS", cls.max_loaded_models, 1),
             inference_engine=_choice(env, "INFERENCE_ENGINE", cls.inference_engine,
                                      ("paddle-inference", "dygraph")),
-            cpu_threads=_auto_int(env, "CPU_THREADS"),
+            cpu_threads=cpu_threads(env),
             batch_wait_ms=_nonnegative(env, "BATCH_WAIT_MS", cls.batch_wait_ms),
             schema_lang=_choice(env, "SCHEMA_LANG", cls.schema_lang, ("ch", "en")),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
@@ -208,4 +216,4 @@ class Settings:
     @property
     def math_threads(self) -> int:
         """``CPU_THREADS``, or this process's share of the cores (``WORKERS`` share them)."""
-        return self.cpu_threads or max(1, len(os.sched_getaffinity(0)) // max(1, self.workers))
+        return self.cpu_threads or max(1, available_cores() // max(1, self.workers))

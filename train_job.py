@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import files
 from convert import expand_prompts, expand_relation_types, label_studio_to_doccano, write_jsonl
 from label_config import LabelConfigError, parse_label_config, parse_relations
 
@@ -58,8 +59,7 @@ class JobSpec:
     schema_lang: str | None = None               # relation prompts (None: SCHEMA_LANG of the environment)
 
     def write(self, job_dir: Path):
-        (Path(job_dir) / SPEC).write_text(json.dumps(asdict(self), ensure_ascii=True),
-                                          encoding="utf-8")
+        files.atomic_write_json(Path(job_dir) / SPEC, asdict(self), ensure_ascii=True)
 
     @classmethod
     def read(cls, job_dir: Path) -> "JobSpec":
@@ -194,9 +194,6 @@ def train(spec: JobSpec, work: Path) -> dict:
 def run(job_dir) -> int:
     """Read ``spec.json``, train, write ``result.json`` (or ``{"error"}``); exit status."""
     import uie.engine
-    import uie.predictor
-
-    import uie.engine
 
     job_dir = Path(job_dir)
     started = time.time()
@@ -214,9 +211,7 @@ def run(job_dir) -> int:
         log.exception("training failed")
         result, status = {"error": f"{type(exc).__name__}: {exc}"}, 1
     result["seconds"] = round(time.time() - started, 1)
-    tmp = job_dir / f".{RESULT}.tmp"
-    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    tmp.replace(job_dir / RESULT)
+    files.atomic_write_json(job_dir / RESULT, result, ensure_ascii=False)
     return status
 
 

@@ -423,7 +423,7 @@ def report(results) -> str:
     lines = ["# Benchmarks", "",
              "Written by `make bench` (`python bench/run.py`); raw numbers in `results.json`, "
              "what they mean in `README.md`. Models have random weights (timing depends on the "
-             "architecture only) and the backend's scratch character vocabulary (21,139 tokens "
+             "architecture only) and the backend's scratch character vocabulary (21,376 tokens "
              "instead of uie-base's 40,000: a different embedding table size, whose lookup cost "
              "is negligible).", ""]
     runs = {k: v.get("_run") for k, v in results.items() if isinstance(v, dict) and v.get("_run")}

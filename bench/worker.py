@@ -43,7 +43,6 @@ class RateLog(logging.Handler):
 
 def build(spec):
     import uie.checkpoint
-    import uie.predictor
 
     shape = dict(spec["build"])
     bias = shape.pop("output_bias", None)

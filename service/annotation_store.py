@@ -16,8 +16,11 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
+from checks import require_unicode
 from convert import parse_time
 
 SCHEMA = """
@@ -57,11 +60,38 @@ def _dumps(value) -> str:
 
 def check_label_config_text(label_config: str):
     """``ValueError`` for a label config UTF-8 cannot hold (a lone surrogate)."""
-    try:
-        label_config.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the label config holds characters that are not valid Unicode "
-                         "(a lone surrogate)") from None
+    require_unicode(label_config, "the label config")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One webhook annotation as both stores keep it (``incoming``)."""
+
+    key: str                  # the annotation's id as a key
+    task_key: str             # its task's id as a key
+    task: dict                # the task without its annotations, predictions and drafts
+    annotation: dict
+    updated: float | None     # ``annotation_time``: a copy without one counts as new
+
+
+def incoming(task: dict, annotation: dict) -> Incoming:
+    """What ``upsert`` stores of a webhook's task and annotation; ``ValueError`` without an id."""
+    if annotation.get("id") is None:
+        raise ValueError("annotation has no id")
+    task = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
+    return Incoming(_key(annotation["id"]), _key(task.get("id", annotation.get("task"))), task,
+                    annotation, annotation_time(annotation))
+
+
+def group_tasks(rows: Iterable[tuple[str, dict, dict]]) -> list[dict]:
+    """``(task key, task, annotation)`` rows, oldest write first, as tasks with their
+    annotations (the newest copy of a task wins)."""
+    tasks: dict[str, dict] = {}
+    for task_key, task, annotation in rows:
+        task["annotations"] = tasks.get(task_key, {}).get("annotations", [])
+        task["annotations"].append(annotation)
+        tasks[task_key] = task
+    return list(tasks.values())
 
 
 def annotation_time(annotation: dict) -> float | None:
@@ -99,15 +129,10 @@ class AnnotationStore:
 
         Returns whether it was stored. A copy without a time counts as new.
         """
-        if annotation.get("id") is None:
-            raise ValueError("annotation has no id")
-        task = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
-        task_id = task.get("id", annotation.get("task"))
-        updated = annotation_time(annotation)
-        key = _key(annotation["id"])
+        new = incoming(task, annotation)
         with self._db() as db:
             if db.execute("SELECT 1 FROM deleted WHERE project = ? AND annotation_id = ?",
-                          (project, key)).fetchone():
+                          (project, new.key)).fetchone():
                 return False
             cur = db.execute(
                 "INSERT INTO annotations (project, annotation_id, task_id, task_json, annotation_json,"
@@ -117,7 +142,8 @@ class AnnotationStore:
                 "received = excluded.received, updated = excluded.updated "
                 "WHERE excluded.updated IS NULL OR annotations.updated IS NULL "
                 "OR excluded.updated >= annotations.updated",
-                (project, key, _key(task_id), _dumps(task), _dumps(annotation), time.time(), updated))
+                (project, new.key, new.task_key, _dumps(new.task), _dumps(new.annotation), time.time(),
+                 new.updated))
             return cur.rowcount > 0
 
     def delete(self, project: str, annotation_ids) -> int:
@@ -134,13 +160,8 @@ class AnnotationStore:
         with self._db() as db:
             rows = db.execute("SELECT task_id, task_json, annotation_json FROM annotations "
                               "WHERE project = ? ORDER BY received", (project,)).fetchall()
-        tasks: dict[str, dict] = {}
-        for task_id, task_json, annotation_json in rows:
-            task = json.loads(task_json)                      # newest task copy wins
-            task["annotations"] = tasks.get(task_id, {}).get("annotations", [])
-            task["annotations"].append(json.loads(annotation_json))
-            tasks[task_id] = task
-        return list(tasks.values())
+        return group_tasks((task_id, json.loads(task), json.loads(annotation))
+                           for task_id, task, annotation in rows)
 
     def count(self, project: str) -> int:
         with self._db() as db:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 
-from service.annotation_store import _dumps, _key, annotation_time, check_label_config_text
+from service.annotation_store import _dumps, _key, check_label_config_text, group_tasks, incoming
 
 PREFIX = "uie:ann:"
 
@@ -57,16 +57,11 @@ class RedisAnnotationStore:
 
         Returns whether it was stored.
         """
-        if annotation.get("id") is None:
-            raise ValueError("annotation has no id")
-        task = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
-        task_id = task.get("id", annotation.get("task"))
-        updated = annotation_time(annotation)
-        record = _dumps({"task_id": _key(task_id), "task": task, "annotation": annotation})
+        new = incoming(task, annotation)
+        record = _dumps({"task_id": new.task_key, "task": new.task, "annotation": new.annotation})
         keys = [self._k(project, w) for w in ("records", "updated", "order", "deleted", "sequence")]
-        stored = self._upsert(keys=keys, args=[_key(annotation["id"]),
-                                                "" if updated is None else repr(updated), record])
-        return bool(stored)
+        updated = "" if new.updated is None else repr(new.updated)
+        return bool(self._upsert(keys=keys, args=[new.key, updated, record]))
 
     def delete(self, project: str, annotation_ids) -> int:
         """Delete annotations for good: later webhooks for these ids are ignored."""
@@ -88,16 +83,8 @@ class RedisAnnotationStore:
             pipe.hgetall(self._k(project, "records"))
             pipe.hgetall(self._k(project, "order"))
             records, order = pipe.execute()
-        rows = sorted(records.items(), key=lambda kv: int(order.get(kv[0], 0)))
-        tasks: dict[str, dict] = {}
-        for _, raw in rows:
-            record = json.loads(raw)
-            task_id = record["task_id"]
-            task = record["task"]
-            task["annotations"] = tasks.get(task_id, {}).get("annotations", [])
-            task["annotations"].append(record["annotation"])
-            tasks[task_id] = task
-        return list(tasks.values())
+        rows = [json.loads(raw) for _, raw in sorted(records.items(), key=lambda kv: int(order.get(kv[0], 0)))]
+        return group_tasks((r["task_id"], r["task"], r["annotation"]) for r in rows)
 
     def count(self, project: str) -> int:
         return self.conn.hlen(self._k(project, "records"))

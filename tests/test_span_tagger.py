@@ -72,7 +72,6 @@ def test_read_tensor_refuses_a_truncated_file(tmp_path):
 
 
 def test_a_scratch_model_saves_its_tagger_and_answers_its_labels_with_it(tagged):
-    import uie.checkpoint
     import uie.predictor
 
     path, metrics = tagged
@@ -93,7 +92,6 @@ def test_a_scratch_model_saves_its_tagger_and_answers_its_labels_with_it(tagged)
 
 def test_a_text_gets_the_same_tagger_answer_alone_and_beside_longer_ones(tagged):
     """Padding never reaches a text's answer: the GRU stops at each row's length."""
-    import uie.checkpoint
     import uie.predictor
 
     predictor = uie.predictor.UIEPredictor.from_dir(tagged[0], max_seq_len=SEQ_LEN, threshold=0.01)

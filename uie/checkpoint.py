@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 
+import files
 from uie.tokenizer import SPECIAL_TOKENS, OffsetTokenizer, scratch_vocab
 
 PRETRAINED_NAMES = (
@@ -56,13 +57,7 @@ class DownloadError(ModelLoadError):
 
 def read_json_object(path: Path) -> dict:
     """A JSON object from a model file; ``ModelLoadError`` for anything else."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:     # UnicodeDecodeError is a ValueError
-        raise ModelLoadError(f"{path}: not a readable JSON file ({exc})") from exc
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object, not {type(value).__name__}")
-    return value
+    return files.read_json_object(path, error=ModelLoadError)
 
 
 def read_state_dict(path) -> dict:
@@ -195,7 +190,7 @@ def _atomic_materialise(target: Path, build):
     try:
         build(tmp)
         try:
-            os.rename(tmp, target)
+            files.publish_dir(tmp, target)
         except OSError:
             if not is_model_dir(target):   # someone else won the race with a good copy?
                 raise

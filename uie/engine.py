@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
+import files
+import settings
 from uie.checkpoint import ModelLoadError, load_uie
 
 log = logging.getLogger(__name__)
@@ -64,20 +66,10 @@ def set_math_threads(n: int):
 
 
 def use_all_cores():
-    """Let Paddle's dygraph math use ``CPU_THREADS`` threads, else ``OMP_NUM_THREADS``
-    (every core): it uses one unless told. For the one-process scripts and jobs;
-    the server sets its threads per model (``set_math_threads``)."""
-    for name in ("CPU_THREADS", "OMP_NUM_THREADS"):     # CPU_THREADS=auto: every core
-        raw = os.environ.get(name, "").strip()
-        if raw.isdigit() and int(raw) > 0:
-            set_math_threads(int(raw))
-            return
-    set_math_threads(1)
-
-
-def default_threads(workers: int = 1) -> int:
-    """The cores this process may use, shared among ``workers`` processes."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+    """Let Paddle's dygraph math use ``CPU_THREADS`` threads, else every core: it uses one
+    unless told. For the one-process scripts and jobs; the server sets its threads per
+    model (``Settings.math_threads``)."""
+    set_math_threads(settings.cpu_threads() or settings.available_cores())
 
 
 # --------------------------------------------------------------------------
@@ -130,7 +122,7 @@ def export_static(model_dir, force: bool = False) -> Path:
         del model
         stamp = {"weights_sha256": _sha256(model_dir / "model_state.pdparams")}
         stamp.update({p.name: _sha256(p) for p in _files_in(tmp)})
-        (tmp / STAMP).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+        files.atomic_write_json(tmp / STAMP, stamp)
         _replace_dir(tmp, target)
         _mark_for_taskflow(model_dir)
     except ModelLoadError as exc:
@@ -158,19 +150,11 @@ def _mark_for_taskflow(model_dir: Path):
 
 
 def _replace_dir(new: Path, target: Path):
-    """Put directory ``new`` at ``target``; an old ``target`` is moved aside first."""
-    for root, _, files in os.walk(new):
-        for name in files:
-            with open(Path(root) / name, "rb") as f:
-                os.fsync(f.fileno())
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}-{threading.get_ident()}")
-        os.rename(target, old)
-        shutil.rmtree(old, ignore_errors=True)
+    """``files.replace_dir``, except that a good export another process put there first wins."""
     try:
-        os.rename(new, target)
+        files.replace_dir(new, target)
     except OSError:
-        if check_static(target.parent) is not None:   # another process put a good one there?
+        if check_static(target.parent) is not None:
             raise
 
 
