@@ -32,14 +32,20 @@ SEQ_LEN = 48
 FILLER = "今天的天气很好，我们一起去公园散步吧。"
 
 
-def _example(text, spans):
-    """(text, [(label, start, end)]) with offsets found in the text itself."""
+def spans_in(text, words):
+    """[(label, start, end)] of ``words`` [(label, word)], found in ``text`` in order (a word
+    named twice is its next occurrence)."""
     out, cursor = [], {}
-    for label, word in spans:
+    for label, word in words:
         start = text.index(word, cursor.get(word, 0))
         cursor[word] = start + 1
         out.append((label, start, start + len(word)))
-    return text, out
+    return out
+
+
+def _example(text, words):
+    """(text, [(label, start, end)]) with offsets found in the text itself."""
+    return text, spans_in(text, words)
 
 
 # Texts with every offset trap the backend must get right.
@@ -179,7 +185,7 @@ def annotated_tasks(cases, label_of=lambda label: label):
 
 # Relations
 
-PERSON, ORG, FOUNDER = "人名", "组织机构", "创始人"
+ORG, FOUNDER = "组织机构", "创始人"      # the persons are PERSON
 RELATION_CONFIG = (
     '<View>'
     f'<Labels name="label" toName="text"><Label value="{PERSON}"/><Label value="{ORG}"/></Labels>'
@@ -194,11 +200,7 @@ def case(text, entities, relations=(), directions=None):
     the text: ``entities`` is [(label, words)], ``relations`` [(subject words, object words)]
     of FOUNDER; ``direction`` is how the annotator drew the arrow (Label Studio's
     ``right``: subject -> object; ``left``: the arrow drawn from the object, pointing back)."""
-    spans, at = [], {}
-    for label, words in entities:
-        start = text.index(words, at.get(words, 0))
-        at[words] = start + 1
-        spans.append((label, start, start + len(words)))
+    spans = spans_in(text, entities)
     where = {text[s:e]: (s, e) for _, s, e in spans}
     rels = [(where[subj], where[obj], FOUNDER, (directions or {}).get(k, "right"))
             for k, (subj, obj) in enumerate(relations)]

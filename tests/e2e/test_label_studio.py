@@ -38,7 +38,7 @@ import pytest
 import requests
 
 from harness.gunicorn_process import Gunicorn
-from helpers import REPO
+from helpers import FOUNDER, REPO, RELATION_CASES, annotation_result, spans_in
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_studio import LabelStudioError, LabelStudioProcess, ensure_label_studio  # noqa: E402
@@ -90,12 +90,7 @@ CASES = [
 
 
 def _gold(text, spans):
-    out, cursor = [], {}
-    for label, words in spans:
-        start = text.index(words, cursor.get(words, 0))
-        cursor[words] = start + 1
-        out.append((label, start, start + len(words)))
-    return sorted(out)
+    return sorted(spans_in(text, spans))
 
 
 GOLD = {text: _gold(text, spans) for text, spans in CASES}
@@ -423,9 +418,8 @@ def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
 # relations
 # ---------------------------------------------------------------------------
 def relation_config():
-    """tests/test_relations.py's config, laid out as Label Studio's relation template."""
-    from helpers import FOUNDER, ORG, PERSON
-
+    """tests/helpers.py's RELATION_CONFIG, laid out as Label Studio's relation template
+    (its person and organisation labels are this file's PERSON and ORG)."""
     return ("<View>\n"
             '  <Relations>\n'
             f'    <Relation value="{FOUNDER}"/>\n'
@@ -454,8 +448,6 @@ def stored_relations(prediction):
 
 
 def test_relations_predicted_annotated_and_trained(label_studio, start_backend):
-    from helpers import RELATION_CASES, annotation_result
-
     ls = label_studio
     config = relation_config()
     backend = start_backend("relations", **TRAIN_ENV)
