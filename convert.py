@@ -25,7 +25,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from checks import require_unicode
 
@@ -135,6 +135,17 @@ def task_to_doccano(
     from_names: set[str] | None = None,
 ) -> dict | None:
     """Convert one Label Studio task into a doccano record, or None if unusable."""
+    usable = _usable_task(task, text_key)
+    if usable is None:
+        return None
+    task_id, text, result = usable
+    entities, region_entities = _collect_entities(result, text, task_id, from_names)
+    relations = _collect_relations(result, region_entities, task_id)
+    return {"id": task_id, "text": text, "entities": entities, "relations": relations}
+
+
+def _usable_task(task: Any, text_key: str | None) -> tuple[Any, str, list] | None:
+    """(task id, text, annotation result) of a task; None (logged if malformed) if unusable."""
     if not isinstance(task, dict):
         logger.warning("Skipping a task that is not a JSON object: %r", type(task).__name__)
         return None
@@ -147,131 +158,145 @@ def task_to_doccano(
     except TaskTextError as exc:
         logger.warning("Task %s: no text found (%s); skipped", task_id, exc)
         return None
-
     result = annotation.get("result") or []
     if not isinstance(result, list):
         logger.warning("Task %s: annotation result is not a list; skipped", task_id)
         return None
+    return task_id, text, result
 
+
+def _label_list(labels: Any) -> Any:
+    """A region's or relation's labels as a list (a lone string is one label)."""
+    labels = labels or []
+    return [labels] if isinstance(labels, str) else labels
+
+
+# ---- entities: the "labels" regions --------------------------------------
+def _collect_entities(
+    result: list, text: str, task_id: Any, from_names: set[str] | None
+) -> tuple[list[dict], dict[Any, list[int]]]:
+    """The entities, each (label, start, end) once, and the entity ids of each region id."""
     entities: list[dict] = []
     seen: dict[tuple, int] = {}  # (label, start, end) -> entity id
     region_entities: dict[Any, list[int]] = {}  # Label Studio region id -> entity ids
-
     for item in result:
-        if not isinstance(item, dict) or item.get("type") != "labels":
+        span = _labeled_span(item, text, task_id, from_names)
+        if span is None:
             continue
-        if from_names is not None and item.get("from_name") not in from_names:
-            continue
-        value = item.get("value") or {}
-        start, end = value.get("start"), value.get("end")
-        labels = value.get("labels") or []
-        if isinstance(labels, str):
-            labels = [labels]
-        if not labels:
-            logger.warning("Task %s: region %s has no label; skipped", task_id, item.get("id"))
-            continue
-        if (
-            not isinstance(start, int)
-            or not isinstance(end, int)
-            or isinstance(start, bool)
-            or isinstance(end, bool)
-            or start < 0
-            or end > len(text)
-            or start >= end
-        ):
-            logger.warning(
-                "Task %s: span [%r, %r) is out of range for a text of %d characters; skipped",
-                task_id,
-                start,
-                end,
-                len(text),
-            )
-            continue
-        span_text = value.get("text")
-        if isinstance(span_text, str) and span_text != text[start:end]:
-            logger.warning(
-                "Task %s: region text %r differs from text[%d:%d]=%r; using the offsets",
-                task_id,
-                span_text,
-                start,
-                end,
-                text[start:end],
-            )
+        labels, start, end = span
         ids = region_entities.setdefault(item.get("id"), []) if item.get("id") is not None else []
         for label in labels:
-            key = (str(label), start, end)
-            if key in seen:
-                ent_id = seen[key]
-            else:
-                ent_id = len(entities)
-                seen[key] = ent_id
-                entities.append(
-                    {"id": ent_id, "label": str(label), "start_offset": start, "end_offset": end}
-                )
+            ent_id = _entity_id(entities, seen, str(label), start, end)
             if ent_id not in ids:
                 ids.append(ent_id)
+    return entities, region_entities
 
+
+def _labeled_span(item: Any, text: str, task_id: Any, from_names: set[str] | None) -> tuple | None:
+    """(labels, start, end) of a usable labels region; None (logged if malformed) otherwise."""
+    if not isinstance(item, dict) or item.get("type") != "labels":
+        return None
+    if from_names is not None and item.get("from_name") not in from_names:
+        return None
+    value = item.get("value") or {}
+    start, end = value.get("start"), value.get("end")
+    labels = _label_list(value.get("labels"))
+    if not labels:
+        logger.warning("Task %s: region %s has no label; skipped", task_id, item.get("id"))
+        return None
+    if not _span_in_text(start, end, text):
+        logger.warning("Task %s: span [%r, %r) is out of range for a text of %d characters; skipped",
+                       task_id, start, end, len(text))
+        return None
+    _warn_if_text_differs(value.get("text"), text, start, end, task_id)
+    return labels, start, end
+
+
+def _span_in_text(start: Any, end: Any, text: str) -> bool:
+    """Whether [start, end) are int (not bool) offsets of a non-empty span of text."""
+    ints = all(isinstance(offset, int) and not isinstance(offset, bool) for offset in (start, end))
+    return ints and 0 <= start < end <= len(text)
+
+
+def _warn_if_text_differs(span_text: Any, text: str, start: int, end: int, task_id: Any) -> None:
+    """Log a region whose own text is not text[start:end] (the offsets win)."""
+    if isinstance(span_text, str) and span_text != text[start:end]:
+        logger.warning("Task %s: region text %r differs from text[%d:%d]=%r; using the offsets",
+                       task_id, span_text, start, end, text[start:end])
+
+
+def _entity_id(entities: list[dict], seen: dict[tuple, int], label: str, start: int, end: int) -> int:
+    """The id of entity (label, start, end), appending it to entities the first time."""
+    key = (label, start, end)
+    if key not in seen:
+        seen[key] = len(entities)
+        entities.append({"id": seen[key], "label": label, "start_offset": start, "end_offset": end})
+    return seen[key]
+
+
+# ---- relations: the "relation" items between regions ---------------------
+def _collect_relations(result: list, region_entities: dict[Any, list[int]], task_id: Any) -> list[dict]:
+    """The relations between entities, each (from_id, to_id, type) once."""
     relations: list[dict] = []
-    seen_rel: set[tuple] = set()
+    seen: set[tuple] = set()
     for item in result:
         if not isinstance(item, dict) or item.get("type") != "relation":
             continue
-        src = region_entities.get(item.get("from_id"))
-        dst = region_entities.get(item.get("to_id"))
-        if not src or not dst:
-            logger.warning(
-                "Task %s: relation %s -> %s refers to a region that is not an entity; skipped",
-                task_id,
-                item.get("from_id"),
-                item.get("to_id"),
-            )
+        usable = _usable_relation(item, region_entities, task_id)
+        if usable is None:
             continue
-        labels = item.get("labels") or []
-        if isinstance(labels, str):
-            labels = [labels]
-        labels = [str(label) for label in labels if isinstance(label, str) and label]
-        if not labels:
-            logger.warning(
-                "Task %s: relation %s -> %s has no label (a <Relations> without <Relation> "
-                "values?); skipped: UIE asks for a relation by its label",
-                task_id,
-                item.get("from_id"),
-                item.get("to_id"),
-            )
-            continue
-        # Label Studio's direction: "right" points from_id -> to_id, "left" the other
-        # way, "bi" both; UIE's subject is where the arrow starts.
-        direction = item.get("direction") or "right"
-        if direction == "right":
-            pairs = [(src, dst)]
-        elif direction == "left":
-            pairs = [(dst, src)]
-        elif direction == "bi":
-            pairs = [(src, dst), (dst, src)]
-        else:
-            logger.warning(
-                "Task %s: relation %s -> %s has direction %r (not right, left or bi); skipped",
-                task_id,
-                item.get("from_id"),
-                item.get("to_id"),
-                direction,
-            )
-            continue
-        for heads, tails in pairs:
-            for head in heads:
-                for tail in tails:
-                    if head == tail:
-                        continue
-                    for label in labels:
-                        key = (head, tail, label)
-                        if key in seen_rel:
-                            continue
-                        seen_rel.add(key)
-                        relations.append(
-                            {"id": len(relations), "from_id": head, "to_id": tail, "type": label}
-                        )
+        pairs, labels = usable
+        for head, tail in _entity_pairs(pairs):
+            for label in labels:
+                if (head, tail, label) not in seen:
+                    seen.add((head, tail, label))
+                    relations.append({"id": len(relations), "from_id": head, "to_id": tail, "type": label})
+    return relations
 
-    return {"id": task_id, "text": text, "entities": entities, "relations": relations}
+
+def _usable_relation(item: dict, region_entities: dict[Any, list[int]], task_id: Any) -> tuple | None:
+    """(directed pairs of entity-id lists, labels) of a relation; None (logged) if unusable."""
+    src = region_entities.get(item.get("from_id"))
+    dst = region_entities.get(item.get("to_id"))
+    if not src or not dst:
+        _skip_relation(task_id, item, "refers to a region that is not an entity; skipped")
+        return None
+    labels = [str(label) for label in _label_list(item.get("labels")) if isinstance(label, str) and label]
+    if not labels:
+        _skip_relation(task_id, item, "has no label (a <Relations> without <Relation> "
+                       "values?); skipped: UIE asks for a relation by its label")
+        return None
+    pairs = _directed_pairs(src, dst, item, task_id)
+    return None if pairs is None else (pairs, labels)
+
+
+def _directed_pairs(src: list[int], dst: list[int], item: dict, task_id: Any) -> list[tuple] | None:
+    """(subjects, objects) of a relation by its direction; None (logged) for an unknown one."""
+    # Label Studio's direction: "right" points from_id -> to_id, "left" the other
+    # way, "bi" both; UIE's subject is where the arrow starts.
+    direction = item.get("direction") or "right"
+    if direction == "right":
+        return [(src, dst)]
+    if direction == "left":
+        return [(dst, src)]
+    if direction == "bi":
+        return [(src, dst), (dst, src)]
+    _skip_relation(task_id, item, "has direction %r (not right, left or bi); skipped", direction)
+    return None
+
+
+def _skip_relation(task_id: Any, item: dict, why: str, *args: Any) -> None:
+    """Log why a relation item is skipped (``why`` continues 'Task <id>: relation <from> -> <to> ')."""
+    logger.warning("Task %s: relation %s -> %s " + why, task_id, item.get("from_id"), item.get("to_id"), *args)
+
+
+def _entity_pairs(pairs: list[tuple]) -> Iterator[tuple[int, int]]:
+    """Every (head, tail) entity id of the (subjects, objects) pairs, but an entity with itself."""
+    for heads, tails in pairs:
+        for head in heads:
+            for tail in tails:
+                if head != tail:
+                    yield head, tail
 
 
 def label_studio_to_doccano(

@@ -45,6 +45,7 @@ import math
 import os
 import random
 import sys
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
@@ -245,94 +246,113 @@ def _unique(items, exclude=()) -> list[str]:
     return out
 
 
-def _build_split(
-    recs: list[_Record],
-    *,
-    is_train: bool,
-    negative_ratio: int,
-    label_set: list[str],
-    predicate_set: list[str],
-    prompt_prefix: str,
-    options: Sequence[str],
-    rng: random.Random,
-    relation_negative_ratio: int,
-    asked_relations: dict,
-) -> list[dict]:
-    ratio = negative_ratio if is_train else -1
-    entity_pos, entity_neg = [], []
-    for rec in recs:
-        candidates = [label for label in label_set if label not in rec.entity_labels]
-        idxs = _sample_indices(len(candidates), len(rec.entity_examples), ratio, rng)
-        entity_pos.extend(rec.entity_examples.values())
-        entity_neg.extend(rec.negative(candidates[i]) for i in idxs)
+@dataclass(frozen=True)
+class _SplitPlan:
+    """What every split of one conversion shares: the schema, the ratios and the one rng."""
 
+    label_set: list[str]          # entity labels an absent one of which is a negative
+    predicate_set: list[str]      # relation types (and the words a server asks)
+    negative_ratio: int
+    relation_negative_ratio: int
+    asked_relations: dict
+    options: Sequence[str]
+    rng: random.Random
+
+
+def _build_split(recs: list[_Record], plan: _SplitPlan, *, is_train: bool) -> list[dict]:
+    """A split's examples: entity positives, entity negatives, relations, then classification."""
+    ratio = plan.negative_ratio if is_train else -1
+    entity_pos, entity_neg = _entity_examples(recs, plan.label_set, ratio, plan.rng)
     relation_pos, relation_neg = [], []
-    if predicate_set:
-        split_names = _unique(name for rec in recs for name in rec.entity_names)
-        for rec in recs:
-            positives = list(rec.relation_examples.values())
-            relation_pos.extend(positives)
-            taken = set(rec.relation_examples)
-            asked = rec.asked_prompts(asked_relations)
-            if not is_train:
-                # PaddleNLP keeps dev/test relation negatives next to their record's positives.
-                for subject in rec.subjects:
-                    for predicate in predicate_set:
-                        prompt = rec.relation_prompt(subject, predicate)
-                        if prompt not in taken:
-                            taken.add(prompt)
-                            relation_pos.append(rec.negative(prompt))
-                for prompt in asked:
-                    if prompt not in taken:
-                        taken.add(prompt)
-                        relation_pos.append(rec.negative(prompt))
-                continue
-            # train: PaddleNLP's three candidate pools (inverse relations, other entity
-            # names, subject x absent entity labels), each sampled at ratio // 3, then
-            # topped up from the leftovers to ratio * positives; then what a server asks.
-            num_positive = len(positives)
-            pools = [_unique(rec.inverse_prompts, taken)]
-            if rec.predicates:
-                names = [n for n in split_names if n not in rec.subjects]
-                names.sort()
-                pools.append(
-                    _unique(
-                        (rec.relation_prompt(n, rec.predicates[rng.randrange(len(rec.predicates))]) for n in names),
-                        taken,
-                    )
-                )
-            if rec.subjects:
-                labels = sorted(label for label in label_set if label not in rec.entity_labels)
-                pools.append(
-                    _unique(
-                        (rec.relation_prompt(rec.subjects[rng.randrange(len(rec.subjects))], lab) for lab in labels),
-                        taken,
-                    )
-                )
-            chosen: list[str] = []
-            rest: list[str] = []
-            per_pool = relation_negative_ratio // 3
-            for pool in pools:
-                pool = [p for p in pool if p not in chosen and p not in rest]
-                idxs = _sample_indices(len(pool), num_positive, per_pool, rng)
-                picked = set(idxs)
-                chosen.extend(pool[i] for i in idxs)
-                rest.extend(p for k, p in enumerate(pool) if k not in picked)
-            missing = num_positive * relation_negative_ratio - len(chosen)
-            if missing > 0 and rest:
-                if missing >= len(rest):
-                    chosen.extend(rest)
-                else:
-                    chosen.extend(rest[i] for i in rng.sample(range(len(rest)), missing))
-            chosen.extend(p for p in asked if p not in taken and p not in chosen)
-            relation_neg.extend(rec.negative(p) for p in chosen)
-
+    if plan.predicate_set:
+        relation_pos, relation_neg = _relation_examples(recs, is_train, plan)
     cls_examples = [
-        _cls_example(rec.text, labels, prefix, options, rng, rec.where)
+        _cls_example(rec.text, labels, prefix, plan.options, plan.rng, rec.where)
         for rec in recs
         for labels, prefix in rec.cls_items
     ]
     return entity_pos + entity_neg + relation_pos + relation_neg + cls_examples
+
+
+def _entity_examples(recs: list[_Record], label_set: list[str], ratio: int, rng) -> tuple[list[dict], list[dict]]:
+    """Entity positives, and negatives (each label a record lacks) sampled at ratio."""
+    positives, negatives = [], []
+    for rec in recs:
+        candidates = [label for label in label_set if label not in rec.entity_labels]
+        idxs = _sample_indices(len(candidates), len(rec.entity_examples), ratio, rng)
+        positives.extend(rec.entity_examples.values())
+        negatives.extend(rec.negative(candidates[i]) for i in idxs)
+    return positives, negatives
+
+
+def _relation_examples(recs: list[_Record], is_train: bool, plan: _SplitPlan) -> tuple[list[dict], list[dict]]:
+    """Relation positives and negatives; dev/test keep a record's negatives beside its positives."""
+    positives, negatives = [], []
+    split_names = _unique(name for rec in recs for name in rec.entity_names)
+    for rec in recs:
+        positives.extend(rec.relation_examples.values())
+        asked = rec.asked_prompts(plan.asked_relations)
+        if is_train:
+            prompts = _train_relation_negatives(rec, split_names, asked, plan)
+            negatives.extend(rec.negative(p) for p in prompts)
+        else:
+            # PaddleNLP keeps dev/test relation negatives next to their record's positives.
+            positives.extend(rec.negative(p) for p in _eval_relation_negatives(rec, plan.predicate_set, asked))
+    return positives, negatives
+
+
+def _eval_relation_negatives(rec: _Record, predicate_set: list[str], asked: list[str]) -> list[str]:
+    """Dev/test: every (subject, relation type) prompt, then what a server asks, bar positives."""
+    every = [rec.relation_prompt(subject, predicate) for subject in rec.subjects for predicate in predicate_set]
+    return _unique(every + asked, exclude=rec.relation_examples)
+
+
+def _train_relation_negatives(rec: _Record, split_names, asked, plan: _SplitPlan) -> list[str]:
+    """Train: PaddleNLP's three pools sampled to the ratio, then what a server asks, bar positives."""
+    taken = set(rec.relation_examples)
+    pools = _relation_negative_pools(rec, split_names, plan.label_set, taken, plan.rng)
+    chosen = _sample_pools(pools, len(rec.relation_examples), plan.relation_negative_ratio, plan.rng)
+    chosen.extend(p for p in asked if p not in taken and p not in chosen)
+    return chosen
+
+
+def _relation_negative_pools(rec: _Record, split_names, label_set, taken, rng) -> list[list[str]]:
+    """PaddleNLP's three pools: inverse relations, other entity names, subject x absent label."""
+    pools = [_unique(rec.inverse_prompts, taken)]
+    if rec.predicates:
+        names = sorted(n for n in split_names if n not in rec.subjects)
+        pools.append(_unique((rec.relation_prompt(n, _pick(rec.predicates, rng)) for n in names), taken))
+    if rec.subjects:
+        labels = sorted(label for label in label_set if label not in rec.entity_labels)
+        pools.append(_unique((rec.relation_prompt(_pick(rec.subjects, rng), lab) for lab in labels), taken))
+    return pools
+
+
+def _pick(items: list[str], rng: random.Random) -> str:
+    return items[rng.randrange(len(items))]
+
+
+def _sample_pools(pools: list[list[str]], num_positive: int, ratio: int, rng) -> list[str]:
+    """Each pool sampled at ratio // 3, then topped up from the leftovers to ratio * positives."""
+    chosen: list[str] = []
+    rest: list[str] = []
+    for pool in pools:
+        pool = [p for p in pool if p not in chosen and p not in rest]
+        idxs = _sample_indices(len(pool), num_positive, ratio // 3, rng)
+        picked = set(idxs)
+        chosen.extend(pool[i] for i in idxs)
+        rest.extend(p for k, p in enumerate(pool) if k not in picked)
+    chosen.extend(_top_up(rest, num_positive * ratio - len(chosen), rng))
+    return chosen
+
+
+def _top_up(rest: list[str], missing: int, rng) -> list[str]:
+    """``missing`` prompts of rest, drawn at random (all of rest when that is not more)."""
+    if missing <= 0 or not rest:
+        return []
+    if missing >= len(rest):
+        return list(rest)
+    return [rest[i] for i in rng.sample(range(len(rest)), missing)]
 
 
 # --------------------------------------------------------------------------
@@ -421,54 +441,81 @@ def convert_doccano(
     each (entity text whose label the relation starts from, word) it does not
     annotate, in every split, and those words join the relation types.
     """
-    if schema_lang not in ("ch", "en"):
-        raise ValueError(f"schema_lang must be 'ch' or 'en', got {schema_lang!r}")
-    if not _is_int(negative_ratio) or negative_ratio < -1:
-        raise ValueError(f"negative_ratio must be an integer >= -1, got {negative_ratio!r}")
-    if relation_negative_ratio is None:
-        relation_negative_ratio = negative_ratio
-    if not _is_int(relation_negative_ratio) or relation_negative_ratio < -1:
-        raise ValueError(f"relation_negative_ratio must be an integer >= -1, got {relation_negative_ratio!r}")
-    asked_relations = {str(p): tuple(labs) for p, labs in (asked_relations or {}).items() if p}
-    if task_type not in ("ext", "cls"):
-        raise ValueError(f"task_type must be 'ext' or 'cls', got {task_type!r}")
+    relation_negative_ratio, asked_relations = _checked_options(
+        task_type, schema_lang, negative_ratio, relation_negative_ratio, asked_relations
+    )
     parts = _check_splits(splits)
     records = list(records)
     rng = random.Random(seed)
-    order = list(range(len(records)))
-    p1, p2 = _split_records(len(records), parts)
-    if is_shuffle:
-        rng.shuffle(order)
-    chunks = [order[:p1], order[p1:p2], order[p2:]]
-
+    chunks = _record_chunks(len(records), parts, is_shuffle, rng)
     if task_type == "cls":
         return tuple(_cls_split([(records[i], i) for i in chunk], prompt_prefix, options, rng) for chunk in chunks)
 
     recs = [_Record(records[i], i, schema_lang, separator, prompt_prefix) for i in range(len(records))]
-    label_set = sorted(
+    plan = _SplitPlan(
+        label_set=_negative_labels(recs, labels),
+        predicate_set=_unique([p for rec in recs for p in rec.predicates] + list(asked_relations)),
+        negative_ratio=negative_ratio,
+        relation_negative_ratio=relation_negative_ratio,
+        asked_relations=asked_relations,
+        options=options,
+        rng=rng,
+    )
+    _require_annotations(recs)
+    return _ext_splits(recs, chunks, is_shuffle, plan)
+
+
+def _checked_options(task_type, schema_lang, negative_ratio, relation_negative_ratio, asked_relations):
+    """Validate convert_doccano's options; (relation_negative_ratio, asked_relations) with defaults."""
+    if schema_lang not in ("ch", "en"):
+        raise ValueError(f"schema_lang must be 'ch' or 'en', got {schema_lang!r}")
+    _check_ratio("negative_ratio", negative_ratio)
+    if relation_negative_ratio is None:
+        relation_negative_ratio = negative_ratio
+    _check_ratio("relation_negative_ratio", relation_negative_ratio)
+    asked_relations = {str(p): tuple(labs) for p, labs in (asked_relations or {}).items() if p}
+    if task_type not in ("ext", "cls"):
+        raise ValueError(f"task_type must be 'ext' or 'cls', got {task_type!r}")
+    return relation_negative_ratio, asked_relations
+
+
+def _check_ratio(name: str, value: Any) -> None:
+    if not _is_int(value) or value < -1:
+        raise ValueError(f"{name} must be an integer >= -1, got {value!r}")
+
+
+def _record_chunks(n: int, parts: list[Decimal], is_shuffle: bool, rng: random.Random) -> list[list[int]]:
+    """Record indices of train, dev and test (shuffled before they are cut when asked)."""
+    p1, p2 = _split_records(n, parts)
+    order = list(range(n))
+    if is_shuffle:
+        rng.shuffle(order)
+    return [order[:p1], order[p1:p2], order[p2:]]
+
+
+def _negative_labels(recs: list[_Record], labels: Sequence[str]) -> list[str]:
+    """Entity labels of the records and of ``labels``, less NO_NEGATIVE_LABELS, sorted."""
+    return sorted(
         {lab for rec in recs for lab in rec.entity_labels if lab not in NO_NEGATIVE_LABELS}
         | {lab for lab in labels if lab not in NO_NEGATIVE_LABELS}
     )
-    predicate_set = _unique([p for rec in recs for p in rec.predicates] + list(asked_relations))
+
+
+def _require_annotations(recs: list[_Record]) -> None:
+    """ValueError when no record has an entity or a relation to learn."""
     if not any(rec.entity_examples or rec.relation_examples for rec in recs):
         raise ValueError(
             f"none of the {len(recs)} records has an entity: there is nothing to train on"
         )
-    common = dict(
-        negative_ratio=negative_ratio,
-        label_set=label_set,
-        predicate_set=predicate_set,
-        prompt_prefix=prompt_prefix,
-        options=options,
-        rng=rng,
-        relation_negative_ratio=relation_negative_ratio,
-        asked_relations=asked_relations,
-    )
-    train = _build_split([recs[i] for i in chunks[0]], is_train=True, **common)
+
+
+def _ext_splits(recs: list[_Record], chunks: list[list[int]], is_shuffle: bool, plan: _SplitPlan):
+    """(train, dev, test) extraction examples; train's are shuffled when the records were."""
+    train = _build_split([recs[i] for i in chunks[0]], plan, is_train=True)
     if is_shuffle:
-        rng.shuffle(train)
-    dev = _build_split([recs[i] for i in chunks[1]], is_train=False, **common)
-    test = _build_split([recs[i] for i in chunks[2]], is_train=False, **common)
+        plan.rng.shuffle(train)
+    dev = _build_split([recs[i] for i in chunks[1]], plan, is_train=False)
+    test = _build_split([recs[i] for i in chunks[2]], plan, is_train=False)
     return train, dev, test
 
 
