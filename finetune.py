@@ -598,7 +598,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 
     options = {k: v for k, v in locals().items()
                if k not in ("train_examples", "dev_examples", "model_dir", "save_dir", "devices",
-                            "paddle", "uie_model")}
+                            "paddle", "uie")}
     dist = Distributed.from_env()
     if devices and dist is None and "PADDLE_TRAINERS_NUM" not in os.environ:
         return launch(devices, train_examples, dev_examples, model_dir, save_dir, **options)
@@ -678,7 +678,7 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
                   tagger_learning_rate=tagger_learning_rate if tagging else None,
                   model=str(model_dir), kind=kind, history=trainer.history,
                   world_size=dist.world if dist else 1)
-    (save_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    files.atomic_write_json(save_dir / "metrics.json", result)
     return result
 
 
