@@ -43,31 +43,6 @@ MAX_JSON_DEPTH = 100               # Label Studio's requests nest about 8 levels
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class Metrics:
-    """Request counters for ``GET /metrics``."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.started = time.time()
-        self.counts = {"predict_requests": 0, "predicted_tasks": 0, "predicted_regions": 0,
-                       "setup_requests": 0, "webhooks": 0, "train_requests": 0, "errors_4xx": 0,
-                       "errors_5xx": 0}
-        self.predict_seconds = 0.0
-
-    def add(self, **kwargs):
-        with self._lock:
-            for key, value in kwargs.items():
-                if key == "predict_seconds":
-                    self.predict_seconds += value
-                else:
-                    self.counts[key] = self.counts.get(key, 0) + value
-
-    def snapshot(self):
-        with self._lock:
-            return dict(self.counts, predict_seconds=round(self.predict_seconds, 3),
-                        uptime_seconds=round(time.time() - self.started, 1))
-
-
 class JSONProvider(DefaultJSONProvider):
     """UTF-8 JSON answers in the given key order.
 
@@ -88,7 +63,7 @@ class JSONProvider(DefaultJSONProvider):
 
 # -- request parsing ------------------------------------------------------------
 def _ext() -> dict:
-    """The app's process-wide parts: store, annotations, jobs, metrics, settings."""
+    """The app's process-wide parts: store, annotations, jobs, settings."""
     return current_app.extensions["uie"]
 
 
@@ -176,7 +151,6 @@ def health():
 @api.post("/setup")
 def setup():
     body = _json_body()
-    _ext()["metrics"].add(setup_requests=1)
     project = _project(body.get("project"))
     schema = _optional_str(body, "schema", "the label config XML string")
     version = _backend(project, schema).setup()
@@ -202,11 +176,8 @@ def predict():
     if not model.label_config:
         raise BadRequest("'label_config' is missing and no /setup was received for this project")
     _check_predict_size(len(tasks), model)
-    started = time.perf_counter()
-    results = model.predict(tasks, context=(params or {}).get("context"))
+    results = model.predict(tasks, context=(params or {}).get("context"))   # reads the store once
     regions = sum(len(r["result"]) for r in results)
-    _ext()["metrics"].add(predict_requests=1, predicted_tasks=len(tasks), predicted_regions=regions,
-                          predict_seconds=time.perf_counter() - started)
     service.metrics.observe_prediction(project, len(tasks), regions)
     return jsonify(results=results, model_version=results[0]["model_version"] if results
                    else model.model_version)
@@ -230,7 +201,6 @@ def _check_predict_size(n_tasks: int, model: UIEBackend):
 @api.post("/webhook")
 def webhook():
     body = _json_body()
-    _ext()["metrics"].add(webhooks=1)
     action = body.get("action")
     if not isinstance(action, str):
         raise BadRequest("'action' is missing")
@@ -286,7 +256,6 @@ def _annotations_deleted(project: str, action: str, body: dict):
 
 
 def _start_training(project: str, action: str, body: dict):
-    _ext()["metrics"].add(train_requests=1)
     return _backend(project).fit(action)
 
 
@@ -299,7 +268,6 @@ WEBHOOK_HANDLERS = {"ANNOTATION_CREATED": _annotation_changed,
 @api.post("/train")
 def train():
     body = _json_body()
-    _ext()["metrics"].add(train_requests=1)
     tasks = body.get("annotations")
     if tasks is not None and not isinstance(tasks, list):
         raise BadRequest("'annotations' must be a list of tasks with their annotations")
@@ -332,10 +300,11 @@ def job_list():
 
 @api.get("/metrics")
 def metrics_view():
-    """Prometheus' text format; ``?format=json``: this worker's counters and the job counts."""
+    """Prometheus' text format; ``?format=json``: the same samples and their totals, as JSON
+    (``service.metrics.as_json``)."""
     ext = _ext()
     if request.args.get("format") == "json":
-        return jsonify(dict(ext["metrics"].snapshot(), jobs=ext["jobs"].summary()))
+        return jsonify(service.metrics.as_json(ext["store"], ext["jobs"]))
     body, content_type = service.metrics.render(ext["store"], ext["jobs"])
     return current_app.response_class(body, content_type=content_type)
 
@@ -405,13 +374,10 @@ def _request_id() -> str:
 
 
 def http_error(exc: HTTPException):
-    _ext()["metrics"].add(errors_4xx=1 if exc.code < 500 else 0,
-                          errors_5xx=1 if exc.code >= 500 else 0)
     return jsonify(error=exc.description), exc.code
 
 
 def config_error(exc: LabelConfigError):
-    _ext()["metrics"].add(errors_4xx=1)
     return jsonify(error=str(exc)), 422
 
 
@@ -419,7 +385,6 @@ def unexpected_error(exc: Exception):
     """500 with a request id only; the exception and its traceback go to the log."""
     request_id = _request_id()
     log.exception("request %s: unexpected error on %s %s", request_id, request.method, request.path)
-    _ext()["metrics"].add(errors_5xx=1)
     return jsonify(error=f"internal error; the server log has the details under request id "
                          f"{request_id}", request_id=request_id), 500
 
@@ -445,13 +410,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     store = ModelStore(settings)
     if settings.redis_url:      # scale-out: jobs on RQ workers, annotations in Redis
-        from service.job_queue import QueueRunner, connect
+        from service.job_queue import connect, queue_runner
         from service.redis_annotation_store import RedisAnnotationStore
 
         conn = connect(settings.redis_url)
         conn.ping()             # fail at start, not on the first webhook
         annotations = RedisAnnotationStore(conn)
-        jobs = QueueRunner(store, annotations, conn)
+        jobs = queue_runner(store, annotations, conn)
     else:
         annotations = AnnotationStore(store.root / "annotations.sqlite3")
         jobs = JobRunner(store, annotations, on_finish=service.metrics.observe_training)
@@ -460,7 +425,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
     app.extensions["uie"] = {"store": store, "annotations": annotations, "jobs": jobs,
-                             "metrics": Metrics(), "settings": settings}
+                             "settings": settings}
     app.before_request(start_request)      # in this order: id, auth, content type
     app.before_request(check_auth)
     app.before_request(require_json)

@@ -31,7 +31,7 @@ loglevel = _settings.log_level.lower()
 accesslog = "-"
 preload_app = False   # each worker loads its model after the fork (Paddle is not fork-safe)
 
-# Prometheus metrics across workers (GET /metrics, server_metrics.py): every worker writes its
+# Prometheus metrics across workers (GET /metrics, service/metrics.py): every worker writes its
 # counts into PROMETHEUS_MULTIPROC_DIR, set here, in the master, before any worker forks.
 # Given in the environment, that directory is used (and emptied at start); else a fresh one
 # is made and removed at exit.

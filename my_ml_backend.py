@@ -31,6 +31,7 @@ class UIEBackend:
         self.jobs = jobs
         self._controls = None
         self._relations = None
+        self._live = None
 
     @property
     def controls(self) -> list[Control]:
@@ -46,6 +47,13 @@ class UIEBackend:
             self._relations = parse_relations(self.label_config)
         return self._relations
 
+    @property
+    def live(self) -> LiveModel:
+        """The model serving the project, asked of the store once per instance (per request)."""
+        if self._live is None:
+            self._live = self.store.live(self.project)
+        return self._live
+
     # -- LabelStudioMLBase-like API ----------------------------------------
     def setup(self) -> str:
         """Validate the label config and return the version ``predict`` will stamp."""
@@ -56,7 +64,7 @@ class UIEBackend:
 
     @property
     def model_version(self) -> str:
-        return self.store.live(self.project).version
+        return self.live.version
 
     def predict(self, tasks: list[dict], context=None, **kwargs) -> list[dict]:
         """One prediction per task, in task order, also when nothing was found.
@@ -64,17 +72,9 @@ class UIEBackend:
         One ``extract`` call finds the regions of every task; with ``<Relations>``,
         one more finds the relations between them (``relations.relation_round``).
         """
-        live = self.store.live(self.project)
-        controls = self.controls
-        relations = self.relations
-        queries, where = [], []       # one (text, prompts) query per (task, control) with a text
-        for t, task in enumerate(tasks):
-            for control in controls:
-                text = self._task_text(task, control)
-                if text is not None:
-                    queries.append((text, control.prompts))
-                    where.append((t, control, text))
-        extracted = live.predictor.extract(queries) if queries else []
+        live, relations = self.live, self.relations   # a bad config raises before the model runs
+        where = self._texts(tasks)
+        extracted = live.predictor.extract([(text, c.prompts) for _, c, text in where]) if where else []
         regions = [[] for _ in tasks]
         for (t, control, text), by_prompt in zip(where, extracted):
             regions[t].extend(self._regions(control, text, by_prompt))
@@ -90,6 +90,16 @@ class UIEBackend:
                                  tasks=(data or {}).get("tasks"))
 
     # -- helpers ----------------------------------------------------------
+    def _texts(self, tasks: list) -> list[tuple[int, Control, str]]:
+        """``(task index, control, text)`` for each task and control with a text to query."""
+        where = []
+        for t, task in enumerate(tasks):
+            for control in self.controls:
+                text = self._task_text(task, control)
+                if text is not None:
+                    where.append((t, control, text))
+        return where
+
     def _task_text(self, task, control: Control) -> str | None:
         """The text ``control`` labels (``convert.task_text``, as training reads it), or
         None, logged, for an empty prediction: no usable text, or longer than ``MAX_TEXT_CHARS``."""
@@ -123,24 +133,15 @@ class UIEBackend:
 
     @staticmethod
     def _regions(control: Control, text: str, by_prompt) -> list[dict]:
-        best = {}   # (label, start, end) -> score, over all prompts of a label
+        """One region per (label, start, end), scored by the best of the label's prompts."""
+        best = {}   # (label, start, end) -> score
         for prompt, spans in by_prompt.items():
             for label in control.labels_for(prompt):
                 for span in spans:
                     key = (label, span.start, span.end)
                     best[key] = max(best.get(key, 0.0), span.score)
-        out = []
-        for (label, start, end), score in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-            region_id = hashlib.sha1(f"{control.from_name}|{label}|{start}|{end}".encode()).hexdigest()[:10]
-            out.append({
-                "id": region_id,
-                "from_name": control.from_name,
-                "to_name": control.to_name,
-                "type": "labels",
-                "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
-                "score": round(score, 6),
-            })
-        return out
+        ordered = sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0]))
+        return [_region(control, text, *key, score) for key, score in ordered]
 
     def _prediction(self, regions: list[dict], live: LiveModel) -> dict:
         """The task's score is the min (or mean) over every item: regions and relations."""
@@ -152,3 +153,12 @@ class UIEBackend:
         else:
             score = min(scores)
         return {"result": regions, "score": round(score, 6), "model_version": live.version}
+
+
+def _region(control: Control, text: str, label: str, start: int, end: int, score: float) -> dict:
+    """A Label Studio ``labels`` region, with an id stable across predictions."""
+    region_id = hashlib.sha1(f"{control.from_name}|{label}|{start}|{end}".encode()).hexdigest()[:10]
+    return {"id": region_id, "from_name": control.from_name, "to_name": control.to_name,
+            "type": "labels",
+            "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
+            "score": round(score, 6)}

@@ -4,26 +4,37 @@
     rq worker --url $REDIS_URL uie-training   # a plain RQ worker works too (no recovery at start)
 
 Serving replicas (``make run`` on any machines) and workers share ``MODEL_DIR``
-(shared storage) and one Redis. A trigger on any replica queues a job exactly
-as in the embedded mode (``jobs.JobRunner.trigger``: the job's state, its
-``/train`` annotations and label config go into ``MODEL_DIR/<project>/jobs/<id>/``;
-a trigger while one is queued joins it) and enqueues one RQ job for it on the
-``uie-training`` queue. A worker runs it in RQ's work horse (a process per job):
-``run_job`` takes the project's train lock, a lease in Redis, and runs the same
-``JobRunner._run`` as the embedded runner (spec -> ``train_job`` -> promote),
-with ``train_job.run`` called in the work horse itself. Replicas read
-``current`` on every request, so the new version is served everywhere next.
+(shared storage) and one Redis. Both run the one ``jobs.JobRunner`` flow
+(trigger -> queue -> spec -> ``train_job`` -> promote -> prune), given this
+module's parts instead of the embedded mode's:
 
-Locks are Redis locks (``RedisLocks``): one per project for the queue, and the
-train lock, whose token is the running job's *lease*. The work horse renews it
-every third of ``JOB_LEASE_SECONDS``; it kills itself (SIGKILL) when its RQ
-worker died (kill -9 of the worker stops its job too) or when it lost the
-lease. A job whose lease lapsed is reported ``failed: interrupted`` by the next
-replica that lists jobs (``/jobs``, ``/metrics``, a trigger) or by the next
-job of that project; its partial checkpoint is removed and the served model
-stays. A queued job whose RQ job was lost (its worker died before it ran) is
-enqueued again the same way. Nothing of RQ's own job bookkeeping is relied on
-for what ``/jobs`` says: the job states in ``MODEL_DIR`` are the truth.
+- ``RedisLocks`` (for ``jobs.FileLocks``): one lock per project for the queue,
+  and the train lock, whose token is the running job's *lease*, renewed every
+  third of ``JOB_LEASE_SECONDS`` while held;
+- ``RQDispatch`` (for ``jobs.Threads``): a trigger on any replica queues a job
+  exactly as in the embedded mode (its state, its ``/train`` annotations and
+  label config go into ``MODEL_DIR/<project>/jobs/<id>/``; a trigger while one is
+  queued joins it) and enqueues one RQ job (``run_job``) for it on the
+  ``uie-training`` queue; a queued job whose RQ job was lost (its worker died
+  before it ran) is enqueued again;
+- ``WorkHorseTraining`` (for ``jobs.SubprocessTraining``): ``run_job`` runs in
+  RQ's work horse (a process per job) and calls ``JobRunner.run_queued``, which
+  waits for the project's train lock and calls ``train_job.run`` in the work
+  horse itself; the job's state records the lease, host and RQ worker;
+- ``RedisDurations``: finished jobs' durations in one histogram for every
+  replica's ``/metrics``; and ``reap_lapsed``: listing jobs (``/jobs``,
+  ``/metrics``) fails a running job whose lease lapsed.
+
+``queue_runner`` (a serving replica, and ``make worker``'s start-up check) and
+``worker_runner`` (inside a work horse) put them together. The work horse kills
+itself (SIGKILL) when its RQ worker died (kill -9 of the worker stops its job
+too) or when it lost the lease. A job whose lease lapsed is reported ``failed:
+interrupted`` by the next replica that lists jobs or by the next job of that
+project; its partial checkpoint is removed and the served model stays. Nothing
+of RQ's own job bookkeeping is relied on for what ``/jobs`` says: the job
+states in ``MODEL_DIR`` are the truth. Replicas read ``current`` on every
+request, so a new version is served everywhere next. Nothing here imports
+Paddle at import time: an RQ worker's main process forks a work horse per job.
 """
 
 from __future__ import annotations
@@ -31,8 +42,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
-import shutil
 import signal
 import socket
 import sys
@@ -41,15 +50,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from projects import is_project_name
+from settings import available_cores
 from service.jobs import TRAINING_BUCKETS, JobRunner
 
 log = logging.getLogger("job_queue")
 QUEUE = "uie-training"
 LOCK_PREFIX = "uie:lock:"
 DURATIONS_KEY = "uie:metrics:training_seconds"
-# the same rule as service.model_store.PROJECT_RE (not imported: model_store loads Paddle, and an
-# RQ worker's main process must not, since it forks a work horse per job)
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+RUN_JOB = "service.job_queue.run_job"   # what an RQ job calls (``job_queue.run_job`` too)
 ALIVE = ("queued", "started", "deferred", "scheduled")
 
 
@@ -61,7 +70,9 @@ def connect(url: str):
 
 
 class Layout:
-    """The projects and job directories of ``MODEL_DIR``, without loading any model."""
+    """The projects and job directories of ``MODEL_DIR``, without loading any model
+    (``ModelStore`` loads Paddle, which an RQ worker's main process must not: it forks a
+    work horse per job)."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -69,7 +80,7 @@ class Layout:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def projects(self) -> list[str]:
-        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and PROJECT_RE.match(d.name))
+        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and is_project_name(d.name))
 
     def project_dir(self, project: str) -> Path:
         return self.root / project
@@ -91,30 +102,35 @@ class _Keeper(threading.Thread):
         self.done.set()
 
     def run(self):
-        from redis.exceptions import LockNotOwnedError, RedisError
-
         interval = max(0.2, self.seconds / 3)
-        renewed = next_renewal = time.monotonic()
-        next_renewal += interval
+        self.renewed = time.monotonic()
+        next_renewal = self.renewed + interval
         while not self.done.wait(min(0.5, interval)):
             if self.fatal and os.getppid() != self.parent:
                 self._die(f"the RQ worker (pid {self.parent}) that started this work horse is gone")
                 return
             now = time.monotonic()
-            if now < next_renewal:
-                continue
-            try:
-                self.lock.extend(self.seconds, replace_ttl=True)
-                renewed = now
-            except LockNotOwnedError:
-                self._die(f"lost the lease {self.lock.name}")
-                return
-            except RedisError as exc:
-                log.warning("could not renew the lease %s: %s", self.lock.name, exc)
-                if now - renewed > self.seconds:
-                    self._die(f"could not renew the lease {self.lock.name} for {self.seconds}s")
+            if now >= next_renewal:
+                if not self._renew(now):
                     return
-            next_renewal = now + interval
+                next_renewal = now + interval
+
+    def _renew(self, now: float) -> bool:
+        """Extend the lease; False once it is lost (or could not be renewed for a whole lease)."""
+        from redis.exceptions import LockNotOwnedError, RedisError
+
+        try:
+            self.lock.extend(self.seconds, replace_ttl=True)
+            self.renewed = now
+        except LockNotOwnedError:
+            self._die(f"lost the lease {self.lock.name}")
+            return False
+        except RedisError as exc:
+            log.warning("could not renew the lease %s: %s", self.lock.name, exc)
+            if now - self.renewed > self.seconds:
+                self._die(f"could not renew the lease {self.lock.name} for {self.seconds}s")
+                return False
+        return True
 
     def stop(self):
         self.done.set()
@@ -176,75 +192,61 @@ def _release(lock):
         pass            # it lapsed; whoever holds it now keeps it
 
 
-class QueueRunner(JobRunner):
-    """``JobRunner`` whose jobs run on RQ workers; what a serving replica uses with ``REDIS_URL``."""
+class RQDispatch:
+    """Dispatch: every queued job of a project has a live RQ job (``run_job``) on ``QUEUE``."""
 
-    def __init__(self, store, annotations, conn, recover=True, fatal=False):
+    def __init__(self, conn):
         from rq import Queue
 
         self.conn = conn
         self.queue = Queue(QUEUE, connection=conn)
-        super().__init__(store, annotations,
-                         locks=RedisLocks(conn, store.settings.job_lease_seconds, fatal=fatal),
-                         recover=recover, on_finish=self.record_duration)
 
-    # -- what every replica sees --------------------------------------------
-    def list(self, project=None) -> list[dict]:
-        self.reap(project)
-        return self._jobs(project)
+    def __call__(self, runner, project: str):
+        self._cleanup_registry()
+        with runner.locks.queue(project):
+            for job in runner.records.in_state(project, "queued"):
+                if not self._alive(job.get("rq_job")):
+                    self._enqueue(runner.records, project, job)
 
-    def reap(self, project=None):
-        """Fail running jobs whose lease lapsed; enqueue queued jobs whose RQ job was lost."""
-        for p in [project] if project else self.store.projects():
-            jobs = self._jobs(p)
-            running = [j for j in jobs if j.get("state") == "running"]
-            if running and any(j.get("lease") != self.locks.holder(p) for j in running):
-                with self.locks.train(p, blocking=False) as mine:
-                    if mine:
-                        self._fail_interrupted(p, "the worker running this job stopped "
-                                                  "(its lease lapsed)")
-            if any(j.get("state") == "queued" for j in jobs):
-                self._ensure_worker(p)
+    def _cleanup_registry(self):
+        """RQ's own abandoned-job handling (it moves lost RQ jobs to the failed registry)."""
+        try:
+            self.queue.started_job_registry.cleanup()
+        except Exception as exc:   # noqa: BLE001
+            log.warning("RQ registry cleanup failed: %s", exc)
 
-    def _cleanup_partial(self):
-        """Half-copied versions of projects nobody is training now (a worker may be promoting)."""
-        for project in self.store.projects():
-            with self.locks.train(project, blocking=False) as mine:
-                if mine:
-                    for child in self.store.project_dir(project).glob(".tmp-*"):
-                        shutil.rmtree(child, ignore_errors=True)
-
-    # -- handing jobs to workers ----------------------------------------------
-    def _ensure_worker(self, project):
-        """Make sure the queued job of ``project`` has a live RQ job (enqueue one if not)."""
+    def _alive(self, rq_id) -> bool:
+        """Whether the RQ job ``rq_id`` will still run (or runs)."""
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
+        if not rq_id:
+            return False
         try:
-            self.queue.started_job_registry.cleanup()   # RQ's own abandoned-job handling
-        except Exception as exc:   # noqa: BLE001
-            log.warning("RQ registry cleanup failed: %s", exc)
-        with self.locks.queue(project):
-            for job in [j for j in self._jobs(project) if j.get("state") == "queued"]:
-                rq_id = job.get("rq_job")
-                if rq_id:
-                    try:
-                        if Job.fetch(rq_id, connection=self.conn).get_status() in ALIVE:
-                            continue
-                    except NoSuchJobError:
-                        pass
-                tries = job.get("rq_tries", 0) + 1
-                rq_id = f"uie-{project}-{job['id']}-{tries}"
-                self.queue.enqueue("service.job_queue.run_job", project, job["id"], job_id=rq_id, job_timeout=-1,
-                                   result_ttl=86400, failure_ttl=7 * 86400,
-                                   description=f"train project {project}, job {job['id']}")
-                self._update(self._jobs_dir(project) / job["id"], rq_job=rq_id, rq_tries=tries)
-                log.info("project %s: job %s handed to the %s queue as RQ job %s", project,
-                         job["id"], QUEUE, rq_id)
+            return Job.fetch(rq_id, connection=self.conn).get_status() in ALIVE
+        except NoSuchJobError:
+            return False
 
-    # -- metrics ------------------------------------------------------------------
-    def record_duration(self, project, state, seconds):
-        """Count a finished job's duration in Redis: one histogram for every replica."""
+    def _enqueue(self, records, project: str, job: dict):
+        """Hand a queued job to the workers (once more if its RQ job was lost)."""
+        tries = job.get("rq_tries", 0) + 1
+        rq_id = f"uie-{project}-{job['id']}-{tries}"
+        self.queue.enqueue(RUN_JOB, project, job["id"], job_id=rq_id, job_timeout=-1,
+                           result_ttl=86400, failure_ttl=7 * 86400,
+                           description=f"train project {project}, job {job['id']}")
+        records.update(records.job_dir(project, job["id"]), rq_job=rq_id, rq_tries=tries)
+        log.info("project %s: job %s handed to the %s queue as RQ job %s", project, job["id"],
+                 QUEUE, rq_id)
+
+
+class RedisDurations:
+    """Finished jobs' durations as one histogram in Redis: the same on every replica."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def record(self, project, state, seconds):
+        """``JobRunner.on_finish``: count one finished job."""
         with self.conn.pipeline(transaction=True) as pipe:
             for bound in TRAINING_BUCKETS:
                 if seconds <= bound:
@@ -253,63 +255,99 @@ class QueueRunner(JobRunner):
             pipe.hincrbyfloat(DURATIONS_KEY, f"{state}:sum", seconds)
             pipe.execute()
 
-    def training_durations(self) -> dict:
+    def read(self) -> dict:
         """``{state: {"buckets": [(bound, cumulative count)], "sum", "count"}}`` of every job."""
         raw = {k.decode(): v.decode() for k, v in self.conn.hgetall(DURATIONS_KEY).items()}
-        out = {}
-        for state in sorted({k.split(":", 1)[0] for k in raw}):
-            buckets = [(bound, int(raw.get(f"{state}:{bound}", 0))) for bound in TRAINING_BUCKETS]
-            count = int(raw.get(f"{state}:+Inf", 0))
-            out[state] = {"buckets": buckets + [(float("inf"), count)],
-                          "sum": float(raw.get(f"{state}:sum", 0)), "count": count}
-        return out
+        return {state: _histogram(raw, state)
+                for state in sorted({k.split(":", 1)[0] for k in raw})}
 
 
-class WorkerRunner(QueueRunner):
-    """The runner inside an RQ work horse: trains here, in this process."""
+def _histogram(raw: dict, state: str) -> dict:
+    buckets = [(bound, int(raw.get(f"{state}:{bound}", 0))) for bound in TRAINING_BUCKETS]
+    count = int(raw.get(f"{state}:+Inf", 0))
+    return {"buckets": buckets + [(float("inf"), count)],
+            "sum": float(raw.get(f"{state}:sum", 0)), "count": count}
 
-    warm_up = False     # this process serves nothing
 
-    def __init__(self, store, annotations, conn):
-        super().__init__(store, annotations, conn, recover=False, fatal=True)
+class WorkHorseTraining:
+    """``train_job.run`` in this RQ work horse, its output (Paddle's too) in ``job.log``."""
 
-    def _running_fields(self, lease) -> dict:
-        return {"lease": lease, "host": socket.gethostname(), "worker": os.environ.get("RQ_WORKER_ID"),
-                "rq_job": os.environ.get("RQ_JOB_ID")}
+    def where(self, lease) -> dict:
+        """What the state of a job started under ``lease`` says of its runner."""
+        return {"lease": lease, "host": socket.gethostname(),
+                "worker": os.environ.get("RQ_WORKER_ID"), "rq_job": os.environ.get("RQ_JOB_ID")}
 
-    def _spec(self, project, job_dir):
-        spec = super()._spec(project, job_dir)
-        # a worker's cores are its jobs' (WORKERS divides a server's among its gunicorn workers)
-        spec.threads = self.settings.cpu_threads or len(os.sched_getaffinity(0))
-        return spec
+    def run(self, records, job_dir: Path) -> int:
+        """Run the job; its exit status."""
+        import train_job    # Paddle: only in the work horse, never in the worker's main process
 
-    def _train(self, job_dir: Path) -> int:
-        """``train_job.run`` in this work horse, its output (Paddle's too) in ``job.log``."""
-        import train_job
+        with open(job_dir / "job.log", "a", encoding="utf-8") as logf, _output_to(logf):
+            records.update(job_dir, job_pid=None, horse_pid=os.getpid())
+            return train_job.run(job_dir)
 
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
+
+@contextmanager
+def _output_to(logf):
+    """This process's stdout, stderr and root logger write to ``logf`` meanwhile."""
+    with _fds_to(logf.fileno()), _root_log_to(logf):
+        yield
+
+
+@contextmanager
+def _fds_to(fileno: int):
+    """File descriptors 1 and 2 point to ``fileno`` meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fileno, 1)
+    os.dup2(fileno, 2)
+    try:
+        yield
+    finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        with open(job_dir / "job.log", "a", encoding="utf-8") as logf:
-            os.dup2(logf.fileno(), 1)
-            os.dup2(logf.fileno(), 2)
-            handler = logging.StreamHandler(logf)
-            handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
-            root.handlers, root.level = [handler], logging.INFO
-            self._update(job_dir, job_pid=None, horse_pid=os.getpid())
-            try:
-                return train_job.run(job_dir)
-            finally:
-                handler.flush()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                root.handlers, root.level = handlers, level
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-                os.close(saved[0])
-                os.close(saved[1])
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+
+
+@contextmanager
+def _root_log_to(stream):
+    """The root logger writes to ``stream`` only, at INFO, meanwhile."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+    root.handlers, root.level = [handler], logging.INFO
+    try:
+        yield
+    finally:
+        handler.flush()
+        root.handlers, root.level = handlers, level
+
+
+def queue_runner(store, annotations, conn, recover=True) -> JobRunner:
+    """The runner of a serving replica (and of ``make worker``'s start-up check): jobs go to
+    RQ workers, locks and durations are in Redis, lapsed leases are reaped on listing."""
+    durations = RedisDurations(conn)
+    return JobRunner(store, annotations,
+                     locks=RedisLocks(conn, store.settings.job_lease_seconds),
+                     dispatch=RQDispatch(conn),
+                     on_finish=durations.record, training_durations=durations.read,
+                     reap_lapsed=True, recover=recover)
+
+
+def worker_runner(store, annotations, conn) -> JobRunner:
+    """The runner in an RQ work horse: trains in this process (which serves nothing); losing
+    the lease, or its RQ worker, kills the process."""
+    settings, durations = store.settings, RedisDurations(conn)
+    return JobRunner(store, annotations,
+                     locks=RedisLocks(conn, settings.job_lease_seconds, fatal=True),
+                     dispatch=RQDispatch(conn), training=WorkHorseTraining(),
+                     on_finish=durations.record, training_durations=durations.read,
+                     reap_lapsed=True, warm_up=False, recover=False,
+                     # a worker's cores are its jobs' (WORKERS divides a server's among its workers)
+                     threads=settings.cpu_threads or available_cores())
 
 
 def run_job(project: str, job_id: str) -> dict:
@@ -323,48 +361,69 @@ def run_job(project: str, job_id: str) -> dict:
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set in the worker's environment")
     conn = connect(settings.redis_url)
-    runner = WorkerRunner(ModelStore(settings), RedisAnnotationStore(conn), conn)
+    runner = worker_runner(ModelStore(settings), RedisAnnotationStore(conn), conn)
     ran = runner.run_queued(project, job_id)
-    state = next((j for j in runner._jobs(project) if j["id"] == job_id), {})
+    state = runner.records.get(project, job_id) or {}
     return {"ran": ran, "state": state.get("state"), "model_version": state.get("model_version"),
             "error": state.get("error")}
 
 
 def worker_main(argv=None) -> int:
     """``python job_queue.py worker``: check the settings, recover, run an RQ worker."""
-    from settings import ConfigError, Settings
+    args = _worker_args(argv)
+    settings = _worker_settings()
+    if settings is None:
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    conn = _reach(settings.redis_url)
+    if conn is None:
+        return 1
+    from rq import Worker
 
+    runner = queue_runner(Layout(settings), None, conn)   # recovers interrupted and lost jobs
+    log.info("MODEL_DIR=%s, queue %s, lease %ss", runner.store.root, QUEUE,
+             settings.job_lease_seconds)
+    worker = Worker([runner.dispatch.queue], connection=conn, name=args.name)
+    worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
+    return 0
+
+
+def _worker_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="job_queue.py worker", description=(
         "Run training jobs from the Redis queue (REDIS_URL), each in its own process. "
         "Reads the same environment as the serving replicas (MODEL_DIR on shared storage)."))
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", default=None, help="worker name (default: RQ's)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _worker_settings():
+    """The settings of this environment, if they are valid and name a Redis (else None, said)."""
+    from settings import ConfigError, Settings
+
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return None
     if not settings.redis_url:
         print("error: REDIS_URL is not set; a worker takes its jobs from Redis", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    from redis.exceptions import RedisError
-    from rq import Worker
+        return None
+    return settings
 
-    conn = connect(settings.redis_url)
+
+def _reach(url: str):
+    """A connection to the Redis at ``url`` that answers (else None, said)."""
+    from redis.exceptions import RedisError
+
+    conn = connect(url)
     try:
         conn.ping()
     except RedisError as exc:
         print(f"error: cannot reach Redis at REDIS_URL: {exc}", file=sys.stderr)
-        return 1
-    runner = QueueRunner(Layout(settings), None, conn)   # recovers interrupted and lost jobs
-    log.info("MODEL_DIR=%s, queue %s, lease %ss", runner.store.root, QUEUE,
-             settings.job_lease_seconds)
-    worker = Worker([runner.queue], connection=conn, name=args.name)
-    worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
-    return 0
+        return None
+    return conn
 
 
 def main(argv) -> int:

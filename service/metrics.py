@@ -19,6 +19,18 @@ read from ``MODEL_DIR`` (and Redis) at each scrape, the same on every worker and
 - ``uie_training_duration_seconds{state}`` (histogram): how long finished jobs ran, by
   outcome: counted by the process that ran the job (embedded), or in Redis for every
   replica (scale-out).
+
+``GET /metrics?format=json`` (``as_json``) is a view of the same collection, not a count of
+its own: the request and prediction counts are therefore the whole replica's (every gunicorn
+worker's, those gone included) in multiprocess mode, and this process's otherwise, as
+``"counted_in"`` says. It holds every sample of the text format but the ``*_created``
+timestamps, as ``"samples": {name: [{"labels": {...}, "value": v}, ...]}``, and totals of them:
+
+- ``predict_requests`` and ``predict_seconds``: ``POST /predict`` answered 200, and the time
+  they took (whole requests);
+- ``predicted_tasks``, ``predicted_regions``: over every project;
+- ``errors_4xx``, ``errors_5xx``: requests answered so, on every route;
+- ``jobs``: ``{state: count}``, as ``uie_jobs``.
 """
 
 from __future__ import annotations
@@ -29,7 +41,8 @@ from prometheus_client import (CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Coun
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
-from service.jobs import STATES, TRAINING_BUCKETS
+from service.job_records import STATES
+from service.jobs import TRAINING_BUCKETS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TRAINING = "uie_training_duration_seconds"
@@ -77,9 +90,9 @@ class _Counted:
         if multiprocess():
             from prometheus_client import multiprocess as mp
 
-            registry = CollectorRegistry()
-            mp.MultiProcessCollector(registry)
-            families = registry.collect()
+            workers = CollectorRegistry()
+            mp.MultiProcessCollector(workers)
+            families = workers.collect()
         else:
             families = _LOCAL.collect()
         for family in families:
@@ -94,38 +107,89 @@ class _State:
         self.store, self.jobs = store, jobs
 
     def collect(self):
+        yield self._served()
+        yield self._jobs()
+        durations = getattr(self.jobs, "training_durations", None)
+        if durations is not None:       # scale-out: every replica's, from Redis
+            yield _durations(durations())
+
+    def _served(self) -> InfoMetricFamily:
         base = self.store.base
         info = InfoMetricFamily("uie_served_model", "The model version each project is served by",
                                 labels=["project"])
         info.add_metric(["_base"], {"version": base.version, "kind": base.kind})
         for project in self.store.projects():
             version = self.store.current_version(project) or base.version
-            info.add_metric([project], {"version": version, "kind": "trained"
-                                        if version != base.version else base.kind})
-        yield info
+            kind = "trained" if version != base.version else base.kind
+            info.add_metric([project], {"version": version, "kind": kind})
+        return info
+
+    def _jobs(self) -> GaugeMetricFamily:
         counts = self.jobs.summary()
         jobs = GaugeMetricFamily("uie_jobs", "Training jobs kept on disk, by state", labels=["state"])
         for state in sorted(set(STATES) | set(counts)):
             jobs.add_metric([state], counts.get(state, 0))
-        yield jobs
-        durations = getattr(self.jobs, "training_durations", None)
-        if durations is not None:
-            family = HistogramMetricFamily(TRAINING, "Duration of finished training jobs, by outcome",
-                                           labels=["state"])
-            for state, h in durations().items():
-                family.add_metric([state], [(_bound(b), c) for b, c in h["buckets"]], h["sum"])
-            yield family
+        return jobs
+
+
+def _durations(by_state: dict) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(TRAINING, "Duration of finished training jobs, by outcome",
+                                   labels=["state"])
+    for state, h in by_state.items():
+        family.add_metric([state], [(_bound(b), c) for b, c in h["buckets"]], h["sum"])
+    return family
 
 
 def _bound(value) -> str:
     return "+Inf" if value == float("inf") else repr(float(value))
 
 
+def registry(store, jobs) -> CollectorRegistry:
+    """Every metric: the counted ones and those read from ``MODEL_DIR`` (and Redis) now."""
+    out = CollectorRegistry(auto_describe=False)
+    cluster_durations = hasattr(jobs, "training_durations")
+    out.register(_Counted(skip={TRAINING} if cluster_durations else ()))
+    out.register(_State(store, jobs))
+    return out
+
+
 def render(store, jobs) -> tuple[bytes, str]:
     """The exposition of every metric and its content type."""
-    registry = CollectorRegistry(auto_describe=False)
-    cluster_durations = hasattr(jobs, "training_durations")
-    registry.register(_Counted(skip={TRAINING} if cluster_durations else ()))
-    registry.register(_State(store, jobs))
-    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4   # what every Prometheus reads
+    return generate_latest(registry(store, jobs)), CONTENT_TYPE_PLAIN_0_0_4   # what every Prometheus reads
 
+
+def as_json(store, jobs) -> dict:
+    """``GET /metrics?format=json``: the samples of ``render`` and their totals (see above)."""
+    samples = _samples(registry(store, jobs))
+    counted_in = "every gunicorn worker of this replica" if multiprocess() else "this process"
+    return {"counted_in": counted_in, **_totals(samples), "samples": samples}
+
+
+def _samples(source: CollectorRegistry) -> dict[str, list[dict]]:
+    """Each sample name's ``{"labels", "value"}`` list, ``*_created`` left out."""
+    out: dict[str, list[dict]] = {}
+    for family in source.collect():
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                out.setdefault(sample.name, []).append({"labels": sample.labels, "value": sample.value})
+    return out
+
+
+def _totals(samples: dict[str, list[dict]]) -> dict:
+    requests = samples.get("uie_http_requests_total", ())
+    return {"predict_requests": int(_sum(requests, _predict_ok)),
+            "predicted_tasks": int(_sum(samples.get("uie_predicted_tasks_total", ()))),
+            "predicted_regions": int(_sum(samples.get("uie_predicted_regions_total", ()))),
+            "predict_seconds": round(_sum(samples.get("uie_http_request_duration_seconds_sum", ()),
+                                          _predict_ok), 3),
+            "errors_4xx": int(_sum(requests, lambda labels: labels["status"].startswith("4"))),
+            "errors_5xx": int(_sum(requests, lambda labels: labels["status"].startswith("5"))),
+            "jobs": {s["labels"]["state"]: int(s["value"]) for s in samples.get("uie_jobs", ())}}
+
+
+def _sum(samples, where=lambda labels: True) -> float:
+    return sum(s["value"] for s in samples if where(s["labels"]))
+
+
+def _predict_ok(labels: dict) -> bool:
+    return (labels["endpoint"], labels["method"], labels["status"]) == ("/predict", "POST", "200")

@@ -8,10 +8,12 @@ Layout under ``MODEL_DIR``::
     <project>/jobs/<job>/      training jobs (see jobs.py)
 
 A version directory only ever appears by ``os.rename`` of a complete,
-validated directory whose files were synced to disk, so nothing half-written
-is loaded, even after a power loss; its ``meta.json`` records a checksum of its
-weights, checked on load. Every process reads ``current`` on each request, so
-all gunicorn workers switch to a new version without a restart.
+validated directory whose files were synced to disk (``files.py``), so nothing
+half-written is loaded, even after a power loss; its ``meta.json`` records a
+checksum of its weights, checked on load. Every process reads ``current`` on
+each request, so all gunicorn workers switch to a new version without a
+restart; while that version loads, a request reads nothing else (no other
+version's ``meta.json``).
 
 Damaged state never takes a project back to the untrained base model: when
 ``current`` is unreadable or names a version that does not load, the newest
@@ -35,9 +37,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import files
+import uie.checkpoint
 import uie.engine
 import uie.tagger
-import uie.checkpoint
 from projects import is_project_name
 from uie.checkpoint import ModelLoadError, ModelSource
 from uie.predictor import UIEPredictor
@@ -45,32 +48,11 @@ from uie.predictor import UIEPredictor
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^v(\d+)-\d{8}-\d{6}$")
-def fsync_path(path: Path):
-    """Flush a file's or a directory's entry to disk."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def fsync_tree(root: Path):
-    """Flush every file and directory under ``root`` (``root`` included) to disk."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fsync_path(Path(dirpath) / name)
-        fsync_path(Path(dirpath))
-
-
-def atomic_write(path: Path, text: str):
-    """Replace ``path`` by ``text``: whole or not at all, also across a power loss."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+def version_number(version: str) -> int:
+    """The ``N`` of a version name ``vN-YYYYmmdd-HHMMSS``."""
+    return int(VERSION_RE.match(version).group(1))
 
 
 def weights_checksum(path) -> str:
@@ -84,16 +66,17 @@ def weights_checksum(path) -> str:
 
 def read_meta(version_dir: Path) -> dict:
     """A version's ``meta.json``; ``ModelLoadError`` if it is missing or not a JSON object."""
-    try:
-        meta = json.loads((Path(version_dir) / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{version_dir}: unreadable meta.json ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"{version_dir}: meta.json is not a JSON object")
-    return meta
+    return files.read_json_object(Path(version_dir) / "meta.json", error=ModelLoadError)
 
 
-def _signature(path: Path) -> tuple:
+def check_weights(version_dir) -> None:
+    """``ModelLoadError`` unless the weights match the checksum ``meta.json`` records."""
+    expected = read_meta(version_dir).get("weights_sha256")
+    if expected and weights_checksum(version_dir) != expected:
+        raise ModelLoadError("its weights do not match the checksum in meta.json")
+
+
+def _signature(path) -> tuple:
     """What a model directory's files look like now (to retry a failed load only after a change)."""
     out = []
     for name in ("meta.json", *uie.checkpoint.MODEL_FILES, *uie.tagger.FILES):
@@ -103,6 +86,31 @@ def _signature(path: Path) -> tuple:
         except OSError:
             out.append((name, None, None))
     return tuple(out)
+
+
+def _parse_current(raw: bytes) -> tuple[str | None, str | None]:
+    """``(version, None)`` for the bytes of a ``current`` file, or ``(None, why not)``."""
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, "'current' is not UTF-8 text"
+    if not VERSION_RE.match(name):
+        return None, f"'current' holds {name[:80]!r}, which is not a version name"
+    return name, None
+
+
+def _stage_version(tmp: Path, checkpoint: Path, meta: dict) -> None:
+    """A copy of ``checkpoint`` with ``meta.json`` (and its weights' checksum) at ``tmp``."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp)    # with its static export, if the job made one
+    meta = dict(meta, weights_sha256=weights_checksum(tmp))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def _delete_version(pdir: Path, version: str) -> None:
+    doomed = pdir / f".tmp-deleted-{version}"
+    os.rename(pdir / version, doomed)   # gone at once for every reader
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -134,10 +142,7 @@ class ModelStore:
         try:
             return uie.checkpoint.resolve_model(spec, self.root / "_base")
         except uie.checkpoint.DownloadError as exc:
-            log.error("=" * 72)
-            log.error("UIE_MODEL=%s could not be loaded: %s", spec, exc)
-            log.error("SERVING AN UNTRAINED SCRATCH MODEL INSTEAD: it predicts little until trained.")
-            log.error("=" * 72)
+            _log_scratch_fallback(spec, exc)
             scratch = uie.checkpoint.resolve_model("scratch", self.root / "_base")
             return ModelSource(scratch.path, scratch.kind, scratch.name, scratch.version,
                                fallback_reason=f"UIE_MODEL={spec} could not be loaded: {exc}")
@@ -151,48 +156,64 @@ class ModelStore:
         request never exports, it is served by dygraph instead.
         """
         path = str(path)
+        predictor = self._cached(path)
+        return predictor if predictor is not None else self._load_once(path, export)
+
+    def _cached(self, path: str) -> UIEPredictor | None:
+        """The loaded model in ``path``, now the most recently used, or None."""
         with self._lock:
-            if path in self._predictors:
+            predictor = self._predictors.get(path)
+            if predictor is not None:
                 self._predictors.move_to_end(path)
-                return self._predictors[path]
+            return predictor
+
+    def _load_once(self, path: str, export: bool) -> UIEPredictor:
+        """Load ``path`` unless a concurrent request just did; one load at a time."""
         with self._load_lock:
-            with self._lock:
-                if path in self._predictors:
-                    return self._predictors[path]
-            predictor = self._load(path, export)
-            with self._lock:
-                self._predictors[path] = predictor
-                self._evict_least_recent()
+            predictor = self._cached(path)
+            if predictor is None:
+                predictor = self._load(path, export)
+                with self._lock:
+                    self._predictors[path] = predictor
+                    self._evict_least_recent()
             return predictor
 
     def _load(self, path: str, export: bool) -> UIEPredictor:
-        s = self.settings
-        max_seq_len = self.serving_seq_len(path)
         log.info("loading model %s on %s", path, self.device)
         try:
-            engine = uie.engine.load_engine(path, s.inference_engine, self.device,
-                                                  s.math_threads, export=export)
-            predictor = UIEPredictor.from_dir(path, device=self.device, engine=engine,
-                                              max_seq_len=max_seq_len, batch_size=s.batch_size,
-                                              threshold=s.score_threshold, batch_wait_ms=s.batch_wait_ms)
+            predictor = self._build(path, export)
         except ModelLoadError:
             raise
         except Exception as exc:   # damaged files surface as many exception types
             raise ModelLoadError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from exc
+        engine = predictor.engine
         log.info("loaded model %s on %s: %s, %d math threads, max_seq_len %d%s", path, self.device,
-                 engine.name, s.math_threads, max_seq_len, f" ({engine.reason})" if engine.reason else "")
+                 engine.name, self.settings.math_threads, predictor.max_seq_len,
+                 f" ({engine.reason})" if engine.reason else "")
         return predictor
+
+    def _build(self, path: str, export: bool) -> UIEPredictor:
+        s = self.settings
+        engine = uie.engine.load_engine(path, s.inference_engine, self.device, s.math_threads,
+                                        export=export)
+        return UIEPredictor.from_dir(path, device=self.device, engine=engine,
+                                     max_seq_len=self.serving_seq_len(path), batch_size=s.batch_size,
+                                     threshold=s.score_threshold, batch_wait_ms=s.batch_wait_ms)
 
     def engines(self) -> dict[str, dict]:
         """How each loaded model runs: engine, threads, why not Paddle Inference if so,
         and the labels its span tagger answers (scratch models)."""
         with self._lock:
             loaded = dict(self._predictors)
-        return {path: {"engine": p.engine.name, "threads": self.settings.math_threads,
-                       "device": self.device, **({"engine_fallback_reason": p.engine.reason}
-                                                 if p.engine.reason else {}),
-                       **({"tagger_labels": list(p.tagger.classes)} if p.tagger is not None else {})}
-                for path, p in loaded.items()}
+        return {path: self._engine_info(p) for path, p in loaded.items()}
+
+    def _engine_info(self, p: UIEPredictor) -> dict:
+        info = {"engine": p.engine.name, "threads": self.settings.math_threads, "device": self.device}
+        if p.engine.reason:
+            info["engine_fallback_reason"] = p.engine.reason
+        if p.tagger is not None:
+            info["tagger_labels"] = list(p.tagger.classes)
+        return info
 
     def _evict_least_recent(self):
         """Unload the least recently used models beyond ``MAX_LOADED_MODELS`` (never the base)."""
@@ -248,61 +269,70 @@ class ModelStore:
             return None, None
         except OSError as exc:
             return None, f"'current' cannot be read ({exc.strerror or exc})"
-        try:
-            name = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            return None, "'current' is not UTF-8 text"
-        if not VERSION_RE.match(name):
-            return None, f"'current' holds {name[:80]!r}, which is not a version name"
-        if not (self.project_dir(project) / name / "meta.json").is_file():
+        name, problem = _parse_current(raw)
+        if name and not (self.project_dir(project) / name / "meta.json").is_file():
             return None, f"'current' names {name}, which is not a complete version"
-        return name, None
+        return name, problem
 
     def current_version(self, project: str) -> str | None:
         return self.read_current(project)[0]
 
     def _load_version(self, project: str, version: str) -> LiveModel:
         """A version, loaded; a version that failed is not retried until its files change."""
-        path = self.project_dir(project) / version
+        path = str(self.project_dir(project) / version)
         signature = _signature(path)
-        failed = self._failed.get(str(path))
+        with self._lock:
+            failed = self._failed.get(path)
         if failed and failed[0] == signature:
             raise ModelLoadError(failed[1])
         try:
-            if str(path) not in self.loaded():
-                expected = read_meta(path).get("weights_sha256")
-                if expected and weights_checksum(path) != expected:
-                    raise ModelLoadError("its weights do not match the checksum in meta.json")
-            predictor = self.predictor(path)
+            return LiveModel(version, path, self._checked_predictor(path))
         except (ModelLoadError, OSError) as exc:
             with self._lock:
-                self._failed[str(path)] = (signature, str(exc))
+                self._failed[path] = (signature, str(exc))
             raise ModelLoadError(str(exc)) from None
-        return LiveModel(version, str(path), predictor)
+
+    def _checked_predictor(self, path: str) -> UIEPredictor:
+        """``predictor(path)``; its weights are checked against ``meta.json`` when it is loaded."""
+        if path not in self.loaded():
+            check_weights(path)
+        return self.predictor(path)
 
     def live(self, project: str) -> LiveModel:
         """The model that serves ``project`` now.
 
-        ``current``'s version; if it cannot be read or loaded, the newest promoted
-        version that loads; the base model if the project has none.
+        ``current``'s version; only if it cannot be read or loaded, the newest promoted
+        version that loads (the only case that reads the other versions' ``meta.json``);
+        the base model if the project has none.
         """
-        wanted, problem = self.read_current(project)
-        problems = [problem] if problem else []
-        candidates = [wanted] if wanted else []
-        if problem or wanted:   # fall back only where a version was served
-            candidates += [v for v in self._promoted_newest_first(project) if v != wanted]
-        live = None
-        for version in candidates:
-            try:
-                live = self._load_version(project, version)
-                break
-            except ModelLoadError as exc:
-                problems.append(f"version {version} cannot be loaded: {exc}")
+        problems: list[str] = []
+        live = self._first_that_loads(project, self._candidates(project, problems), problems)
         if live is None:
             live = LiveModel(self.base.version, self.base.path, self.predictor(self.base.path))
         self._note_problems(project, problems, live)
         self._note_serving(project, live)
         return live
+
+    def _candidates(self, project: str, problems: list[str]):
+        """``current``'s version, then the fallbacks; lazily: the fallback list is built
+        only when ``current``'s version is not served. Problems with ``current`` go to
+        ``problems``."""
+        wanted, problem = self.read_current(project)
+        if problem:
+            problems.append(problem)
+        if wanted:
+            yield wanted
+        if wanted or problem:   # fall back only where a version was served
+            yield from (v for v in self._promoted_newest_first(project) if v != wanted)
+
+    def _first_that_loads(self, project: str, versions, problems: list[str]) -> LiveModel | None:
+        """The first of ``versions`` that loads (the rest are not looked at), or None."""
+        for version in versions:
+            try:
+                return self._load_version(project, version)
+            except ModelLoadError as exc:
+                problems.append(f"version {version} cannot be loaded: {exc}")
+        return None
 
     def _note_problems(self, project, problems, live):
         """Remember (and log once) what is wrong with a project's files."""
@@ -332,17 +362,22 @@ class ModelStore:
 
     def versions(self, project: str) -> list[dict]:
         """Every complete version of a project, oldest first (unreadable ones are left out)."""
-        out = []
         pdir = self.project_dir(project)
-        if pdir.is_dir():
-            for child in sorted(pdir.iterdir()):
-                if VERSION_RE.match(child.name) and (child / "meta.json").is_file():
-                    try:
-                        out.append(dict(read_meta(child), model_version=child.name))
-                    except ModelLoadError as exc:
-                        log.warning("project %s: version %s left out: %s", project, child.name, exc)
-        out.sort(key=lambda m: int(VERSION_RE.match(m["model_version"]).group(1)))
+        children = sorted(pdir.iterdir()) if pdir.is_dir() else []
+        out = [meta for child in children if (meta := self._version_meta(project, child))]
+        out.sort(key=lambda m: version_number(m["model_version"]))
         return out
+
+    @staticmethod
+    def _version_meta(project: str, child: Path) -> dict | None:
+        """The ``meta.json`` of a version directory, with its name; None for anything else."""
+        if not (VERSION_RE.match(child.name) and (child / "meta.json").is_file()):
+            return None
+        try:
+            return dict(read_meta(child), model_version=child.name)
+        except ModelLoadError as exc:
+            log.warning("project %s: version %s left out: %s", project, child.name, exc)
+            return None
 
     def _promoted_newest_first(self, project: str) -> list[str]:
         """Versions that were served once (not those kept unserved), newest first."""
@@ -350,7 +385,7 @@ class ModelStore:
                 if v.get("promoted", True)]
 
     def next_version(self, project: str) -> str:
-        numbers = [int(VERSION_RE.match(v["model_version"]).group(1)) for v in self.versions(project)]
+        numbers = [version_number(v["model_version"]) for v in self.versions(project)]
         pdir = self.project_dir(project)
         if pdir.is_dir():   # count rejected/half-moved names too, never reuse one
             numbers += [int(m.group(1)) for c in pdir.iterdir() if (m := VERSION_RE.match(c.name))]
@@ -366,17 +401,11 @@ class ModelStore:
         pdir = self.project_dir(project)
         pdir.mkdir(parents=True, exist_ok=True)
         version = self.next_version(project)
-        tmp = pdir / f".tmp-{version}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint, tmp)    # with its static export, if the job made one
-        meta = dict(meta, model_version=version, promoted=make_current,
-                    weights_sha256=weights_checksum(tmp))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        fsync_tree(tmp)
-        os.rename(tmp, pdir / version)
-        fsync_path(pdir)
+        _stage_version(pdir / f".tmp-{version}", checkpoint,
+                       dict(meta, model_version=version, promoted=make_current))
+        files.publish_dir(pdir / f".tmp-{version}", pdir / version)     # synced, then renamed
         if make_current:
-            atomic_write(pdir / "current", version + "\n")
+            files.atomic_write_text(pdir / "current", version + "\n")
         log.info("project %s: version %s is %s", project, version,
                  "now live" if make_current else "kept but not served")
         self.prune(project)
@@ -385,22 +414,23 @@ class ModelStore:
     def prune(self, project: str) -> list[str]:
         """Delete all but ``KEEP_VERSIONS`` versions: the current one and the newest others."""
         keep = max(1, self.settings.keep_versions)
+        removed = self._beyond_keep(project, keep)
+        for version in removed:
+            _delete_version(self.project_dir(project), version)
+            log.info("project %s: version %s deleted (KEEP_VERSIONS=%d)", project, version, keep)
+        return removed
+
+    def _beyond_keep(self, project: str, keep: int) -> list[str]:
+        """The versions to delete to keep ``keep``: the current one and the newest others."""
         current = self.current_version(project)
         names = [v["model_version"] for v in self.versions(project)]
         others = [v for v in names if v != current]
         room = keep - 1 if current in names else keep
-        removed = others[: max(0, len(others) - room)]
-        pdir = self.project_dir(project)
-        for version in removed:
-            doomed = pdir / f".tmp-deleted-{version}"
-            os.rename(pdir / version, doomed)   # gone at once for every reader
-            shutil.rmtree(doomed, ignore_errors=True)
-            log.info("project %s: version %s deleted (KEEP_VERSIONS=%d)", project, version, keep)
-        return removed
+        return others[: max(0, len(others) - room)]
 
-    def cleanup_partial(self):
-        """Remove temporary version directories left by a process that died mid-copy."""
-        for pdir in self.root.iterdir():
-            if pdir.is_dir() and pdir.name != "_base":
-                for child in pdir.glob(".tmp-*"):
-                    shutil.rmtree(child, ignore_errors=True)
+
+def _log_scratch_fallback(spec: str, exc: Exception) -> None:
+    log.error("=" * 72)
+    log.error("UIE_MODEL=%s could not be loaded: %s", spec, exc)
+    log.error("SERVING AN UNTRAINED SCRATCH MODEL INSTEAD: it predicts little until trained.")
+    log.error("=" * 72)

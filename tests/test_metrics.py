@@ -24,14 +24,32 @@ def scrape(client) -> dict:
     return parse(reply.get_data(as_text=True))
 
 
-def test_prometheus_text_and_json(make_app):
-    client = make_app().test_client()
-    before = scrape(client)
+def scrape_json(client) -> dict:
+    reply = client.get("/metrics?format=json")
+    assert reply.status_code == 200 and reply.is_json
+    return reply.json
+
+
+def json_samples(body) -> dict:
+    """``?format=json``'s samples, keyed as ``parse`` keys those of the text format."""
+    return {(name, tuple(sorted(s["labels"].items()))): s["value"]
+            for name, samples in body["samples"].items() for s in samples}
+
+
+def not_metrics_or_created(samples) -> dict:
+    """All but the counts of GET /metrics itself (one scrape apart) and ``*_created``."""
+    return {k: v for k, v in samples.items()
+            if ("endpoint", "/metrics") not in k[1] and not k[0].endswith("_created")}
+
+
+def test_prometheus_text_and_json(make_app, trained_model):
+    client = make_app(uie_model=str(trained_model)).test_client()
+    before_json, before = scrape_json(client), scrape(client)
     body = {"tasks": tasks_for(EDGE_CASES[:3]), "label_config": LABEL_CONFIG, "project": "31.5"}
     assert client.post("/predict", json=body).status_code == 200
     assert client.post("/predict", data="x", content_type="text/plain").status_code == 415
     assert client.get("/no-such-page").status_code == 404
-    after = scrape(client)
+    after, after_json = scrape(client), scrape_json(client)
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -44,15 +62,25 @@ def test_prometheus_text_and_json(make_app):
     assert delta("uie_http_request_duration_seconds_bucket", endpoint="/predict", method="POST",
                  status="200", le="+Inf") == 1
     assert delta("uie_predicted_tasks_total", project="31") == 3
-    assert delta("uie_predicted_regions_total", project="31") >= 0
-    assert value(after, "uie_served_model_info", project="_base", kind="scratch",
-                 version=client.get("/health").json["model_version"]) == 1
+    regions = sum(len(gold) for _, gold in EDGE_CASES[:3])    # what the trained model finds
+    assert regions == 8 and delta("uie_predicted_regions_total", project="31") == regions
+    health = client.get("/health").json
+    assert value(after, "uie_served_model_info", project="_base", kind=health["model"]["kind"],
+                 version=health["model_version"]) == 1
     assert {labels for name, labels in after if name == "uie_jobs"} == {
         (("state", s),) for s in ("done", "failed", "queued", "running")}
 
-    legacy = client.get("/metrics?format=json")
-    assert legacy.is_json and legacy.json["predict_requests"] == 1 and legacy.json["predicted_tasks"] == 3
-    assert set(legacy.json["jobs"]) == {"queued", "running", "failed", "done"}
+    # JSON is a view of the same registry: the same samples, and totals of them
+    assert not_metrics_or_created(json_samples(after_json)) == not_metrics_or_created(after)
+    assert after_json["counted_in"] == "this process"
+    assert after_json["predict_requests"] == value(after, "uie_http_requests_total",
+                                                   endpoint="/predict", method="POST", status="200")
+    moved = {key: after_json[key] - before_json[key] for key in
+             ("predict_requests", "predicted_tasks", "predicted_regions", "errors_4xx", "errors_5xx")}
+    assert moved == {"predict_requests": 1, "predicted_tasks": 3, "predicted_regions": regions,
+                     "errors_4xx": 2, "errors_5xx": 0}
+    assert after_json["predict_seconds"] > before_json["predict_seconds"]
+    assert after_json["jobs"] == {"done": 0, "failed": 0, "queued": 0, "running": 0}
 
 
 def test_a_finished_job_is_counted_with_its_duration(make_app, scratch_small):
@@ -89,5 +117,7 @@ def test_counts_add_up_across_gunicorn_workers(gunicorn):
         assert value(samples, "uie_http_request_duration_seconds_count", endpoint="/predict",
                      method="POST", status="200") == 12
         assert value(samples, "uie_predicted_tasks_total", project="33") == 24
-    # the JSON counters are the answering worker's own, which saw 3 requests at most
-    assert requests.get(server.url + "/metrics?format=json", timeout=60).json()["predict_requests"] <= 3
+    # JSON is built from the same multiprocess collection: every worker's counts too
+    as_json = requests.get(server.url + "/metrics?format=json", timeout=60).json()
+    assert as_json["counted_in"] == "every gunicorn worker of this replica"
+    assert as_json["predict_requests"] == 12 and as_json["predicted_tasks"] == 24

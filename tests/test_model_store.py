@@ -7,6 +7,8 @@ import logging
 import os
 import shutil
 
+from pathlib import Path
+
 import pytest
 
 from helpers import make_settings
@@ -42,7 +44,52 @@ def fresh(store):
 
 
 def errors_logged(caplog):
-    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "model_store"]
+    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "service.model_store"]
+
+
+@pytest.fixture
+def file_reads(monkeypatch):
+    """Which files named ``current`` or ``meta.json`` are read (as ``<dir>/<name>``), and
+    for which projects ``ModelStore.versions`` lists every version."""
+    from service.model_store import ModelStore
+
+    reads, listed = [], []
+    real_text, real_bytes, real_versions = Path.read_text, Path.read_bytes, ModelStore.versions
+
+    def note(path):
+        if path.name in ("current", "meta.json"):
+            reads.append(f"{path.parent.name}/{path.name}")
+
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (note(self), real_text(self, *a, **k))[1])
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (note(self), real_bytes(self))[1])
+    monkeypatch.setattr(ModelStore, "versions",
+                        lambda self, project: (listed.append(project), real_versions(self, project))[1])
+    return reads, listed
+
+
+def test_a_trained_project_is_served_from_current_alone(two_versions, file_reads):
+    """Each request reads ``current``; the version it names is checked once, when it is
+    loaded; no other version's meta.json is read while it loads."""
+    store, v1, v2 = two_versions
+    store = fresh(store)
+    reads, listed = file_reads
+    reads.clear(), listed.clear()
+    served = [store.live("1") for _ in range(5)]
+    assert [live.version for live in served] == [v2] * 5
+    assert len({id(live.predictor) for live in served}) == 1      # loaded once, then cached
+    assert reads == ["1/current", f"{v2}/meta.json"] + ["1/current"] * 4
+    assert listed == []
+
+
+def test_the_fallback_list_is_read_only_when_current_does_not_load(two_versions, file_reads):
+    store, v1, v2 = two_versions
+    (store.project_dir("1") / v2 / "vocab.txt").unlink()
+    store = fresh(store)
+    reads, listed = file_reads
+    reads.clear(), listed.clear()
+    assert [store.live("1").version for _ in range(3)] == [v1] * 3
+    assert listed == ["1"] * 3                                    # on each request
+    assert f"{v1}/meta.json" in reads and "1" in store.problems()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "dangling", "not-utf8", "directory"])
@@ -127,16 +174,15 @@ def test_promotion_records_the_weights_checksum(store_for, trained_model):
 
 
 def test_promotion_is_synced_to_disk_before_it_is_switched(store_for, trained_model, monkeypatch):
-    """Every file of a version and its directory reach the disk before the renames."""
-    import service.model_store
-
+    """Every file of a version and its directory reach the disk before the renames
+    (``files.fsync_tree``, ``files.atomic_write_text``)."""
     events = []
     real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
-    monkeypatch.setattr(service.model_store.os, "fsync",
+    monkeypatch.setattr(os, "fsync",
                         lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
-    monkeypatch.setattr(service.model_store.os, "rename",
+    monkeypatch.setattr(os, "rename",
                         lambda a, b: (events.append(("rename", str(a), str(b))), real_rename(a, b)))
-    monkeypatch.setattr(service.model_store.os, "replace",
+    monkeypatch.setattr(os, "replace",
                         lambda a, b: (events.append(("replace", str(a), str(b))), real_replace(a, b)))
     store = store_for()
     version = store.promote("1", trained_model, {})

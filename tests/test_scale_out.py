@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import REPO
 from harness.gunicorn_process import Gunicorn
-from harness.rq_worker import RQWorker as Worker
 from harness.redis_server import RedisServer
-from helpers import CLUENER_CONFIG, cluener_tasks, start_training_body, wait_job, webhook_body
+from harness.rq_worker import RQWorker as Worker
+from helpers import REPO, CLUENER_CONFIG, cluener_tasks, start_training_body, wait_job, webhook_body
 
 PROJECT = 21
 SETUP = {"project": f"{PROJECT}.1795892522"}
@@ -239,3 +238,42 @@ def _record(key, seconds):
         data = {}
     data[key] = round(seconds, 2)
     path.write_text(json.dumps(data, indent=2))
+
+
+def test_rq_jobs_queued_under_the_old_function_path_still_run(make_app, tmp_path, scratch_small):
+    """RQ jobs name their function by path: one queued as ``job_queue.run_job`` (before the code
+    moved into ``service/``) is run by today's ``make worker`` and trains its job."""
+    from rq import Queue
+    from rq.job import Job
+
+    from service.job_queue import QUEUE, RUN_JOB
+
+    redis = RedisServer()
+    env = dict(UIE_MODEL=str(scratch_small), MODEL_DIR=str(tmp_path / "models"), REDIS_URL=redis.url,
+               TRAIN_EPOCHS="2", TRAIN_MAX_SEQ_LEN="64", LOG_LEVEL="INFO")
+    worker = None
+    try:
+        client = make_app(uie_model=env["UIE_MODEL"], model_dir=env["MODEL_DIR"], redis_url=redis.url,
+                          train_epochs=2, train_max_seq_len=64).test_client()
+        reply = client.post("/train", json={"annotations": cluener_tasks(5), "project": SETUP["project"],
+                                            "label_config": CLUENER_CONFIG})
+        assert reply.status_code == 201, reply.json
+        job = reply.json["job"]
+        conn = redis.client()
+        assert RUN_JOB == "service.job_queue.run_job"
+        old = Queue(QUEUE, connection=conn).enqueue("job_queue.run_job", str(PROJECT), job["id"],
+                                                    at_front=True, job_timeout=-1)
+        worker = Worker(env, tmp_path / "worker.log")
+        deadline = time.time() + 300
+        while Job.fetch(old.id, connection=conn).get_status() not in ("finished", "failed"):
+            assert time.time() < deadline, _read(tmp_path / "worker.log")[-3000:]
+            time.sleep(0.5)
+        ran = Job.fetch(old.id, connection=conn)
+        assert ran.get_status() == "finished", _read(tmp_path / "worker.log")[-3000:]
+        assert ran.return_value()["ran"] is True and ran.return_value()["state"] == "done"
+        done = wait_job(lambda path: client.get(path).json, PROJECT, job["id"], timeout=120)
+        assert done["state"] == "done" and done["model_version"] == ran.return_value()["model_version"]
+    finally:
+        if worker is not None:
+            worker.stop()
+        redis.stop()

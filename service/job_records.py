@@ -1,0 +1,104 @@
+"""Job records: what ``GET /jobs`` and ``/metrics`` report, one ``state.json`` per job.
+
+Each training job has a directory ``MODEL_DIR/<project>/jobs/<id>/``; its
+``state.json`` (a JSON object, written whole with ``files.atomic_write_json``)
+says its state (``queued``, ``running``, ``failed``, ``done``), why it was
+triggered, when it was created, started and finished, where its log is, and its
+outcome. ``JobRecords`` reads, writes, lists and prunes them; it takes no lock
+(the runner holds the project's queue lock around read-modify-write sequences)
+and imports nothing heavy: an RQ worker's main process uses it without Paddle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import files
+
+STATES = ("queued", "running", "failed", "done")
+FINISHED = ("done", "failed")
+STATE_FILE = "state.json"
+
+
+class JobRecords:
+    """The job directories and states of every project under a store's ``MODEL_DIR``.
+
+    ``store`` gives ``projects()`` and ``project_dir(project)``; ``keep`` is how
+    many finished jobs of a project ``prune`` keeps (``KEEP_JOBS``).
+    """
+
+    def __init__(self, store, keep: int):
+        self.store, self.keep = store, keep
+
+    # -- one job -------------------------------------------------------------------
+    def job_dir(self, project: str, job_id: str) -> Path:
+        return self.jobs_dir(project) / job_id
+
+    def jobs_dir(self, project: str) -> Path:
+        return self.store.project_dir(project) / "jobs"
+
+    def read(self, job_dir: Path) -> dict | None:
+        """A job's state; None if it has none (yet) or it is unreadable."""
+        try:
+            state = json.loads((job_dir / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) else None
+
+    def write(self, job_dir: Path, state: dict):
+        files.atomic_write_json(job_dir / STATE_FILE, state, ensure_ascii=False)
+
+    def update(self, job_dir: Path, **changes) -> dict:
+        """Change some fields of a job's state; the new state."""
+        state = self.read(job_dir) or {}
+        state.update(changes)
+        self.write(job_dir, state)
+        return state
+
+    def create(self, project: str, reason: str) -> dict:
+        """A new queued job of ``project`` (its directory and state); its state."""
+        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        job_dir = self.job_dir(project, job_id)
+        job_dir.mkdir(parents=True)
+        state = {"id": job_id, "project": project, "state": "queued", "reasons": [reason],
+                 "created": time.time(), "log": str(job_dir / "job.log")}
+        self.write(job_dir, state)
+        return state
+
+    def get(self, project: str, job_id: str) -> dict | None:
+        return self.read(self.job_dir(project, job_id))
+
+    # -- many jobs -----------------------------------------------------------------
+    def list(self, project: str | None = None) -> list[dict]:
+        """The jobs of a project (of all projects), oldest first."""
+        projects = [project] if project else self.store.projects()
+        jobs = [job for p in projects for job in self._of(p)]
+        return sorted(jobs, key=lambda job: job.get("created", 0))
+
+    def _of(self, project: str) -> list[dict]:
+        jobs_dir = self.jobs_dir(project)
+        if not jobs_dir.is_dir():
+            return []
+        return [s for d in sorted(jobs_dir.iterdir()) if d.is_dir() and (s := self.read(d))]
+
+    def in_state(self, project: str, *states: str) -> list[dict]:
+        """The jobs of a project in one of ``states``, oldest first."""
+        return [job for job in self.list(project) if job.get("state") in states]
+
+    def summary(self) -> dict:
+        """How many jobs of all projects are in each state (a state-less one counts as failed)."""
+        counts = dict.fromkeys(STATES, 0)
+        for job in self.list():
+            state = job.get("state", "failed")
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def prune(self, project: str):
+        """Delete the directories of a project's finished jobs but the newest ``keep``."""
+        finished = self.in_state(project, *FINISHED)
+        for job in finished[: max(0, len(finished) - self.keep)]:
+            shutil.rmtree(self.job_dir(project, job["id"]), ignore_errors=True)
