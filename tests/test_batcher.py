@@ -36,11 +36,23 @@ def make(model_dir, batch_wait_ms=None, batch_size=8, fail_when=None, max_seq_le
 
 
 def same(a, b):
-    """Same spans; scores equal but for float rounding (a row's padding differs by batch)."""
-    return all(x.keys() == y.keys() and all(
-        [(s.start, s.end) for s in x[p]] == [(s.start, s.end) for s in y[p]]
-        and all(abs(s.score - t.score) < 1e-6 for s, t in zip(x[p], y[p])) for p in x)
+    """Same answers, query by query: as many, the same spans; scores equal but for float
+    rounding (a row's padding differs by batch)."""
+    return len(a) == len(b) and all(len(xs) == len(ys) for xs, ys in zip(a, b)) and all(
+        x.keys() == y.keys() and all(
+            [(s.start, s.end) for s in x[p]] == [(s.start, s.end) for s in y[p]]
+            and all(abs(s.score - t.score) < 1e-6 for s, t in zip(x[p], y[p])) for p in x)
         for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+
+
+def gold(cases):
+    """What the fixture model was trained to answer for ``cases``: {prompt: [(start, end)]}."""
+    return [{p: sorted((s, e) for lab, s, e in spans if lab == p) for p in (PERSON, PLACE)}
+            for _, spans in cases]
+
+
+def offsets(found):
+    return [{p: [(s.start, s.end) for s in spans] for p, spans in res.items()} for res in found]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +68,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(model_dir):
     queries = [[(text, [PERSON, PLACE])] for text, _ in EDGE_CASES] * 4
     alone, _ = make(model_dir)
     expected = [alone.extract(q) for q in queries]
+    assert [offsets(e) for e in expected] == [gold([c]) for c in EDGE_CASES] * 4   # the reference knows them
     batched, engine = make(model_dir, batch_wait_ms=50)
     with ThreadPoolExecutor(max_workers=len(queries)) as pool:
         got = list(pool.map(batched.extract, queries))
@@ -91,10 +104,19 @@ def test_a_small_request_does_not_wait_for_a_big_one(model_dir):
 
 
 def test_a_failing_pass_fails_its_callers_only(model_dir):
-    predictor, _ = make(model_dir, batch_wait_ms=0, fail_when=lambda a: a["input_ids"].shape[1] > 40)
+    predictor, engine = make(model_dir, batch_wait_ms=0, fail_when=lambda a: a["input_ids"].shape[1] > 40)
+    reference, _ = make(model_dir)                               # no batcher, no failure
     with pytest.raises(RuntimeError, match="boom"):
         predictor.extract([(EDGE_CASES[5][0], [PERSON])])        # long: windows of 48 tokens
-    assert predictor.extract([("张三", [PERSON])]) == [{PERSON: predictor.extract([("张三", [PERSON])])[0][PERSON]}]
+    failed = len(engine.calls)
+    # the batching thread lives on: the next callers (short texts) get their own answers,
+    # those of the same model without the batcher, the spans it was trained on
+    short = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES[:5]]
+    got = predictor.extract(short)
+    assert len(engine.calls) > failed and all(width <= 40 for _, width in engine.shapes[failed:])
+    expected = reference.extract(short)
+    assert same([got], [expected])
+    assert offsets(got) == gold(EDGE_CASES[:5])
     predictor.close()
 
 

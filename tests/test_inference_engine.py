@@ -36,6 +36,7 @@ def as_table(found):
 
 
 def assert_same(a, b, tol=1e-4):
+    assert len(a) == len(b) > 0, (len(a), len(b))
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for prompt in x:

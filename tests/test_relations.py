@@ -120,9 +120,13 @@ def test_relations_link_regions_of_the_same_prediction_with_exact_offsets(relati
         for r in regions:
             assert text[r["value"]["start"]:r["value"]["end"]] == r["value"]["text"]
         items = [r for r in prediction["result"] if r["type"] == "relation"]
-        assert set(items[0]) == {"from_id", "to_id", "type", "direction", "labels", "score"} if items else True
-        # the task score takes the relations into account: the least sure item
-        assert prediction["score"] == min(r["score"] for r in prediction["result"]) if rels else True
+        assert len(items) == len(rels), (text, items)         # the model was trained on these
+        for item in items:
+            assert set(item) == {"from_id", "to_id", "type", "direction", "labels", "score"}, item
+        # the task score takes the relations into account: the least sure item (0.0 for none)
+        assert prediction["score"] == (min(r["score"] for r in prediction["result"])
+                                       if prediction["result"] else 0.0), text
+        assert all(prediction["score"] <= item["score"] for item in items)
     assert predicted_relations(predictions) == gold_relations(EDGE_RELATION_CASES)
     # what Label Studio checks when its prediction validation is on (label-studio-sdk 2.1.2)
     from label_studio_sdk.label_interface import LabelInterface
