@@ -83,7 +83,15 @@ def _parse_ext_record(record: Any, index: int) -> tuple[str, list[dict], list[di
     text = record.get("text", record.get("data"))
     if not isinstance(text, str):
         raise ValueError(f"{where}: missing string 'text'")
+    entities, relations = _annotations(record, where)
+    _check_entities(entities, text, where)
+    _check_relations(relations, entities, where)
+    return text, entities, relations
 
+
+def _annotations(record: dict, where: str) -> tuple[list[dict], list[dict]]:
+    """The record's (entities, relations) in any of doccano's export formats, unchecked
+    but for being lists."""
     entities: list[dict] = []
     relations: list[dict] = []
     label = record.get("label")
@@ -94,13 +102,25 @@ def _parse_ext_record(record: Any, index: int) -> tuple[str, list[dict], list[di
         entities = label.get("entities") or []
         relations = label.get("relations") or []
     elif isinstance(label, list):  # [[start, end, label], ...]
-        for k, item in enumerate(label):
-            if not isinstance(item, (list, tuple)) or len(item) < 3:
-                raise ValueError(f"{where}: label {k} is not [start, end, label]")
-            entities.append({"id": k, "start_offset": item[0], "end_offset": item[1], "label": item[2]})
+        entities = _label_list_entities(label, where)
     if not isinstance(entities, list) or not isinstance(relations, list):
         raise ValueError(f"{where}: 'entities' and 'relations' must be lists")
+    return entities, relations
 
+
+def _label_list_entities(label: list, where: str) -> list[dict]:
+    """The entities of a sequence-labeling export's ``[[start, end, label], ...]``, their
+    ids their positions."""
+    entities = []
+    for k, item in enumerate(label):
+        if not isinstance(item, (list, tuple)) or len(item) < 3:
+            raise ValueError(f"{where}: label {k} is not [start, end, label]")
+        entities.append({"id": k, "start_offset": item[0], "end_offset": item[1], "label": item[2]})
+    return entities
+
+
+def _check_entities(entities: list, text: str, where: str) -> None:
+    """ValueError for an entity that is no object, lies outside ``text`` or has no label."""
     for ent in entities:
         if not isinstance(ent, dict):
             raise ValueError(f"{where}: an entity is not a JSON object")
@@ -112,6 +132,10 @@ def _parse_ext_record(record: Any, index: int) -> tuple[str, list[dict], list[di
             )
         if not isinstance(lab, str) or not lab:
             raise ValueError(f"{where}: entity {ent.get('id')!r} has no label")
+
+
+def _check_relations(relations: list, entities: list[dict], where: str) -> None:
+    """ValueError for a relation that is no object or joins ids no entity has."""
     ids = {ent.get("id") for ent in entities}
     for rel in relations:
         if not isinstance(rel, dict):
@@ -121,7 +145,6 @@ def _parse_ext_record(record: Any, index: int) -> tuple[str, list[dict], list[di
                 f"{where}: relation {rel.get('id')!r} refers to an unknown entity id "
                 f"({rel.get('from_id')!r} -> {rel.get('to_id')!r})"
             )
-    return text, entities, relations
 
 
 def _split_cls_label(label: str, separator: str) -> tuple[str, list[str] | None]:
@@ -163,40 +186,52 @@ class _Record:
         self.predicates: list[str] = []
         self.schema_lang = schema_lang
 
-        by_id = {}
+        spans = {}          # entity id -> (text, start, end), relation objects' too
         for ent in entities:
-            start, end = ent["start_offset"], ent["end_offset"]
-            name = text[start:end]
-            by_id[ent.get("id")] = (name, start, end)
-            if ent["label"] in IGNORED_ENTITY_LABELS:
-                continue
-            label, cls_labels = _split_cls_label(ent["label"], separator)
-            if cls_labels is not None:
-                if schema_lang == "ch":
-                    cls_prefix = name + "的" + prompt_prefix
-                else:
-                    cls_prefix = prompt_prefix + " of " + name
-                self.cls_items.append((cls_labels, cls_prefix))
-            self._add(self.entity_examples, label, {"text": name, "start": start, "end": end})
-            self.entity_labels.add(label)
-            if name not in self.entity_names:
-                self.entity_names.append(name)
-            if (name, label) not in self.named_labels:
-                self.named_labels.append((name, label))
-
+            spans[ent.get("id")] = span = self._span(ent)
+            if ent["label"] not in IGNORED_ENTITY_LABELS:
+                self._add_entity(span, ent["label"], separator, prompt_prefix)
         for rel in relations:
-            predicate = rel.get("type")
-            if not isinstance(predicate, str) or not predicate:
-                logger.warning("%s: relation %r has no type; skipped", self.where, rel.get("id"))
-                continue
-            subj = by_id[rel["from_id"]]
-            obj = by_id[rel["to_id"]]
-            prompt = self.relation_prompt(subj[0], predicate)
-            self._add(self.relation_examples, prompt, {"text": obj[0], "start": obj[1], "end": obj[2]})
-            if subj[0] not in self.subjects:
-                self.subjects.append(subj[0])
-            self.inverse_prompts.append(self.relation_prompt(obj[0], predicate))
-            self.predicates.append(predicate)
+            self._add_relation(rel, spans)
+
+    def _span(self, ent: dict) -> tuple[str, int, int]:
+        start, end = ent["start_offset"], ent["end_offset"]
+        return self.text[start:end], start, end
+
+    def _add_entity(self, span: tuple[str, int, int], raw_label: str, separator: str, prompt_prefix: str):
+        """An entity's example (its label's, less any ``separator`` classes, which make
+        a classification item) and the names and labels it adds to the record's."""
+        name, start, end = span
+        label, cls_labels = _split_cls_label(raw_label, separator)
+        if cls_labels is not None:
+            self.cls_items.append((cls_labels, self._cls_prefix(name, prompt_prefix)))
+        self._add(self.entity_examples, label, {"text": name, "start": start, "end": end})
+        self.entity_labels.add(label)
+        if name not in self.entity_names:
+            self.entity_names.append(name)
+        if (name, label) not in self.named_labels:
+            self.named_labels.append((name, label))
+
+    def _cls_prefix(self, name: str, prompt_prefix: str) -> str:
+        """The prompt prefix of an entity's classes: ``name的prefix`` or ``prefix of name``."""
+        if self.schema_lang == "ch":
+            return name + "的" + prompt_prefix
+        return prompt_prefix + " of " + name
+
+    def _add_relation(self, rel: dict, spans: dict):
+        """A relation's example (prompt: its subject and type; result: its object), its
+        inverse prompt and its subject and type; a relation without a type is skipped."""
+        predicate = rel.get("type")
+        if not isinstance(predicate, str) or not predicate:
+            logger.warning("%s: relation %r has no type; skipped", self.where, rel.get("id"))
+            return
+        subj, obj = spans[rel["from_id"]], spans[rel["to_id"]]
+        prompt = self.relation_prompt(subj[0], predicate)
+        self._add(self.relation_examples, prompt, {"text": obj[0], "start": obj[1], "end": obj[2]})
+        if subj[0] not in self.subjects:
+            self.subjects.append(subj[0])
+        self.inverse_prompts.append(self.relation_prompt(obj[0], predicate))
+        self.predicates.append(predicate)
 
     def relation_prompt(self, subject: str, predicate: str) -> str:
         """The prompt the server asks too (``relations.relation_prompt``)."""

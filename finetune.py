@@ -33,7 +33,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,13 +150,25 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
     and the classes the examples ask about this content (a prompt nobody asked
     says nothing either way). Returns ``(classes, [TaggingInput])``.
     """
-    import uie.tokenizer
+    classes = tagger_classes(examples, max_classes)
+    out = []
+    for content, (asked, spans) in asked_by_content(examples, classes).items():
+        out += tagging_windows(tokenizer, content, asked, spans, max_seq_len)
+    return classes, out
 
+
+def tagger_classes(examples, max_classes) -> list[str]:
+    """The ``max_classes`` most frequent prompts of ``examples`` but relation prompts."""
     counts = {}
     for ex in examples:
         counts[ex["prompt"]] = counts.get(ex["prompt"], 0) + 1
     relational = relation_prompts(examples)
-    classes = sorted((p for p in counts if p not in relational), key=lambda p: (-counts[p], p))[:max_classes]
+    return sorted((p for p in counts if p not in relational), key=lambda p: (-counts[p], p))[:max_classes]
+
+
+def asked_by_content(examples, classes) -> dict:
+    """``{content: (classes asked, {(class, start, end)} spans)}`` of the examples whose
+    prompt is one of ``classes``, in the order of the examples."""
     index = {p: k for k, p in enumerate(classes)}
     by_content = {}
     for ex in examples:
@@ -166,19 +178,26 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
         asked, spans = by_content.setdefault(ex["content"], (set(), set()))
         asked.add(k)
         spans.update((k, r["start"], r["end"]) for r in ex["result_list"])
+    return by_content
+
+
+def tagging_windows(tokenizer, content, asked, spans, max_seq_len) -> list[TaggingInput]:
+    """The tagging inputs of one content: its windows, each marking the ``spans``
+    (``(class, start, end)`` in characters) it holds whole."""
+    import uie.tokenizer
+
+    ids, t_starts, t_ends = tokenizer.tokenize(content)
+    token_spans = []
+    for k, s, e in spans:
+        ts = token_span(t_starts, t_ends, s, e)
+        if ts:
+            token_spans.append((k, *ts))
     out = []
-    for content, (asked, spans) in by_content.items():
-        ids, t_starts, t_ends = tokenizer.tokenize(content)
-        token_spans = []
-        for k, s, e in spans:
-            ts = token_span(t_starts, t_ends, s, e)
-            if ts:
-                token_spans.append((k, *ts))
-        for encoded in uie.tokenizer.encode_windows(tokenizer, [], ids, max_seq_len):
-            marks = [(k, m) for k, first, last in token_spans if (m := in_window(encoded, first, last))]
-            out.append(TaggingInput(encoded, tuple(sorted(asked)), tuple((s, k) for k, (s, _) in marks),
-                                    tuple((e, k) for k, (_, e) in marks)))
-    return classes, out
+    for encoded in uie.tokenizer.encode_windows(tokenizer, [], ids, max_seq_len):
+        marks = [(k, m) for k, first, last in token_spans if (m := in_window(encoded, first, last))]
+        out.append(TaggingInput(encoded, tuple(sorted(asked)), tuple((s, k) for k, (s, _) in marks),
+                                tuple((e, k) for k, (_, e) in marks)))
+    return out
 
 
 def relation_prompts(examples) -> set[str]:
@@ -320,6 +339,42 @@ class Distributed:
         return bool(int(value.numpy()[0]))
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingOptions:
+    """``finetune``'s training options, each named as its keyword; ``None``: the model
+    kind's default (``DEFAULTS``, ``with_defaults``), or none for ``max_seconds``,
+    ``max_negatives`` and ``init_from_ckpt``."""
+
+    learning_rate: float | None
+    num_epochs: int | None
+    batch_size: int
+    max_seq_len: int
+    seed: int
+    logging_steps: int
+    valid_steps: int
+    device: str
+    patience: int | None
+    weight_decay: float
+    warmup_proportion: float
+    init_from_ckpt: str | None
+    max_seconds: float | None
+    pos_weight: float | None
+    tagging_weight: float | None
+    max_negatives: int | None
+    tagger_learning_rate: float | None
+
+    def with_defaults(self, kind) -> "TrainingOptions":
+        """These options with ``DEFAULTS[kind]`` for the learning rates, loss weights and
+        patience not given (``num_epochs``' default is ``plan_epochs``')."""
+        defaults = DEFAULTS[kind]
+        return replace(
+            self, learning_rate=self.learning_rate or defaults["learning_rate"],
+            tagger_learning_rate=self.tagger_learning_rate or defaults["tagger_learning_rate"],
+            tagging_weight=defaults["tagging_weight"] if self.tagging_weight is None else self.tagging_weight,
+            pos_weight=self.pos_weight or defaults["pos_weight"], patience=self.patience or defaults["patience"])
+
+
+# The options a launched finetune.py takes as flags (device: by ``devices``; pos_weight: none).
 LAUNCH_FLAGS = {"learning_rate": "--learning_rate", "num_epochs": "--num_epochs",
                 "batch_size": "--batch_size", "max_seq_len": "--max_seq_len", "seed": "--seed",
                 "logging_steps": "--logging_steps", "valid_steps": "--valid_steps",
@@ -329,16 +384,32 @@ LAUNCH_FLAGS = {"learning_rate": "--learning_rate", "num_epochs": "--num_epochs"
                 "max_negatives": "--max_negatives", "tagger_learning_rate": "--tagger_learning_rate"}
 
 
-def launch(devices, train_examples, dev_examples, model_dir, save_dir, **options) -> dict:
+def launch(devices, train_examples, dev_examples, model_dir, save_dir, options: TrainingOptions) -> dict:
     """``finetune`` under ``python -m paddle.distributed.launch``: ``devices`` is GPU ids
     (``"0,1"``) or ``"cpu:N"`` (N CPU processes, gloo). Waits; the metrics it saved."""
     import subprocess
 
-    from convert import write_jsonl
-
-    if options.pop("pos_weight", None) is not None:
+    if options.pos_weight is not None:
         raise DataError("pos_weight cannot be given to a launched finetune.py")
     save_dir = Path(save_dir)
+    args = launch_data(train_examples, dev_examples, model_dir, save_dir) + launch_flags(options)
+    where, device = launch_devices(devices)
+    logs = save_dir / "launch-logs"
+    command = [sys.executable, "-m", "paddle.distributed.launch", *where, "--log_dir", str(logs),
+               str(Path(__file__).resolve()), *args, "--device", device]
+    log.info("launching data-parallel training on %s: %s", devices, " ".join(command[:6]))
+    (save_dir / "metrics.json").unlink(missing_ok=True)
+    code = subprocess.run(command, stdin=subprocess.DEVNULL, cwd=save_dir).returncode
+    if code != 0 or not (save_dir / "metrics.json").is_file():
+        raise RuntimeError(f"paddle.distributed.launch on {devices} exited with code {code}: {_log_tail(logs)}")
+    return json.loads((save_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
+def launch_data(train_examples, dev_examples, model_dir, save_dir: Path) -> list[str]:
+    """The data and model flags of a launched finetune.py; the examples are written
+    to ``save_dir/launch-data`` for it."""
+    from convert import write_jsonl
+
     data = save_dir / "launch-data"
     data.mkdir(parents=True, exist_ok=True)
     write_jsonl(train_examples, data / "train.txt")
@@ -347,28 +418,32 @@ def launch(devices, train_examples, dev_examples, model_dir, save_dir, **options
     if dev_examples:
         write_jsonl(dev_examples, data / "dev.txt")
         args += ["--dev_path", str(data / "dev.txt")]
-    device = options.pop("device", "cpu")
-    for name, value in options.items():
+    return args
+
+
+def launch_flags(options: TrainingOptions) -> list[str]:
+    """``LAUNCH_FLAGS`` of the options given (not None), in that order."""
+    args = []
+    for name, flag in LAUNCH_FLAGS.items():
+        value = getattr(options, name)
         if value is not None:
-            args += [LAUNCH_FLAGS[name], str(value)]
+            args += [flag, str(value)]
+    return args
+
+
+def launch_devices(devices) -> tuple[list[str], str]:
+    """The launcher's flags for ``devices`` (``"0,1"`` or ``"cpu:N"``) and finetune.py's ``--device``."""
     if devices.startswith("cpu:"):
-        where, device = ["--nproc_per_node", devices[4:]], "cpu"
-    else:
-        where, device = ["--devices", devices], "gpu"
-    logs = save_dir / "launch-logs"
-    command = [sys.executable, "-m", "paddle.distributed.launch", *where, "--log_dir", str(logs),
-               str(Path(__file__).resolve()), *args, "--device", device]
-    log.info("launching data-parallel training on %s: %s", devices, " ".join(command[:6]))
-    (save_dir / "metrics.json").unlink(missing_ok=True)
-    code = subprocess.run(command, stdin=subprocess.DEVNULL, cwd=save_dir).returncode
-    if code != 0 or not (save_dir / "metrics.json").is_file():
-        tail = ""
-        try:
-            tail = " | ".join((logs / "workerlog.0").read_text(errors="replace").strip().splitlines()[-5:])
-        except OSError:
-            pass
-        raise RuntimeError(f"paddle.distributed.launch on {devices} exited with code {code}: {tail}")
-    return json.loads((save_dir / "metrics.json").read_text(encoding="utf-8"))
+        return ["--nproc_per_node", devices[4:]], "cpu"
+    return ["--devices", devices], "gpu"
+
+
+def _log_tail(logs: Path) -> str:
+    """The last lines of the first launched process's log, or ``""``."""
+    try:
+        return " | ".join((logs / "workerlog.0").read_text(errors="replace").strip().splitlines()[-5:])
+    except OSError:
+        return ""
 
 
 def save_best(model, model_dir, save_dir, metrics, tagger=None):
@@ -591,95 +666,187 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     With ``devices`` (GPU ids ``"0,1"`` or ``"cpu:N"``), trains data-parallel in
     processes that ``paddle.distributed.launch`` starts (``launch``).
     """
-    import paddle
+    # Imported first, to launch too: importing paddle sets OMP_NUM_THREADS (and more) in
+    # os.environ, which the launched processes inherit.
+    import paddle  # noqa: F401
 
-    import uie.checkpoint
-    import uie.predictor
-
-    options = {k: v for k, v in locals().items()
-               if k not in ("train_examples", "dev_examples", "model_dir", "save_dir", "devices",
-                            "paddle", "uie")}
+    options = TrainingOptions(
+        learning_rate=learning_rate, num_epochs=num_epochs, batch_size=batch_size, max_seq_len=max_seq_len,
+        seed=seed, logging_steps=logging_steps, valid_steps=valid_steps, device=device, patience=patience,
+        weight_decay=weight_decay, warmup_proportion=warmup_proportion, init_from_ckpt=init_from_ckpt,
+        max_seconds=max_seconds, pos_weight=pos_weight, tagging_weight=tagging_weight,
+        max_negatives=max_negatives, tagger_learning_rate=tagger_learning_rate)
     dist = Distributed.from_env()
     if devices and dist is None and "PADDLE_TRAINERS_NUM" not in os.environ:
-        return launch(devices, train_examples, dev_examples, model_dir, save_dir, **options)
-    check_options(train_examples, max_negatives, tagging_weight, max_seq_len)
+        return launch(devices, train_examples, dev_examples, model_dir, save_dir, options)
+    return train_here(train_examples, dev_examples, model_dir, save_dir, options, dist)
+
+
+def train_here(train_examples, dev_examples, model_dir, save_dir, options: TrainingOptions, dist) -> dict:
+    """``finetune`` in this process (one of the launched ones with ``dist``): options,
+    seeds and model; data; trainer; the run; its metrics."""
+    check_options(train_examples, options.max_negatives, options.tagging_weight, options.max_seq_len)
     kind = model_kind(model_dir)
-    defaults = DEFAULTS[kind]
-    learning_rate = learning_rate or defaults["learning_rate"]
-    tagger_learning_rate = tagger_learning_rate or defaults["tagger_learning_rate"]
-    tagging_weight = defaults["tagging_weight"] if tagging_weight is None else tagging_weight
+    options = options.with_defaults(kind)
     dev_examples = dev_examples or train_examples
+    start_process(options.seed, options.device, dist)
+    model, tokenizer, options = load_model_and_tokenizer(model_dir, options)
+    job = Finetuning(train_examples, dev_examples, model_dir, Path(save_dir), options, kind, dist)
+    data = job.build_data(tokenizer)
+    trainer = job.build_trainer(model, tokenizer, data)
+    epochs_run = trainer.run(data.num_epochs, data.total_steps, data.epoch_order, options.logging_steps,
+                             options.valid_steps)
+    return job.result(trainer, data, epochs_run, time.time() - trainer.started)
+
+
+def start_process(seed, device, dist):
+    """Seed Python's, NumPy's and Paddle's random numbers, take ``device``, and join
+    the other launched processes (with ``dist``)."""
+    import paddle
+
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
     paddle.set_device(device)
     if dist:
         dist.start()
-    model = load_model(model_dir, init_from_ckpt)
+
+
+def load_model_and_tokenizer(model_dir, options: TrainingOptions):
+    """``(model, tokenizer, options)``: ``load_model``'s, ``model_dir``'s tokenizer, and the
+    options with ``max_seq_len`` cut to the positions the model has."""
+    import uie.checkpoint
+
+    model = load_model(model_dir, options.init_from_ckpt)
     tokenizer = uie.checkpoint.load_tokenizer(model_dir)
-    max_seq_len = min(max_seq_len, model.config.max_position_embeddings)
-    tagging = tagging_task(train_examples, tokenizer, max_seq_len, model_dir, tagging_weight, seed,
-                           defaults["tagger_pos_weight"])
-    uie_examples = [ex for ex in train_examples if not tagging or ex["prompt"] not in tagging.classes]
-    origins = []
-    encoded = encode_examples(uie_examples, tokenizer, max_seq_len, origins)
-    if not encoded and not tagging:
-        raise DataError("no training example has any token")
-    rng = random.Random(seed)
+    max_seq_len = min(options.max_seq_len, model.config.max_position_embeddings)
+    return model, tokenizer, replace(options, max_seq_len=max_seq_len)
 
-    def epoch_order():
-        if max_negatives is None:
-            return range(len(encoded))
-        return sample_negatives(uie_examples, origins, max_negatives, rng)
 
-    per_epoch = len(epoch_order()) if encoded else 0
-    if tagging:         # an epoch passes over the larger of the tagger's and the UIE's inputs
-        per_epoch = max(per_epoch, len(tagging.inputs))
-    steps_per_epoch, num_epochs = plan_epochs(per_epoch, batch_size, num_epochs, kind, dist)
-    total_steps = steps_per_epoch * num_epochs
-    optimizer, schedule = make_optimizer(model, tagging.tagger if tagging else None, learning_rate,
-                                         tagger_learning_rate, total_steps, warmup_proportion, weight_decay)
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    log.info("model %s (%s), %d train examples -> %d UIE inputs, %d dev examples, lr %g, "
-             "%d epochs x %d steps, batch %d, device %s, tagger %s, negatives per content %s",
-             model_dir, kind, len(train_examples), len(encoded), len(dev_examples), learning_rate,
-             num_epochs, steps_per_epoch, batch_size, device,
-             f"{len(tagging.classes)} classes x {len(tagging.inputs)} inputs, lr {tagger_learning_rate:g}"
-             if tagging else "off", "all" if max_negatives is None else max_negatives)
+@dataclass
+class TrainingData:
+    """What ``finetune`` trains on: the span tagger's task, the UIE's examples and
+    inputs (``origins``: each input's example) and the epochs they make."""
 
-    def save(metrics):
-        save_best(model, model_dir, save_dir, dict(metrics, max_seq_len=max_seq_len, kind=kind),
-                  tagging.tagger if tagging else None)
-        log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], save_dir / "model_best")
+    tagging: TaggingTask | None
+    uie_examples: list
+    origins: list
+    encoded: list
+    rng: random.Random            # draws the batches and the negatives
+    max_negatives: int | None
+    per_epoch: int = 0            # inputs an epoch passes over
+    steps_per_epoch: int = 0
+    num_epochs: int = 0
 
-    predictor = uie.predictor.UIEPredictor(model, tokenizer, device=device, max_seq_len=max_seq_len,
-                                       batch_size=max(batch_size, 32),
-                                       tagger=tagging.tagger if tagging else None)
-    trainer = Trainer(model=model, tokenizer=tokenizer, encoded=encoded, optimizer=optimizer,
-                      schedule=schedule, rng=rng, predictor=predictor, dev_examples=dev_examples,
-                      save=save, batch_size=batch_size, pos_weight=pos_weight or defaults["pos_weight"],
-                      patience=patience or defaults["patience"], max_seconds=max_seconds,
-                      tagging=tagging, dist=dist, epoch_inputs=per_epoch)
-    if dist:
-        dist.same_start(trainer.parameters())
-    epochs_run = trainer.run(num_epochs, total_steps, epoch_order, logging_steps, valid_steps)
-    elapsed = time.time() - trainer.started
-    if dist and dist.rank != 0:
-        return {"rank": dist.rank, "world_size": dist.world, "epochs_run": epochs_run,
-                "steps": trainer.step}
-    result = dict(trainer.best, train_examples=len(train_examples), train_inputs=len(encoded),
-                  dev_examples=len(dev_examples), epochs_run=epochs_run, steps=trainer.step,
-                  train_seconds=round(elapsed, 1),
-                  examples_per_second=round(trainer.seen / max(elapsed, 1e-9), 2),
-                  learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
-                  tagging_weight=tagging.weight if tagging else 0.0, max_negatives=max_negatives,
-                  tagger_classes=tagging.classes if tagging else [],
-                  tagger_learning_rate=tagger_learning_rate if tagging else None,
-                  model=str(model_dir), kind=kind, history=trainer.history,
-                  world_size=dist.world if dist else 1)
-    files.atomic_write_json(save_dir / "metrics.json", result)
-    return result
+    @property
+    def tagger(self):
+        return self.tagging.tagger if self.tagging else None
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.num_epochs
+
+    def epoch_order(self):
+        """The UIE input indices of an epoch: all, or at most ``max_negatives`` empty
+        ones per content, drawn anew (``sample_negatives``)."""
+        if self.max_negatives is None:
+            return range(len(self.encoded))
+        return sample_negatives(self.uie_examples, self.origins, self.max_negatives, self.rng)
+
+    def plan(self, batch_size, num_epochs, kind, dist):
+        """Count an epoch's inputs (the larger of the tagger's and the UIE's: a first
+        draw of the negatives) and plan the epochs (``plan_epochs``)."""
+        self.per_epoch = len(self.epoch_order()) if self.encoded else 0
+        if self.tagging:
+            self.per_epoch = max(self.per_epoch, len(self.tagging.inputs))
+        self.steps_per_epoch, self.num_epochs = plan_epochs(self.per_epoch, batch_size, num_epochs, kind, dist)
+
+
+@dataclass(frozen=True)
+class Finetuning:
+    """One ``finetune`` in this process: its examples, model and save directories,
+    options (defaults taken, ``max_seq_len`` fit to the model), model kind and
+    data-parallel place."""
+
+    train_examples: list
+    dev_examples: list
+    model_dir: object
+    save_dir: Path
+    options: TrainingOptions
+    kind: str
+    dist: Distributed | None
+
+    def build_data(self, tokenizer) -> TrainingData:
+        """The tagging task (``tagging_task``), the UIE's inputs of the other examples
+        and the epoch plan; ``DataError`` when there is nothing to train on."""
+        o = self.options
+        tagging = tagging_task(self.train_examples, tokenizer, o.max_seq_len, self.model_dir, o.tagging_weight,
+                               o.seed, DEFAULTS[self.kind]["tagger_pos_weight"])
+        uie_examples = [ex for ex in self.train_examples if not tagging or ex["prompt"] not in tagging.classes]
+        origins = []
+        encoded = encode_examples(uie_examples, tokenizer, o.max_seq_len, origins)
+        if not encoded and not tagging:
+            raise DataError("no training example has any token")
+        data = TrainingData(tagging, uie_examples, origins, encoded, random.Random(o.seed), o.max_negatives)
+        data.plan(o.batch_size, o.num_epochs, self.kind, self.dist)
+        return data
+
+    def build_trainer(self, model, tokenizer, data: TrainingData) -> "Trainer":
+        """The optimizer, the dev predictor and the ``Trainer``, every process starting
+        from the same weights."""
+        import uie.predictor
+
+        o = self.options
+        optimizer, schedule = make_optimizer(model, data.tagger, o.learning_rate, o.tagger_learning_rate,
+                                             data.total_steps, o.warmup_proportion, o.weight_decay)
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.log_plan(data)
+        predictor = uie.predictor.UIEPredictor(model, tokenizer, device=o.device, max_seq_len=o.max_seq_len,
+                                               batch_size=max(o.batch_size, 32), tagger=data.tagger)
+        trainer = Trainer(model=model, tokenizer=tokenizer, encoded=data.encoded, optimizer=optimizer,
+                          schedule=schedule, rng=data.rng, predictor=predictor, dev_examples=self.dev_examples,
+                          save=lambda metrics: self.save(model, data.tagger, metrics), batch_size=o.batch_size,
+                          pos_weight=o.pos_weight, patience=o.patience, max_seconds=o.max_seconds,
+                          tagging=data.tagging, dist=self.dist, epoch_inputs=data.per_epoch)
+        if self.dist:
+            self.dist.same_start(trainer.parameters())
+        return trainer
+
+    def log_plan(self, data: TrainingData):
+        """Log the model, the data, the epochs and the settings about to be trained."""
+        o, tagging = self.options, data.tagging
+        log.info("model %s (%s), %d train examples -> %d UIE inputs, %d dev examples, lr %g, "
+                 "%d epochs x %d steps, batch %d, device %s, tagger %s, negatives per content %s",
+                 self.model_dir, self.kind, len(self.train_examples), len(data.encoded), len(self.dev_examples),
+                 o.learning_rate, data.num_epochs, data.steps_per_epoch, o.batch_size, o.device,
+                 f"{len(tagging.classes)} classes x {len(tagging.inputs)} inputs, lr {o.tagger_learning_rate:g}"
+                 if tagging else "off", "all" if o.max_negatives is None else o.max_negatives)
+
+    def save(self, model, tagger, metrics):
+        """Save ``model`` (and ``tagger``) as the best so far (``save_best``)."""
+        save_best(model, self.model_dir, self.save_dir,
+                  dict(metrics, max_seq_len=self.options.max_seq_len, kind=self.kind), tagger)
+        log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], self.save_dir / "model_best")
+
+    def result(self, trainer: "Trainer", data: TrainingData, epochs_run: int, elapsed: float) -> dict:
+        """What ``finetune`` returns: the best dev metrics and how training went, which
+        the first process writes to ``save_dir/metrics.json``; the others' place and steps."""
+        if self.dist and self.dist.rank != 0:
+            return {"rank": self.dist.rank, "world_size": self.dist.world, "epochs_run": epochs_run,
+                    "steps": trainer.step}
+        o, tagging = self.options, data.tagging
+        result = dict(trainer.best, train_examples=len(self.train_examples), train_inputs=len(data.encoded),
+                      dev_examples=len(self.dev_examples), epochs_run=epochs_run, steps=trainer.step,
+                      train_seconds=round(elapsed, 1),
+                      examples_per_second=round(trainer.seen / max(elapsed, 1e-9), 2),
+                      learning_rate=o.learning_rate, batch_size=o.batch_size, max_seq_len=o.max_seq_len,
+                      tagging_weight=tagging.weight if tagging else 0.0, max_negatives=o.max_negatives,
+                      tagger_classes=tagging.classes if tagging else [],
+                      tagger_learning_rate=o.tagger_learning_rate if tagging else None,
+                      model=str(self.model_dir), kind=self.kind, history=trainer.history,
+                      world_size=self.dist.world if self.dist else 1)
+        files.atomic_write_json(self.save_dir / "metrics.json", result)
+        return result
 
 
 def check_options(train_examples, max_negatives, tagging_weight, max_seq_len):
@@ -741,7 +908,8 @@ def load_model(model_dir, init_from_ckpt=None):
     return model
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """finetune.py's flags: PaddleNLP UIE ``finetune.py``'s and this script's own."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train_path", required=True, help="UIE examples to train on (doccano.py's train.txt)")
     parser.add_argument("--dev_path", help="UIE examples to pick the best model by (default: the training set)")
@@ -749,6 +917,14 @@ def main(argv=None):
     parser.add_argument("--model", default="uie-base", help="PaddleNLP name, checkpoint directory or 'scratch'")
     parser.add_argument("--model_cache_dir", default=None, help="where named/scratch base models are kept (default: save_dir/_base)")
     parser.add_argument("--init_from_ckpt", default=None, help="model_state.pdparams (or its directory) to start from")
+    _add_schedule_flags(parser)
+    _add_task_flags(parser)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="auto: gpu when Paddle has one")
+    return parser
+
+
+def _add_schedule_flags(parser):
+    """How long and how fast to train, and how often to log and evaluate."""
     parser.add_argument("--learning_rate", type=float, default=None, help="default: 5e-4 for scratch, 1e-5 for pretrained")
     parser.add_argument("--num_epochs", type=int, default=None, help="default: 20 for pretrained; for scratch about 2,000 steps' worth (20-200)")
     parser.add_argument("--batch_size", type=int, default=16, help="inputs per optimizer step (per process)")
@@ -761,6 +937,10 @@ def main(argv=None):
     parser.add_argument("--max_seconds", type=float, default=None, help="stop after this much training time")
     parser.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (not on biases and norms)")
     parser.add_argument("--warmup_proportion", type=float, default=0.06, help="share of the steps with a linear warm-up")
+
+
+def _add_task_flags(parser):
+    """What to train on beside the UIE's prompts: negatives per content, the span tagger."""
     parser.add_argument("--max_negatives", type=int, default=None,
                         help="train each epoch on at most N prompts without spans per content, drawn anew (default: all)")
     parser.add_argument("--tagging_weight", type=float, default=None,
@@ -768,8 +948,11 @@ def main(argv=None):
                              "learned (default: 1 for scratch, 0 for pretrained: 0 keeps a model Taskflow's)")
     parser.add_argument("--tagger_learning_rate", type=float, default=None,
                         help="learning rate of the span tagger (default: 2e-3)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="auto: gpu when Paddle has one")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None):
+    """finetune.py's command line; returns the exit status (2: bad data, options or model)."""
+    args = build_parser().parse_args(argv)
 
     import uie.checkpoint
     import uie.engine
@@ -779,23 +962,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(message)s", force=True)
 
     try:
-        train = read_examples(args.train_path)
-        dev = read_examples(args.dev_path) if args.dev_path else None
-        if not train:
-            raise DataError(f"{args.train_path}: the training set is empty")
-        if dev is not None and not dev:
-            log.warning("%s is empty: selecting the best model on the training set", args.dev_path)
-        cache = args.model_cache_dir or Path(args.save_dir) / "_base"
-        source = uie.checkpoint.resolve_model(args.model, cache)
-        device = uie.checkpoint.select_device(args.device)
-        metrics = finetune(
-            train, dev, source.path, args.save_dir, learning_rate=args.learning_rate,
-            num_epochs=args.num_epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-            seed=args.seed, logging_steps=args.logging_steps, valid_steps=args.valid_steps,
-            device=device, patience=args.early_stopping_patience, weight_decay=args.weight_decay,
-            warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
-            max_seconds=args.max_seconds, max_negatives=args.max_negatives,
-            tagging_weight=args.tagging_weight, tagger_learning_rate=args.tagger_learning_rate)
+        metrics = run_cli(args)
     except (DataError, uie.checkpoint.ModelLoadError, FileNotFoundError) as exc:
         print(f"finetune.py: error: {exc}", file=sys.stderr)
         return 2
@@ -804,6 +971,37 @@ def main(argv=None):
     print(f"Best dev: Precision: {metrics['precision']:.5f} | Recall: {metrics['recall']:.5f} | "
           f"F1: {metrics['f1']:.5f} -> {Path(args.save_dir) / 'model_best'}")
     return 0
+
+
+def run_cli(args) -> dict:
+    """Read the examples, resolve the model and the device the parsed ``args`` name,
+    and ``finetune``."""
+    import uie.checkpoint
+
+    train, dev = read_cli_examples(args.train_path, args.dev_path)
+    cache = args.model_cache_dir or Path(args.save_dir) / "_base"
+    source = uie.checkpoint.resolve_model(args.model, cache)
+    device = uie.checkpoint.select_device(args.device)
+    return finetune(
+        train, dev, source.path, args.save_dir, learning_rate=args.learning_rate,
+        num_epochs=args.num_epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+        seed=args.seed, logging_steps=args.logging_steps, valid_steps=args.valid_steps,
+        device=device, patience=args.early_stopping_patience, weight_decay=args.weight_decay,
+        warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
+        max_seconds=args.max_seconds, max_negatives=args.max_negatives,
+        tagging_weight=args.tagging_weight, tagger_learning_rate=args.tagger_learning_rate)
+
+
+def read_cli_examples(train_path, dev_path):
+    """``(train, dev)`` examples of the command line (dev None without ``dev_path``);
+    ``DataError`` for an empty training set, a warning for an empty dev set."""
+    train = read_examples(train_path)
+    dev = read_examples(dev_path) if dev_path else None
+    if not train:
+        raise DataError(f"{train_path}: the training set is empty")
+    if dev is not None and not dev:
+        log.warning("%s is empty: selecting the best model on the training set", dev_path)
+    return train, dev
 
 
 if __name__ == "__main__":

@@ -89,23 +89,44 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: st
     all built from the words of a relation's ``predicted_values`` when it has
     them. With ``min_dev_tasks`` annotated tasks or more, 20 % are held out.
     """
-    import doccano
+    same_text, relations = _read_label_config(label_config)
+    records = _doccano_records(tasks, same_text, relations)
+    held_out = len(records) >= min_dev_tasks
+    train, dev = _convert_records(records, same_text, relations, held_out, schema_lang)
+    train, dev = _expand_label_prompts(train, dev, same_text)
+    return Examples(train, dev if held_out else train, len(records), held_out)
 
+
+def _read_label_config(label_config: str):
+    """``(controls, relations)`` of the label config: the controls that label the first
+    one's text (it first) and its relations; ``JobError`` when it has none."""
     try:
         controls = parse_label_config(label_config)
         relations = parse_relations(label_config)
     except LabelConfigError as exc:
         raise JobError(f"no usable label config: {exc}") from None
-    control = controls[0]
-    same_text = [c for c in controls if c.data_key == control.data_key]
-    records = label_studio_to_doccano(tasks, text_key=control.data_key,
+    first = controls[0]
+    return [c for c in controls if c.data_key == first.data_key], relations
+
+
+def _doccano_records(tasks, same_text, relations) -> list:
+    """The annotated tasks as doccano records, relation types written as the words the
+    server prompts with (``predicted_values``); ``JobError`` when none is annotated."""
+    records = label_studio_to_doccano(tasks, text_key=same_text[0].data_key,
                                       from_names={c.from_name for c in same_text})
     if not records:
         raise JobError(f"no annotated tasks to train on ({len(tasks)} tasks)")
     words = {r.value: r.prompts for r in relations if list(r.prompts) != [r.value]}
     if words:
         records = expand_relation_types(records, words)
-    held_out = len(records) >= min_dev_tasks
+    return records
+
+
+def _convert_records(records, same_text, relations, held_out: bool, schema_lang: str):
+    """``(train, dev)`` UIE examples of the records (``doccano.convert_doccano``): every
+    label's negatives, the relation prompts the server asks; dev empty unless held out."""
+    import doccano
+
     labels = [label for c in same_text for label, _ in c.labels]
     asked = {word: r.subject_labels for r in relations for word in r.prompts}
     try:
@@ -115,10 +136,15 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: st
                                                 asked_relations=asked)
     except ValueError as exc:
         raise JobError(f"the annotations cannot be trained on: {exc}") from None
+    return train, dev
+
+
+def _expand_label_prompts(train, dev, same_text):
+    """``(train, dev)`` with each label that has ``predicted_values`` asked by those words."""
     prompts = {label: ps for c in same_text for label, ps in c.labels if list(ps) != [label]}
     if prompts:
         train, dev = expand_prompts(train, prompts), expand_prompts(dev, prompts)
-    return Examples(train, dev if held_out else train, len(records), held_out)
+    return train, dev
 
 
 def schema_lang_of(spec: JobSpec) -> str:
@@ -163,22 +189,12 @@ def train(spec: JobSpec, work: Path) -> dict:
     at least as well as the served model on the same annotations (held-out ones
     when there are enough, else the training ones).
     """
-    import finetune
-
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     log.info("%d tasks from %s", len(spec.tasks), spec.source)
     examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks, schema_lang_of(spec))
-    (work / "data").mkdir(exist_ok=True)
-    write_jsonl(examples.train, work / "data" / "train.txt")
-    write_jsonl(examples.dev, work / "data" / "dev.txt")
-    log.info("%d annotated tasks -> %d training examples, %d %s examples", examples.records,
-             len(examples.train), len(examples.dev), "held-out" if examples.held_out else "scoring")
-    trained = finetune.finetune(
-        examples.train, examples.dev, spec.model_path, work / "ckpt",
-        learning_rate=spec.learning_rate, num_epochs=spec.num_epochs,
-        batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
-        logging_steps=20, valid_steps=0, devices=spec.devices or None)
+    _write_examples(examples, work / "data")
+    trained = _finetune(spec, examples, work / "ckpt")
     candidate = work / "ckpt" / "model_best"
     _export(candidate, spec)
     new = _score(candidate, examples.dev, spec)
@@ -189,6 +205,26 @@ def train(spec: JobSpec, work: Path) -> dict:
             "annotated_tasks": examples.records, "source": spec.source,
             "train_seconds": trained.get("train_seconds"), "epochs_run": trained.get("epochs_run"),
             "kind": trained.get("kind")}
+
+
+def _write_examples(examples: Examples, data: Path):
+    """``data/train.txt`` and ``data/dev.txt``: what the job trains and scores on."""
+    data.mkdir(exist_ok=True)
+    write_jsonl(examples.train, data / "train.txt")
+    write_jsonl(examples.dev, data / "dev.txt")
+    log.info("%d annotated tasks -> %d training examples, %d %s examples", examples.records,
+             len(examples.train), len(examples.dev), "held-out" if examples.held_out else "scoring")
+
+
+def _finetune(spec: JobSpec, examples: Examples, save_dir: Path) -> dict:
+    """``finetune.finetune`` with the spec's settings; evaluated only after each epoch."""
+    import finetune
+
+    return finetune.finetune(
+        examples.train, examples.dev, spec.model_path, save_dir,
+        learning_rate=spec.learning_rate, num_epochs=spec.num_epochs,
+        batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
+        logging_steps=20, valid_steps=0, devices=spec.devices or None)
 
 
 def run(job_dir) -> int:
