@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, cluener_texts
+from helpers import EDGE_CASES, FILLER, LABEL_CONFIG, PERSON, PLACE, SEQ_LEN, cluener_texts, tasks_for
 
 
 class Counting:
@@ -130,3 +130,40 @@ def test_batches_hold_at_most_the_engines_token_budget(model_dir, batch_wait_ms)
     assert all(rows == 1 or rows * width <= 1024 for rows, width in engine.shapes)
     assert max(width for _, width in engine.shapes) > 300 and max(rows for rows, _ in engine.shapes) == 16
     predictor.close()
+
+
+def test_a_one_task_request_is_answered_during_a_big_one_on_gunicorn(gunicorn, scratch_small):
+    """Paddle Inference on the CPU bounds a batch's padded tokens: an annotator's one-task
+    request still gets a row in the next batch, instead of waiting for a whole
+    "Retrieve predictions" of long texts (whose 512-token windows alone fill every batch).
+    The model is untrained (a trained scratch model is served with its short training windows):
+    what matters is when the answers come, and that they are the same."""
+    import requests
+
+    server = gunicorn(UIE_MODEL=str(scratch_small), MAX_SEQ_LEN="512", THREADS="4")
+    assert requests.get(server.url + "/health", timeout=10).json()["model"]["engine"] == "paddle-inference"
+    text = (FILLER * 80)[:1500]
+    big = {"tasks": [{"id": i, "data": {"text": f"{i}{text}"}} for i in range(60)], "label_config": LABEL_CONFIG}
+    small = {"tasks": tasks_for(EDGE_CASES[:1]), "label_config": LABEL_CONFIG}
+
+    def post(body):
+        started = time.perf_counter()
+        reply = requests.post(server.url + "/predict", json=body, timeout=300)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["results"], time.perf_counter() - started
+
+    expected, _ = post(small)
+    _, alone = post(big)                     # the big one alone (and every shape's kernels built)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(post, big)
+        time.sleep(alone / 5)                # well into it
+        latencies = []
+        while not running.done() and len(latencies) < 5:
+            results, seconds = post(small)
+            assert results == expected
+            latencies.append(seconds)
+        big_seconds = running.result()[1]
+    assert len(latencies) >= 2, f"the big request ({big_seconds:.1f}s) ended before 2 small ones ran"
+    print(f"\nbig request {big_seconds:.2f}s (alone {alone:.2f}s); one-task requests during it: "
+          + ", ".join(f"{s:.3f}s" for s in latencies))
+    assert max(latencies) < alone / 4, (latencies, alone)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,26 @@ class Batcher:
                 share = -(-room // (len(pending) - n))          # ceil: the rest, spread evenly
                 batch += [(request, k) for k in request.take(share)]
                 room = self.batch_size - len(batch)
-            while self.max_tokens and len(batch) > 1 and len(batch) * max(
-                    len(r.inputs[k].ids) for r, k in batch) > self.max_tokens:
-                request, _ = batch.pop()          # the last one its request handed out
-                request.taken -= 1
+            self._fit(batch)
             for request in [r for r in self._waiting if r.taken == len(r.inputs)]:
                 self._waiting.remove(request)
             return batch
+
+    def _fit(self, batch):
+        """Trim ``batch`` to ``max_tokens`` padded tokens, handing inputs back to their requests:
+        each time the widest one of the request with the most inputs in the batch (the one with
+        more left to run on a tie), so that every waiting request keeps a row in it."""
+        while self.max_tokens and len(batch) > 1 and self._tokens(batch) > self.max_tokens:
+            in_batch = Counter(id(r) for r, _ in batch)
+            drop = max(range(len(batch)), key=lambda i: (
+                in_batch[id(batch[i][0])], len(batch[i][0].inputs) - batch[i][0].done, i))
+            request, _ = batch.pop(drop)       # its request's last (widest) input in the batch
+            request.taken -= 1
+
+    @staticmethod
+    def _tokens(batch) -> int:
+        """Padded tokens of ``batch``: rows × the widest input."""
+        return len(batch) * max(len(r.inputs[k].ids) for r, k in batch)
 
     def _loop(self):
         while (batch := self._next_batch()) is not None:
