@@ -33,9 +33,11 @@ class Gunicorn:
     """
 
     def __init__(self, env, log_path):
+        """``env`` adds to this process's environment; a value ``None`` removes that variable."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port), PYTHONUNBUFFERED="1", **env)
+        full_env = {k: v for k, v in full_env.items() if v is not None}
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "wb")
@@ -66,6 +68,28 @@ class Gunicorn:
         assert reply.status_code == 200, f"GET {path}: {reply.status_code} {reply.text[:1000]}"
         return reply.json()
 
+    def signal(self, sig):
+        """Send ``sig`` to the master (only)."""
+        os.kill(self.proc.pid, sig)
+
+    def worker_pids(self) -> set[int]:
+        """The master's child processes: its workers."""
+        return {pid for pid, ppid, _ in _processes() if ppid == self.proc.pid}
+
+    def group_pids(self) -> set[int]:
+        """Every process left in the server's process group (the master's, its workers',
+        their training subprocesses')."""
+        return {pid for pid, _, pgid in _processes() if pgid == self.proc.pid}
+
+    def wait_exit(self, timeout) -> int:
+        """The master's exit status, once it has exited (``subprocess.TimeoutExpired`` after
+        ``timeout`` seconds)."""
+        return self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
     def stop(self):
         for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, None)):
             try:
@@ -86,3 +110,29 @@ class Gunicorn:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _processes():
+    """(pid, parent pid, process group) of every process, from /proc (Linux)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:                     # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()     # after "pid (name) "
+        if fields[0] == "Z":                # a zombie has exited; its parent has not reaped it yet
+            continue
+        out.append((int(entry), int(fields[1]), int(fields[2])))
+    return out
+
+
+def cpu_seconds(pid) -> float:
+    """User + system CPU time ``pid`` has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read().decode(errors="replace")
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
