@@ -35,11 +35,21 @@ of RQ's own job bookkeeping is relied on for what ``/jobs`` says: the job
 states in ``MODEL_DIR`` are the truth. Replicas read ``current`` on every
 request, so a new version is served everywhere next. Nothing here imports
 Paddle at import time: an RQ worker's main process forks a work horse per job.
+
+Redis outages: ``make worker`` runs ``SturdyWorker``s (``work``): heartbeats
+that fail while a job runs are skipped, what RQ writes when a work horse ends
+waits for Redis, and where RQ's loop quits anyway a new worker starts once
+Redis answers. A work horse tolerates an unrenewable lease for a whole lease
+and waits for Redis before RQ records its result. ``queue_health`` is
+``/health``'s count of live workers. Serving replicas use ``connect(url,
+WEBHOOK_TIMEOUT)`` on the webhook path and spool webhooks while Redis is down
+(``service.webhook_spool``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -62,11 +72,32 @@ RUN_JOB = "service.job_queue.run_job"   # what an RQ job calls (``job_queue.run_
 ALIVE = ("queued", "started", "deferred", "scheduled")
 
 
-def connect(url: str):
-    """A Redis connection for ``REDIS_URL`` (bytes in, bytes out)."""
+WEBHOOK_TIMEOUT = 0.5     # seconds: a webhook's Redis calls fail fast, then it is spooled
+WORKER_TTL = 60           # an RQ worker that stopped heartbeating is gone after WORKER_TTL + 60 s
+MONITOR_SECONDS = 10      # a busy worker's heartbeat (RQ's job_monitoring_interval; RQ's default: 30)
+
+
+def connect(url: str, timeout: float | None = None):
+    """A Redis connection for ``REDIS_URL`` (bytes in, bytes out). With ``timeout``: that
+    socket and connect timeout, no retries and no health-check round trip, so a hung or
+    unreachable Redis costs one ``timeout`` (the webhook path and ``/health``)."""
     import redis
 
-    return redis.Redis.from_url(url, health_check_interval=30)
+    if timeout is None:
+        return redis.Redis.from_url(url, health_check_interval=30)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+                                health_check_interval=0)
+
+
+def redis_down_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable (or hung) Redis raises."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return (ConnectionError, TimeoutError)     # BusyLoadingError (a restart) is a ConnectionError
 
 
 class Layout:
@@ -111,12 +142,16 @@ class _Keeper(threading.Thread):
                 return
             now = time.monotonic()
             if now >= next_renewal:
-                if not self._renew(now):
+                renewed = self._renew(now)
+                if renewed is False:
                     return
-                next_renewal = now + interval
+                # after a failure, try again soon: once Redis is back, a lease it lost (a
+                # restart without its data) stops this job at once, not an interval later
+                next_renewal = now + (interval if renewed else 0.5)
 
-    def _renew(self, now: float) -> bool:
-        """Extend the lease; False once it is lost (or could not be renewed for a whole lease)."""
+    def _renew(self, now: float) -> bool | None:
+        """Extend the lease: True; False once it is lost (or could not be renewed for a whole
+        lease); None when Redis did not answer (tolerated for a lease)."""
         from redis.exceptions import LockNotOwnedError, RedisError
 
         try:
@@ -126,10 +161,15 @@ class _Keeper(threading.Thread):
             self._die(f"lost the lease {self.lock.name}")
             return False
         except RedisError as exc:
-            log.warning("could not renew the lease %s: %s", self.lock.name, exc)
+            if self.renewed == getattr(self, "_warned", None):
+                log.debug("could not renew the lease %s: %s", self.lock.name, exc)
+            else:       # once per outage: it is tried again every half second
+                log.warning("could not renew the lease %s: %s", self.lock.name, exc)
+                self._warned = self.renewed
             if now - self.renewed > self.seconds:
                 self._die(f"could not renew the lease {self.lock.name} for {self.seconds}s")
                 return False
+            return None
         return True
 
     def stop(self):
@@ -190,6 +230,9 @@ def _release(lock):
         lock.release()
     except LockError:
         pass            # it lapsed; whoever holds it now keeps it
+    except redis_down_errors() as exc:   # Redis is down: the lock lapses by itself (its TTL)
+        log.warning("could not release %s (Redis unreachable: %s); it lapses by itself",
+                    lock.name, exc)
 
 
 class RQDispatch:
@@ -364,6 +407,7 @@ def run_job(project: str, job_id: str) -> dict:
     runner = worker_runner(ModelStore(settings), RedisAnnotationStore(conn), conn)
     ran = runner.run_queued(project, job_id)
     state = runner.records.get(project, job_id) or {}
+    wait_for_redis(conn)    # RQ records the result next: not while Redis is down
     return {"ran": ran, "state": state.get("state"), "model_version": state.get("model_version"),
             "error": state.get("error")}
 
@@ -379,14 +423,175 @@ def worker_main(argv=None) -> int:
     conn = _reach(settings.redis_url)
     if conn is None:
         return 1
-    from rq import Worker
-
     runner = queue_runner(Layout(settings), None, conn)   # recovers interrupted and lost jobs
     log.info("MODEL_DIR=%s, queue %s, lease %ss", runner.store.root, QUEUE,
              settings.job_lease_seconds)
-    worker = Worker([runner.dispatch.queue], connection=conn, name=args.name)
-    worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
-    return 0
+    return work(conn, runner.dispatch.queue, args, settings.log_level)
+
+
+def work(conn, queue, args, logging_level) -> int:
+    """Run ``SturdyWorker``s until one stops on request (SIGTERM/SIGINT) or a burst ends.
+
+    RQ's work loop quits on any error it does not expect, and a Redis outage outside its
+    dequeue (a heartbeat, a status write) is one: then this waits until Redis answers
+    again and starts a new worker (a new name: the old one may still look registered)."""
+    from rq.exceptions import StopRequested
+
+    round_ = 0
+    while True:
+        name = args.name if round_ == 0 or args.name is None else f"{args.name}-{round_}"
+        worker = None
+        try:
+            worker = SturdyWorker([queue], connection=conn, name=name, worker_ttl=WORKER_TTL,
+                              job_monitoring_interval=MONITOR_SECONDS)
+            worker.work(burst=args.burst, logging_level=logging_level, with_scheduler=False)
+        except redis_down_errors() as exc:       # e.g. its teardown (register_death) needs Redis
+            name = worker.name if worker is not None else name
+            log.warning("RQ worker %s stopped on a Redis error: %s", name, exc)
+            _stop_pubsub(worker)
+        if args.burst or _stopping(worker):
+            return 0
+        round_ += 1
+        log.warning("RQ worker %s left its work loop (Redis unreachable?); a new worker starts "
+                    "once Redis answers", worker.name if worker is not None else name)
+        try:
+            wait_for_redis(conn, forever=True, stop=lambda: _stopping(worker))
+        except StopRequested:       # SIGTERM meanwhile (RQ's handler raises it when idle)
+            return 0
+        if _stopping(worker):
+            return 0
+
+
+def _stopping(worker) -> bool:
+    """Whether a stop was asked for (SIGTERM/SIGINT), busy or idle."""
+    return worker is not None and bool(worker._stop_requested
+                                       or worker._shutdown_requested_date is not None)
+
+
+def _stop_pubsub(worker):
+    """The command listener of a worker whose teardown failed (it would retry forever)."""
+    thread = getattr(worker, "pubsub_thread", None)
+    if thread is not None:
+        thread.stop()
+        thread.join(timeout=1)
+
+
+def wait_for_redis(conn, limit: float = 600.0, forever=False, stop=lambda: False) -> bool:
+    """Until Redis answers a PING (at most ``limit`` seconds unless ``forever``); whether it did."""
+    deadline, pause, said = time.monotonic() + limit, 0.5, False
+    while not stop():
+        try:
+            conn.ping()
+            if said:
+                log.info("Redis answers again")
+            return True
+        except redis_down_errors() as exc:
+            if not said:
+                log.warning("waiting for Redis: %s", exc)
+                said = True
+        if not forever and time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _sturdy_worker_class():
+    """``rq.Worker`` that lives through a Redis outage while a job runs (defined on first use:
+    importing this module must not import RQ)."""
+    import errno
+
+    from rq import Worker
+    from rq.job import JobStatus
+    from rq.timeouts import HorseMonitorTimeoutException
+    from rq.utils import now
+
+    class _SturdyWorker(Worker):
+        """Heartbeats that fail while Redis is down are skipped (the work horse goes on); what
+        RQ writes when a work horse ends waits until Redis answers again."""
+
+        def _quietly(self, what, *args):
+            try:
+                what(*args)
+            except redis_down_errors() as exc:
+                self.log.warning("Worker %s: Redis unreachable (%s); the job goes on", self.name, exc)
+
+        def _until_redis(self, what, *args):
+            while True:
+                try:
+                    return what(*args)
+                except redis_down_errors() as exc:
+                    self.log.warning("Worker %s: Redis unreachable (%s); retrying", self.name, exc)
+                    wait_for_redis(self.connection, forever=True)
+
+        def heartbeat(self, timeout=None, pipeline=None):
+            """RQ's, and the worker registered again: a Redis restarted without its data
+            forgot it (``/health`` counts the registered workers)."""
+            from rq import worker_registration
+
+            super().heartbeat(timeout, pipeline)
+            worker_registration.register(self, pipeline)
+
+        def execute_job(self, job, queue):
+            self.prepare_execution(job)
+            self.fork_work_horse(job, queue)
+            self.monitor_work_horse(job, queue)
+            self._until_redis(self.set_state, "idle")
+
+        def monitor_work_horse(self, job, queue):
+            """RQ's, with heartbeats that may fail and a retried ending."""
+            retpid = ret_val = rusage = None
+            job.started_at = now()
+            while True:
+                try:
+                    with self.death_penalty_class(self.job_monitoring_interval,
+                                                  HorseMonitorTimeoutException):
+                        retpid, ret_val, rusage = self.wait_for_horse()
+                    break
+                except HorseMonitorTimeoutException:
+                    self._quietly(self.set_current_job_working_time,
+                                  (now() - job.started_at).total_seconds())
+                    if job.timeout not in (None, -1) and self.current_job_working_time > job.timeout + 60:
+                        self.kill_horse()
+                        retpid, ret_val, rusage = self.wait_for_horse()
+                        break
+                    self._quietly(self.maintain_heartbeats, job)
+                except OSError as exc:
+                    if exc.errno != errno.EINTR:
+                        raise
+                    self._quietly(self.heartbeat)
+            self._until_redis(self.set_current_job_working_time, 0)
+            self._horse_pid = 0
+            if ret_val != os.EX_OK:
+                self._until_redis(self._horse_failed, job, queue, retpid, ret_val, rusage)
+
+        def _horse_failed(self, job, queue, retpid, ret_val, rusage):
+            from rq.exceptions import InvalidJobOperation
+
+            try:
+                status = job.get_status()
+            except InvalidJobOperation:
+                return      # the job's key is gone (expired, or Redis lost its data)
+            if self._stopped_job_id == job.id:
+                self.handle_job_failure(job, queue=queue,
+                                        exc_string="Job stopped by user, work-horse terminated.")
+            elif status not in (JobStatus.FINISHED, JobStatus.FAILED):
+                job.ended_at = now()
+                signal_msg = (f" (signal {os.WTERMSIG(ret_val)})"
+                              if ret_val and os.WIFSIGNALED(ret_val) else "")
+                exc_string = (f"Work-horse terminated unexpectedly; waitpid returned "
+                              f"{ret_val}{signal_msg}; ")
+                self.log.warning("Worker %s: job %s failed (%s)", self.name, job.id, exc_string)
+                self.handle_work_horse_killed(job, retpid, ret_val, rusage)
+                self.handle_job_failure(job, queue=queue, exc_string=exc_string)
+
+    return _SturdyWorker
+
+
+def SturdyWorker(*args, **kwargs):   # noqa: N802  (a class, made on first use)
+    """``_sturdy_worker_class()(*args, **kwargs)``."""
+    return _sturdy_worker_class()(*args, **kwargs)
 
 
 def _worker_args(argv) -> argparse.Namespace:
@@ -432,3 +637,28 @@ def main(argv) -> int:
         print("usage: python job_queue.py worker [--burst] [--name NAME]", file=sys.stderr)
         return 2
     return worker_main(argv[1:])
+
+
+def queue_health(conn, records, breaker=None) -> dict:
+    """``/health``'s scale-out part: ``{"workers": how many RQ workers are alive (None: Redis
+    unreachable)}`` and ``{"problems": {...}}`` entries when no worker is alive while jobs
+    are queued, or Redis does not answer. ``conn`` should fail fast (``connect(url, timeout)``)."""
+    from rq import Queue, Worker
+
+    queued = records.summary().get("queued", 0)
+    problems = {}
+    workers = None
+    if breaker is None or not breaker.is_open():
+        try:
+            workers = len(Worker.all(queue=Queue(QUEUE, connection=conn)))
+        except redis_down_errors() as exc:
+            if breaker is not None:
+                breaker.failed()
+            problems["redis"] = {"errors": [f"Redis is unreachable: {exc}"]}
+    else:
+        problems["redis"] = {"errors": ["Redis is unreachable (it failed a few seconds ago)"]}
+    if workers == 0 and queued:
+        problems["rq_workers"] = {"errors": [
+            f"no RQ worker is alive and {queued} training job(s) are queued: start one "
+            f"(`make worker`), under a supervisor"]}
+    return {"workers": workers, "queued_jobs": queued, "problems": problems}
