@@ -182,12 +182,18 @@ def _export(candidate: Path, spec: JobSpec):
         log.warning("%s; the new model will be served with dygraph", exc)
 
 
+def should_promote(new_f1: float, old_f1: float) -> bool:
+    """The new model is served if it scores at least as well as the served one, but a tie
+    at 0 (neither finds anything) is no reason to switch: it must then score above 0."""
+    return new_f1 > old_f1 or (new_f1 == old_f1 and new_f1 > 0)
+
+
 def train(spec: JobSpec, work: Path) -> dict:
     """Run the job in ``work``; returns what ``result.json`` holds.
 
     ``candidate`` is the trained checkpoint; ``promote`` says whether it scored
     at least as well as the served model on the same annotations (held-out ones
-    when there are enough, else the training ones).
+    when there are enough, else the training ones), and above 0 (``should_promote``).
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -200,7 +206,7 @@ def train(spec: JobSpec, work: Path) -> dict:
     new = _score(candidate, examples.dev, spec)
     old = _score(spec.model_path, examples.dev, spec)
     log.info("f1 %.4f (served model %s: %.4f)", new["f1"], spec.model_version, old["f1"])
-    return {"candidate": str(candidate), "promote": new["f1"] >= old["f1"],
+    return {"candidate": str(candidate), "promote": should_promote(new["f1"], old["f1"]),
             "metrics": new, "previous_metrics": old, "held_out": examples.held_out,
             "annotated_tasks": examples.records, "source": spec.source,
             "train_seconds": trained.get("train_seconds"), "epochs_run": trained.get("epochs_run"),

@@ -9,16 +9,25 @@ server, tests) they are this process's.
 - ``uie_http_requests_total{endpoint, method, status}`` and
   ``uie_http_request_duration_seconds{endpoint, method, status}`` (histogram);
   ``endpoint`` is the route (``/predict``), or ``other`` for unknown paths;
-- ``uie_predicted_tasks_total{project}``, ``uie_predicted_regions_total{project}``;
+- ``uie_predicted_tasks_total{project}``, ``uie_predicted_regions_total{project}``: the
+  ``MAX_PROJECT_LABELS`` most recently predicted projects by name, every other one added up
+  in ``project="_other"`` (project ids come from the requests: unbounded);
 
 read from ``MODEL_DIR`` (and Redis) at each scrape, the same on every worker and replica:
 
 - ``uie_served_model_info{project, version}``: the version each project is served by
-  (``project="_base"`` for the base model);
+  (``project="_base"`` for the base model), as far as known without loading a model (a
+  version that failed to load is replaced by the one served instead); for the same
+  ``MAX_PROJECT_LABELS`` projects (the most recently predicted, then the most recently
+  promoted); ``uie_metrics_projects_folded{metric}`` counts the projects left out or
+  added up in ``_other``;
 - ``uie_jobs{state}``: training jobs kept per state (queued, running, failed, done);
 - ``uie_training_duration_seconds{state}`` (histogram): how long finished jobs ran, by
   outcome: counted by the process that ran the job (embedded), or in Redis for every
-  replica (scale-out).
+  replica (scale-out);
+- ``uie_metrics_source_up{source="redis"}`` (scale-out): 0 when Redis could not be read at
+  this scrape: the scrape still answers, without the durations, and ``uie_jobs`` from
+  ``MODEL_DIR`` alone (lapsed leases not reaped).
 
 ``GET /metrics?format=json`` (``as_json``) is a view of the same collection, not a count of
 its own: the request and prediction counts are therefore the whole replica's (every gunicorn
@@ -35,17 +44,26 @@ timestamps, as ``"samples": {name: [{"labels": {...}, "value": v}, ...]}``, and 
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
-from prometheus_client import (CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram,
+from prometheus_client import (CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from service.job_records import STATES
 from service.jobs import TRAINING_BUCKETS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TRAINING = "uie_training_duration_seconds"
+MAX_PROJECT_LABELS = 50     # default of the projects named in labels (``Settings.metrics_max_projects`` if set)
+OTHER = "_other"
+LAST_ACTIVE = "uie_project_last_predicted_timestamp_seconds"   # ranks projects; never exposed
+PER_PROJECT = ("uie_predicted_tasks", "uie_predicted_regions")
+
+log = logging.getLogger(__name__)
 
 # Process-wide (registered in _LOCAL; in multiprocess mode their values go to files).
 _LOCAL = CollectorRegistry(auto_describe=True)
@@ -56,6 +74,8 @@ LATENCY = Histogram("uie_http_request_duration_seconds", "Time to answer an HTTP
 TASKS = Counter("uie_predicted_tasks", "Tasks predicted by /predict", ["project"], registry=_LOCAL)
 REGIONS = Counter("uie_predicted_regions", "Regions (spans) predicted by /predict", ["project"],
                   registry=_LOCAL)
+PREDICTED_AT = Gauge(LAST_ACTIVE, "When a project was last predicted (ranks the projects named)",
+                     ["project"], multiprocess_mode="max", registry=_LOCAL)
 TRAINING_SECONDS = Histogram(TRAINING, "Duration of finished training jobs, by outcome",
                              ["state"], buckets=TRAINING_BUCKETS, registry=_LOCAL)
 
@@ -73,6 +93,7 @@ def observe_request(endpoint: str, method: str, status: int, seconds: float):
 def observe_prediction(project: str, tasks: int, regions: int):
     TASKS.labels(project).inc(tasks)
     REGIONS.labels(project).inc(regions)
+    PREDICTED_AT.labels(project).set(time.time())
 
 
 def observe_training(project: str, state: str, seconds: float):
@@ -80,52 +101,141 @@ def observe_training(project: str, state: str, seconds: float):
     TRAINING_SECONDS.labels(state).observe(seconds)
 
 
-class _Counted:
-    """The process-wide metrics: this process's, or every worker's in multiprocess mode."""
+class _Scrape:
+    """One scrape: the process-wide metrics (this process's, or every worker's in
+    multiprocess mode), collected once, and which projects are named in labels."""
 
-    def __init__(self, skip=()):
-        self.skip = set(skip)
+    def __init__(self, max_projects: int):
+        self.max_projects = max(1, int(max_projects))
+        self._families = None
+
+    def families(self) -> list:
+        if self._families is None:
+            if multiprocess():
+                from prometheus_client import multiprocess as mp
+
+                workers = CollectorRegistry()
+                mp.MultiProcessCollector(workers)
+                self._families = list(workers.collect())
+            else:
+                self._families = list(_LOCAL.collect())
+        return self._families
+
+    def last_predicted(self) -> dict[str, float]:
+        """project -> when it was last predicted."""
+        return {sample.labels["project"]: sample.value for family in self.families()
+                if family.name == LAST_ACTIVE for sample in family.samples}
+
+    def predicted(self) -> tuple[set, set]:
+        """``(every project predicted, those named in labels)``."""
+        projects = {sample.labels["project"] for family in self.families() if family.name in PER_PROJECT
+                    for sample in family.samples}
+        return projects, set(self.named(projects))
+
+    def named(self, projects, fallback_rank=None) -> list[str]:
+        """The ``max_projects`` of ``projects`` most recently predicted (then by
+        ``fallback_rank``, higher first), in that order."""
+        last = self.last_predicted()
+        rank = fallback_rank or (lambda project: 0.0)
+        ordered = sorted(projects, key=lambda p: (-last.get(p, 0.0), -rank(p), p))
+        return ordered[: self.max_projects]
+
+
+class _Counted:
+    """The process-wide metrics, the project label bounded (``_bounded``)."""
+
+    def __init__(self, scrape: _Scrape, skip=()):
+        self.scrape = scrape
+        self.skip = set(skip) | {LAST_ACTIVE}
 
     def collect(self):
-        if multiprocess():
-            from prometheus_client import multiprocess as mp
+        projects, named = self.scrape.predicted()
+        for family in self.scrape.families():
+            if family.name in self.skip:
+                continue
+            yield _bounded(family, named) if family.name in PER_PROJECT else family
 
-            workers = CollectorRegistry()
-            mp.MultiProcessCollector(workers)
-            families = workers.collect()
+
+def _bounded(family, named: set):
+    """``family`` with the samples of projects not in ``named`` added up as ``project="_other"``."""
+    out = Metric(family.name, family.documentation, family.type, family.unit)
+    other: dict[str, float] = {}
+    for sample in family.samples:
+        if sample.labels.get("project") in named:
+            out.add_sample(sample.name, sample.labels, sample.value, sample.timestamp)
+        elif sample.name.endswith("_created"):
+            other[sample.name] = min(other.get(sample.name, sample.value), sample.value)
         else:
-            families = _LOCAL.collect()
-        for family in families:
-            if family.name not in self.skip:
-                yield family
+            other[sample.name] = other.get(sample.name, 0.0) + sample.value
+    for name, value in other.items():
+        out.add_sample(name, {"project": OTHER}, value)
+    return out
 
 
 class _State:
     """What ``MODEL_DIR`` (and Redis) say now: served versions, jobs, training durations."""
 
-    def __init__(self, store, jobs):
-        self.store, self.jobs = store, jobs
+    def __init__(self, store, jobs, scrape: _Scrape):
+        self.store, self.jobs, self.scrape = store, jobs, scrape
 
     def collect(self):
-        yield self._served()
-        yield self._jobs()
+        yield from self._served()
         durations = getattr(self.jobs, "training_durations", None)
-        if durations is not None:       # scale-out: every replica's, from Redis
-            yield _durations(durations())
+        if durations is None:           # embedded: MODEL_DIR only
+            yield self._jobs(self.jobs.summary)
+            return
+        redis_up = True                 # scale-out: Redis may be down; answer without it
+        try:
+            summary = self.jobs.summary     # reaps lapsed leases (Redis) first
+            counts = summary()
+        except Exception as exc:   # noqa: BLE001  (any Redis failure)
+            redis_up = False
+            log.warning("/metrics: Redis cannot be read (%s: %s); answering without it",
+                        type(exc).__name__, exc)
+            counts = self.jobs.records.summary()
+        yield self._jobs(lambda: counts)
+        if redis_up:
+            try:
+                by_state = durations()
+            except Exception as exc:   # noqa: BLE001
+                redis_up = False
+                log.warning("/metrics: Redis cannot be read (%s: %s); answering without it",
+                            type(exc).__name__, exc)
+            else:
+                yield _durations(by_state)
+        up = GaugeMetricFamily("uie_metrics_source_up", "Whether a source of /metrics could be "
+                               "read at this scrape (1) or was left out (0)", labels=["source"])
+        up.add_metric(["redis"], 1 if redis_up else 0)
+        yield up
 
-    def _served(self) -> InfoMetricFamily:
+    def _served(self):
         base = self.store.base
         info = InfoMetricFamily("uie_served_model", "The model version each project is served by",
                                 labels=["project"])
         info.add_metric(["_base"], {"version": base.version, "kind": base.kind})
-        for project in self.store.projects():
-            version = self.store.current_version(project) or base.version
+        projects = self.store.projects()
+        named = self.scrape.named(projects, fallback_rank=self._promoted_at)
+        for project in sorted(named):
+            version = self.store.served_version(project)
             kind = "trained" if version != base.version else base.kind
             info.add_metric([project], {"version": version, "kind": kind})
-        return info
+        yield info
+        predicted, predicted_named = self.scrape.predicted()
+        folded = GaugeMetricFamily("uie_metrics_projects_folded",
+                                   "Projects not named in a metric's project label (added up in "
+                                   "project=\"_other\", or left out)", labels=["metric"])
+        folded.add_metric(["uie_predicted"], len(predicted - predicted_named))
+        folded.add_metric(["uie_served_model_info"], len(projects) - len(named))
+        yield folded
 
-    def _jobs(self) -> GaugeMetricFamily:
-        counts = self.jobs.summary()
+    def _promoted_at(self, project: str) -> float:
+        try:
+            return (self.store.project_dir(project) / "current").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _jobs(self, summary) -> GaugeMetricFamily:
+        counts = summary()
         jobs = GaugeMetricFamily("uie_jobs", "Training jobs kept on disk, by state", labels=["state"])
         for state in sorted(set(STATES) | set(counts)):
             jobs.add_metric([state], counts.get(state, 0))
@@ -148,8 +258,9 @@ def registry(store, jobs) -> CollectorRegistry:
     """Every metric: the counted ones and those read from ``MODEL_DIR`` (and Redis) now."""
     out = CollectorRegistry(auto_describe=False)
     cluster_durations = hasattr(jobs, "training_durations")
-    out.register(_Counted(skip={TRAINING} if cluster_durations else ()))
-    out.register(_State(store, jobs))
+    scrape = _Scrape(getattr(store.settings, "metrics_max_projects", None) or MAX_PROJECT_LABELS)
+    out.register(_Counted(scrape, skip={TRAINING} if cluster_durations else ()))
+    out.register(_State(store, jobs, scrape))
     return out
 
 

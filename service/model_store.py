@@ -10,7 +10,10 @@ Layout under ``MODEL_DIR``::
 A version directory only ever appears by ``os.rename`` of a complete,
 validated directory whose files were synced to disk (``files.py``), so nothing
 half-written is loaded, even after a power loss; its ``meta.json`` records a
-checksum of its weights, checked on load. Every process reads ``current`` on
+checksum of its weights and of its span tagger's files (or that it has none),
+checked on load: a version without them, or whose files differ, is refused.
+A version loaded on dygraph because its static export is missing or damaged
+has the export rebuilt in the background (``_rebuild_export``). Every process reads ``current`` on
 each request, so all gunicorn workers switch to a new version without a
 restart; while that version loads, a request reads nothing else (no other
 version's ``meta.json``).
@@ -31,6 +34,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -70,10 +75,68 @@ def read_meta(version_dir: Path) -> dict:
 
 
 def check_weights(version_dir) -> None:
-    """``ModelLoadError`` unless the weights match the checksum ``meta.json`` records."""
-    expected = read_meta(version_dir).get("weights_sha256")
-    if expected and weights_checksum(version_dir) != expected:
+    """``ModelLoadError`` unless the files match what ``meta.json`` records: the sha256 of
+    the weights (a ``meta.json`` without it is refused), and the span tagger: none where it
+    records none, else both of its files with the recorded sha256."""
+    meta = read_meta(version_dir)
+    expected = meta.get("weights_sha256")
+    if not isinstance(expected, str) or not expected:
+        raise ModelLoadError("its meta.json records no weights_sha256")
+    if weights_checksum(version_dir) != expected:
         raise ModelLoadError("its weights do not match the checksum in meta.json")
+    _check_tagger(Path(version_dir), meta)
+
+
+def tagger_record(model_dir) -> dict | None:
+    """What ``meta.json`` records of a model directory's span tagger: its classes and the
+    sha256 of each of its files (None: it has none)."""
+    present = [name for name in uie.tagger.FILES if (Path(model_dir) / name).exists()]
+    if not present:
+        return None
+    record = {"sha256": {name: uie.tagger.file_checksum(Path(model_dir) / name) for name in present}}
+    try:
+        config = json.loads((Path(model_dir) / uie.tagger.CONFIG_FILE).read_text(encoding="utf-8"))
+        record["classes"] = list(config["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass    # refused at load
+    return record
+
+
+def _check_tagger(version_dir: Path, meta: dict) -> None:
+    """``ModelLoadError`` unless the tagger files are those ``meta.json`` records.
+
+    A version promoted before taggers were recorded (no ``tagger`` key) must hold both
+    files or neither, and both when its ``training_metrics.json`` names tagger classes.
+    """
+    present = {name for name in uie.tagger.FILES if (version_dir / name).exists()}
+    if "tagger" not in meta:
+        if present and present != set(uie.tagger.FILES):
+            raise ModelLoadError(f"its span tagger is incomplete: {', '.join(sorted(set(uie.tagger.FILES) - present))} missing")
+        if not present and _trained_tagger_classes(version_dir):
+            raise ModelLoadError(f"its span tagger is missing ({', '.join(uie.tagger.FILES)})")
+        return
+    record = meta["tagger"]
+    if record is None:
+        if present:
+            raise ModelLoadError(f"it holds span tagger files ({', '.join(sorted(present))}) "
+                                 "that its meta.json does not record")
+        return
+    sums = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(sums, dict) or set(sums) != set(uie.tagger.FILES):
+        raise ModelLoadError("its meta.json records no valid tagger checksums")
+    for name in uie.tagger.FILES:
+        if name not in present:
+            raise ModelLoadError(f"its span tagger file {name} is missing")
+        if uie.tagger.file_checksum(version_dir / name) != sums[name]:
+            raise ModelLoadError(f"its span tagger file {name} does not match the checksum in meta.json")
+
+
+def _trained_tagger_classes(version_dir: Path) -> list:
+    try:
+        metrics = json.loads((version_dir / "training_metrics.json").read_text(encoding="utf-8"))
+        return list(metrics.get("tagger_classes") or []) if isinstance(metrics, dict) else []
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def _signature(path) -> tuple:
@@ -103,7 +166,7 @@ def _stage_version(tmp: Path, checkpoint: Path, meta: dict) -> None:
     """A copy of ``checkpoint`` with ``meta.json`` (and its weights' checksum) at ``tmp``."""
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp)    # with its static export, if the job made one
-    meta = dict(meta, weights_sha256=weights_checksum(tmp))
+    meta = dict(meta, weights_sha256=weights_checksum(tmp), tagger=tagger_record(tmp))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
@@ -135,6 +198,7 @@ class ModelStore:
         self._serving: dict[str, str] = {}    # project -> path of the model it is served by
         self._failed: dict[str, tuple] = {}   # path -> (files' signature, why it does not load)
         self._problems: dict[str, dict] = {}  # project -> what is wrong with its files now
+        self._exports: dict[str, str | None] = {}   # path -> None while its export is rebuilt, else why it failed
         self.predictor(self.base.path, export=True)  # at start-up, not on the first request
 
     def _resolve_base(self) -> ModelSource:
@@ -293,10 +357,94 @@ class ModelStore:
             raise ModelLoadError(str(exc)) from None
 
     def _checked_predictor(self, path: str) -> UIEPredictor:
-        """``predictor(path)``; its weights are checked against ``meta.json`` when it is loaded."""
-        if path not in self.loaded():
-            check_weights(path)
-        return self.predictor(path)
+        """``predictor(path)``; its files are checked against ``meta.json`` when it is loaded,
+        and a missing or damaged static export is then rebuilt (``_rebuild_export``)."""
+        predictor = self._cached(path)
+        if predictor is not None:
+            return predictor
+        check_weights(path)
+        predictor = self.predictor(path)
+        self._rebuild_export(path, predictor)
+        return predictor
+
+    # -- static exports of versions ----------------------------------------------
+    def _export_wanted(self, predictor: UIEPredictor) -> bool:
+        """Paddle Inference is asked for, but ``predictor`` runs on dygraph because of its export."""
+        engine = predictor.engine
+        return (self.settings.inference_engine == "paddle-inference" and engine.name == "dygraph"
+                and bool(engine.reason))
+
+    def _rebuild_export(self, path: str, predictor: UIEPredictor) -> None:
+        """A version loaded on dygraph because its export is missing, damaged or does not load:
+        export it again, in a child process started from a background thread (never in the
+        request that loaded it, which is served by dygraph meanwhile), then swap the loaded
+        model for one on Paddle Inference. Until then ``problems`` says so; a failed rebuild
+        stays there and is tried again at the version's next load."""
+        if not self._export_wanted(predictor):
+            return
+        with self._lock:
+            if self._exports.get(path, "") is None:     # already being rebuilt
+                return
+            self._exports[path] = None
+        log.warning("%s: served with dygraph (%s); rebuilding its static export",
+                    path, predictor.engine.reason)
+        threading.Thread(target=self._export_and_swap, args=(path,), daemon=True,
+                         name=f"export {Path(path).name}").start()
+
+    def _export_and_swap(self, path: str) -> None:
+        try:
+            run = subprocess.run([sys.executable, "-m", "uie.engine", "export", path],
+                                 cwd=str(Path(__file__).resolve().parents[1]), capture_output=True,
+                                 text=True, timeout=3600)
+            if run.returncode != 0:
+                tail = " | ".join((run.stderr or run.stdout).strip().splitlines()[-3:])
+                raise uie.engine.ExportError(f"the export exited with code {run.returncode}: {tail}")
+            fresh = self._build(path, export=False)
+            if self._export_wanted(fresh):
+                fresh.close()
+                raise uie.engine.ExportError(fresh.engine.reason)
+        except Exception as exc:   # noqa: BLE001  (kept and shown in /health)
+            why = str(exc) if isinstance(exc, uie.engine.ExportError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s: its static export could not be rebuilt (%s); it stays on dygraph", path, why)
+            with self._lock:
+                self._exports[path] = why
+            return
+        with self._lock:
+            self._exports.pop(path, None)
+            old = self._predictors.get(path)
+            if old is not None and self._export_wanted(old):
+                self._predictors[path] = fresh       # same place in the LRU order
+            else:
+                old, fresh = fresh, None              # unloaded meanwhile: drop the new one
+        if old is not None:   # let requests that hold it finish first
+            closer = threading.Timer(60, old.close)
+            closer.daemon = True
+            closer.start()
+        if fresh is not None:
+            log.info("%s: static export rebuilt; served with Paddle Inference", path)
+
+    def exports_in_progress(self) -> list[str]:
+        """Paths whose static export is being rebuilt now."""
+        with self._lock:
+            return [p for p, why in self._exports.items() if why is None]
+
+    def _engine_problems(self) -> dict[str, str]:
+        """project -> why the version serving it runs on dygraph instead of Paddle Inference."""
+        with self._lock:
+            serving = dict(self._serving)
+            loaded = dict(self._predictors)
+            exports = dict(self._exports)
+        out = {}
+        for project, path in serving.items():
+            predictor = loaded.get(path)
+            if path == self.base.path or predictor is None or not self._export_wanted(predictor):
+                continue
+            version = Path(path).name
+            failed = exports.get(path)
+            out[project] = (f"version {version} is served with dygraph: {predictor.engine.reason}; "
+                            + (f"its static export could not be rebuilt: {failed}" if failed
+                               else "its static export is being rebuilt"))
+        return out
 
     def live(self, project: str) -> LiveModel:
         """The model that serves ``project`` now.
@@ -356,9 +504,52 @@ class ModelStore:
             self._evict_unused()
 
     def problems(self) -> dict[str, dict]:
-        """Projects whose ``current`` or versions are damaged: the errors and what is served."""
+        """Projects whose ``current`` or versions are damaged, or whose version runs on dygraph
+        because its static export is (being rebuilt): the errors and what is served."""
         with self._lock:
-            return {p: dict(v) for p, v in self._problems.items()}
+            out = {p: dict(v, errors=list(v["errors"])) for p, v in self._problems.items()}
+            serving = dict(self._serving)
+        for project, error in self._engine_problems().items():
+            entry = out.setdefault(project, {"errors": [], "served_version": Path(serving[project]).name})
+            entry["errors"].append(error)
+        return out
+
+    def served_version(self, project: str) -> str:
+        """The version that serves ``project``, as far as it is known without loading any
+        model (``/versions``, ``/metrics``): ``current``'s version, unless it is known not to
+        load or its files are plainly incomplete, else the newest promoted version that is
+        not; the base model's if none. ``live`` decides for good when a request comes."""
+        wanted, problem = self.read_current(project)
+        if wanted and self._may_load(project, wanted):
+            return wanted
+        if wanted or problem:
+            for version in self._promoted_newest_first(project):
+                if version != wanted and self._may_load(project, version):
+                    return version
+        return self.base.version
+
+    def _may_load(self, project: str, version: str) -> bool:
+        """No load has failed on the version's files as they are, and a quick look (no
+        checksum) finds its ``meta.json``, weights checksum and model files."""
+        path = str(self.project_dir(project) / version)
+        with self._lock:
+            failed = self._failed.get(path)
+            serving = path in self._predictors
+        if serving:
+            return True
+        if failed and failed[0] == _signature(path):
+            return False
+        try:
+            meta = read_meta(path)
+        except ModelLoadError:
+            return False
+        if not meta.get("weights_sha256"):
+            return False
+        tagger = meta.get("tagger")
+        if "tagger" in meta and not tagger and any((Path(path) / n).exists() for n in uie.tagger.FILES):
+            return False
+        needed = list(uie.checkpoint.MODEL_FILES) + (list(uie.tagger.FILES) if tagger else [])
+        return all((Path(path) / name).is_file() for name in needed)
 
     def versions(self, project: str) -> list[dict]:
         """Every complete version of a project, oldest first (unreadable ones are left out)."""

@@ -49,6 +49,18 @@ def trained_model(tmp_path_factory, scratch_small):
 
 
 @pytest.fixture
+def store_for(tmp_path, scratch_small):
+    """``store_for(**settings)`` -> a ModelStore on the tiny scratch model as base."""
+    from service.model_store import ModelStore
+
+    def make(**overrides):
+        overrides.setdefault("model_dir", str(tmp_path / "models"))
+        return ModelStore(make_settings(uie_model=str(scratch_small), **overrides))
+
+    return make
+
+
+@pytest.fixture
 def make_app(tmp_path):
     """``make_app(**settings)`` -> a Flask app over a fresh MODEL_DIR."""
     import _wsgi

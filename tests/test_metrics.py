@@ -98,8 +98,14 @@ def test_a_finished_job_is_counted_with_its_duration(make_app, scratch_small):
                - value(before, "uie_training_duration_seconds_sum", state="done"))
     assert 0 < seconds < done["finished"] - done["created"] + 1
     assert value(after, "uie_jobs", state="done") == 1
-    assert value(after, "uie_served_model_info", project="32", kind="trained",
-                 version=done["model_version"]) == 1
+    if done["promoted"]:
+        assert value(after, "uie_served_model_info", project="32", kind="trained",
+                     version=done["model_version"]) == 1
+    else:   # F1 0 after one epoch, as the served model's: kept, not served (a tie at 0 promotes nothing)
+        assert done["metrics"]["f1"] == 0
+        health = client.get("/health").json
+        assert value(after, "uie_served_model_info", project="32", kind=health["model"]["kind"],
+                     version=health["model_version"]) == 1
 
 
 def test_counts_add_up_across_gunicorn_workers(gunicorn):

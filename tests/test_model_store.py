@@ -11,20 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_settings
-
-
-@pytest.fixture
-def store_for(tmp_path, scratch_small):
-    """``store_for(**settings)`` -> a ModelStore on the tiny scratch model as base."""
-    from service.model_store import ModelStore
-
-    def make(**overrides):
-        overrides.setdefault("model_dir", str(tmp_path / "models"))
-        return ModelStore(make_settings(uie_model=str(scratch_small), **overrides))
-
-    return make
-
 
 @pytest.fixture
 def two_versions(store_for, scratch_small, trained_model):

@@ -71,7 +71,7 @@ def cluster(tmp_path, scratch_small):
     """Redis, replicas A and B over one MODEL_DIR; ``worker(**env)`` starts RQ workers."""
     redis = RedisServer()
     env = dict(UIE_MODEL=str(scratch_small), MODEL_DIR=str(tmp_path / "models"), REDIS_URL=redis.url,
-               TRAIN_EPOCHS="2", TRAIN_MAX_SEQ_LEN="64", JOB_LEASE_SECONDS="3", LOG_LEVEL="INFO",
+               TRAIN_EPOCHS="40", TRAIN_MAX_SEQ_LEN="64", JOB_LEASE_SECONDS="3", LOG_LEVEL="INFO",
                WORKERS="2", THREADS="4")
     servers, workers = [], []
 
@@ -192,7 +192,7 @@ def test_two_replicas_one_worker_over_redis(cluster, tmp_path):
 
 def test_embedded_start_training_to_new_version(gunicorn, tmp_path, scratch_small):
     """The same measurement in the embedded mode (one server), for the benchmark row."""
-    server = gunicorn(UIE_MODEL=str(scratch_small), TRAIN_EPOCHS="2", TRAIN_MAX_SEQ_LEN="64",
+    server = gunicorn(UIE_MODEL=str(scratch_small), TRAIN_EPOCHS="40", TRAIN_MAX_SEQ_LEN="64",
                       WORKERS="2", THREADS="4")
     tasks = cluener_tasks(8)
     base = post(server, "/setup", dict(SETUP, schema=CLUENER_CONFIG))["model_version"]

@@ -12,7 +12,10 @@
   UIE when ``INFERENCE_ENGINE=dygraph`` or when the export is missing,
   damaged or does not load (the reason is kept and shown in ``/health``). It
   never exports unless asked to (``export=True``): exporting belongs to
-  start-up and to training jobs, never to a request.
+  start-up and to training jobs, never to a request. A promoted version whose
+  export is missing or damaged is exported again by ``python -m uie.engine
+  export MODEL_DIR``, which ``service.model_store`` starts in the background
+  when it loads that version on dygraph.
 
 An engine is a callable ``engine(arrays) -> (start_probs, end_probs)`` over
 the padded arrays of ``uie.tokenizer.pad_batch`` (rows may come back wider than
@@ -26,7 +29,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -288,3 +290,25 @@ def load_engine(model_dir, engine="paddle-inference", device="cpu", threads=1, e
         reason = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
         log.warning("%s: Paddle Inference unavailable (%s); serving with dygraph", model_dir, reason)
         return DygraphEngine.from_dir(model_dir, device, threads, reason=reason)
+
+
+def main(argv=None) -> int:
+    """``python -m uie.engine export MODEL_DIR``: (re)make the static export of a model directory."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "export":
+        print("usage: python -m uie.engine export MODEL_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    set_math_threads(1)     # beside a serving process: tracing needs little math
+    try:
+        export_static(argv[1], force=True)
+    except ExportError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

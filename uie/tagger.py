@@ -11,11 +11,14 @@ and the UIE's prompts for everything else (new labels, relations). Spans
 are decoded as the UIE's are (start/end pairs, score ``p_start * p_end``).
 
 Files in a model directory: ``tagger.json`` (classes and shape) and
-``tagger.pdparams`` (weights). Pretrained UIEs never get them.
+``tagger.pdparams`` (weights). Pretrained UIEs never get them. A promoted
+version's ``meta.json`` records the sha256 of both (``file_checksum``), and the
+server refuses a version whose tagger files differ (``service.model_store``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -102,6 +105,15 @@ def save(tagger: SpanTagger, path) -> None:
     path = Path(path)
     paddle.save(tagger.state_dict(), str(path / WEIGHTS_FILE))
     (path / CONFIG_FILE).write_text(json.dumps(tagger.config, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def file_checksum(path) -> str:
+    """sha256 of one tagger file (what ``meta.json`` records of it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def has_tagger(path) -> bool:
