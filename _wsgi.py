@@ -15,17 +15,20 @@ an unexpected error 500 with a request id only (the details go to the log).
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hmac
 import json
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import time
 import uuid
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, has_request_context, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
@@ -70,7 +73,7 @@ def _ext() -> dict:
 def _json_body() -> dict:
     """The request body as a JSON object (400 otherwise; 413 past ``MAX_REQUEST_MB``)."""
     try:
-        data = request.get_data(cache=True)
+        data = _body_bytes()
     except RequestEntityTooLarge:
         raise RequestEntityTooLarge(f"the request body is larger than MAX_REQUEST_MB="
                                     f"{_ext()['settings'].max_request_mb} MB") from None
@@ -84,6 +87,24 @@ def _json_body() -> dict:
         raise BadRequest("request body must be a JSON object")
     _check_depth(body)
     return body
+
+
+def _body_bytes() -> bytes:
+    """The whole request body; ``RequestEntityTooLarge`` past ``MAX_CONTENT_LENGTH``.
+
+    A body with a ``Content-Length`` over the limit is refused by werkzeug unread. A
+    chunked one (no ``Content-Length``) werkzeug reads up to the limit and stops there
+    without a word, as if the body ended: whatever came after would be cut off and the
+    prefix served. So one more byte is asked of the server's own stream; there is one
+    when the body is longer than the limit.
+    """
+    data = request.get_data(cache=True)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        stream = request.environ.get("wsgi.input")
+        if stream is not None and stream.read(1):
+            raise RequestEntityTooLarge()
+    return data
 
 
 def _check_depth(value, limit=MAX_JSON_DEPTH):
@@ -140,12 +161,22 @@ def health():
              "fallback": bool(base.fallback_reason), "fallback_reason": base.fallback_reason or None,
              **engines.get(base.path, {})}
     details = {"loaded_models": engines, "problems": store.problems()}
+    _queue_health(ext, details)     # scale-out mode: RQ workers alive, Redis, spooled webhooks
     if settings.basic_auth_user and not _credentials_match(request.authorization, settings):
         model = {k: v for k, v in model.items() if k in ("uie_model", "kind", "fallback", "engine",
                                                          "threads", "device")}
         details = {"problems": sorted(details["problems"])}     # which projects, not why
     return jsonify(status="UP", model_class=UIEBackend.__name__, model_version=base.version,
                    model=model, device=store.device, **details)
+
+
+def _queue_health(ext: dict, details: dict):
+    """Add the scale-out mode's ``workers``, ``queued_jobs``, ``spooled_webhooks`` and problems."""
+    if "queue_health" not in ext:
+        return
+    queue = ext["queue_health"]()
+    details["problems"].update(queue.pop("problems"))
+    details.update(queue, spooled_webhooks=ext["spool"].total_waiting())
 
 
 @api.post("/setup")
@@ -184,26 +215,80 @@ def predict():
 
 
 def _check_predict_size(n_tasks: int, model: UIEBackend):
-    """413 past ``MAX_TASKS_PER_REQUEST`` tasks or ``MAX_QUERIES_PER_REQUEST`` tasks x prompts."""
+    """413 past ``MAX_TASKS_PER_REQUEST`` tasks; and arm ``model`` for the rest.
+
+    ``MAX_QUERIES_PER_REQUEST`` bounds the model inputs (windows x prompts, the
+    relation round's included): ``model.predict`` counts them before each round
+    runs, and answers 413 (``TooManyInputs``) past it. ``model.client_gone`` lets
+    it stop between two pieces of work once the client has closed its connection
+    (Label Studio gives up after 100 s).
+    """
     settings = _ext()["settings"]
     if n_tasks > settings.max_tasks_per_request:
         raise RequestEntityTooLarge(
             f"{n_tasks} tasks in one request; at most MAX_TASKS_PER_REQUEST="
             f"{settings.max_tasks_per_request}: send fewer tasks at a time")
-    prompts = sum(len(control.prompts) for control in model.controls)
-    if n_tasks * prompts > settings.max_queries_per_request:
-        raise RequestEntityTooLarge(
-            f"{n_tasks} tasks x {prompts} prompts = {n_tasks * prompts} model queries in one "
-            f"request; at most MAX_QUERIES_PER_REQUEST={settings.max_queries_per_request}: "
-            f"send fewer tasks at a time")
+    model.client_gone = _client_gone_probe()
+
+
+def _client_gone_probe():
+    """A function telling whether this request's client has closed its connection, or
+    None when the server does not say which socket it is (gunicorn and Flask's
+    development server do).
+
+    It peeks at the socket without waiting: end of stream (the client closed it) or a
+    reset is gone; nothing to read yet, or the next pipelined request, is still there.
+    A socket that cannot be peeked at (TLS) never counts as gone.
+    """
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is None or not hasattr(sock, "recv"):
+        return None
+
+    def gone() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            return True
+        except (OSError, ValueError):
+            return False
+
+    return gone
 
 
 @api.post("/webhook")
 def webhook():
+    """Apply a webhook; in the scale-out mode, while Redis is unreachable (or older events
+    wait in the spool), keep it durably under ``MODEL_DIR/_spool`` and answer 200
+    ``"status": "spooled"``: Label Studio never sends a webhook twice."""
     body = _json_body()
     action = body.get("action")
     if not isinstance(action, str):
         raise BadRequest("'action' is missing")
+    project = _project(body.get("project"))
+    check = WEBHOOK_CHECKS.get(action)
+    if check is not None:
+        check(action, body)         # 400 for a bad event, before anything is kept
+    spool = _ext().get("spool")
+    if spool is None:
+        return jsonify(_apply_webhook(body))
+    spool.start()               # its replayer also adopts the spools of processes that died
+    if not spool.should_spool():
+        try:
+            answer = _apply_webhook(body)
+            spool.breaker.succeeded()
+            return jsonify(answer)
+        except spool.down_errors as exc:
+            spool.breaker.failed()
+            log.warning("project %s: Redis unreachable, %s webhook spooled: %s", project, action, exc)
+    waiting = spool.add(body)
+    return jsonify(status="spooled", action=action, project=project, waiting=waiting)
+
+
+def _apply_webhook(body: dict) -> dict:
+    """What a webhook changes (checked already): its label config, then its action's handler."""
+    action = body["action"]
     project = _project(body.get("project"))
     answer = {"status": "ok", "action": action, "project": project}
     warning = _webhook_label_config(project, body.get("project"))
@@ -214,7 +299,13 @@ def webhook():
         answer["status"] = "ignored"
     else:
         answer["job"] = handler(project, action, body)
-    return jsonify(answer)
+    return answer
+
+
+def _replay_webhook(app: Flask, body: dict):
+    """Apply a spooled webhook (``WebhookSpool``'s replayer thread)."""
+    with app.app_context():
+        _apply_webhook(body)
 
 
 def _webhook_label_config(project: str, project_obj) -> str | None:
@@ -230,7 +321,7 @@ def _webhook_label_config(project: str, project_obj) -> str | None:
     return None
 
 
-def _annotation_changed(project: str, action: str, body: dict):
+def _check_annotation_changed(action: str, body: dict):
     annotation, task = body.get("annotation"), body.get("task")
     if not isinstance(annotation, dict) or not isinstance(task, dict):
         raise BadRequest(f"{action} needs 'annotation' and 'task' objects")
@@ -238,18 +329,25 @@ def _annotation_changed(project: str, action: str, body: dict):
     if isinstance(annotation_id, bool) or not isinstance(annotation_id, (int, str)) \
             or annotation_id == "":
         raise BadRequest(f"{action} needs 'annotation.id' (a number or a string)")
+
+
+def _check_annotations_deleted(action: str, body: dict):
+    if not isinstance(body.get("annotations"), list):
+        raise BadRequest(f"{action} needs an 'annotations' list")
+
+
+def _annotation_changed(project: str, action: str, body: dict):
+    _check_annotation_changed(action, body)
     ext = _ext()
-    stored = ext["annotations"].upsert(project, task, annotation)
+    stored = ext["annotations"].upsert(project, body["task"], body["annotation"])
     if stored is False:         # an older copy than the one kept, or a deleted annotation
         return None
     return ext["jobs"].annotation_changed(project, 1)
 
 
 def _annotations_deleted(project: str, action: str, body: dict):
-    deleted = body.get("annotations")
-    if not isinstance(deleted, list):
-        raise BadRequest(f"{action} needs an 'annotations' list")
-    ids = [a.get("id") for a in deleted if isinstance(a, dict)]
+    _check_annotations_deleted(action, body)
+    ids = [a.get("id") for a in body["annotations"] if isinstance(a, dict)]
     ext = _ext()
     ext["annotations"].delete(project, ids)
     return ext["jobs"].annotation_changed(project, len(ids))
@@ -263,6 +361,9 @@ WEBHOOK_HANDLERS = {"ANNOTATION_CREATED": _annotation_changed,
                     "ANNOTATION_UPDATED": _annotation_changed,
                     "ANNOTATIONS_DELETED": _annotations_deleted,
                     "START_TRAINING": _start_training}
+WEBHOOK_CHECKS = {"ANNOTATION_CREATED": _check_annotation_changed,
+                  "ANNOTATION_UPDATED": _check_annotation_changed,
+                  "ANNOTATIONS_DELETED": _check_annotations_deleted}
 
 
 @api.post("/train")
@@ -281,10 +382,12 @@ def train():
 
 @api.get("/versions")
 def versions():
+    """Read from ``current`` and each version's ``meta.json``: no model is loaded (Label
+    Studio asks without ``project``, with a 3 s timeout)."""
     store = _ext()["store"]
     project = request.args.get("project")
     projects = [_project(project)] if project else store.projects()
-    details = {p: {"current": store.live(p).version, "versions": store.versions(p)}
+    details = {p: {"current": store.served_version(p), "versions": store.versions(p)}
                for p in projects}
     names = [store.base.version] + [v["model_version"] for d in details.values()
                                     for v in d["versions"]]
@@ -340,12 +443,54 @@ def check_auth():
 
 
 def _credentials_match(auth, settings: Settings) -> bool:
-    """Compare as UTF-8 bytes in constant time (``compare_digest`` refuses non-ASCII ``str``)."""
-    if auth is None or auth.type != "basic":
+    """Whether the request's basic credentials are ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``.
+
+    ``auth`` is the ``Authorization`` header as a string; anything else (werkzeug's
+    ``request.authorization``, None) means the current request's header. The decoded
+    bytes are compared, in constant time, with both the UTF-8 and the Latin-1 bytes
+    of the configured pair: RFC 7617 clients send UTF-8, requests' ``HTTPBasicAuth``
+    (what Label Studio uses) Latin-1. werkzeug's own parsing drops the latter.
+    """
+    if not isinstance(auth, str):
+        auth = request.headers.get("Authorization") if has_request_context() else None
+    sent = _basic_credentials(auth)
+    if sent is None:
         return False
-    user_ok = hmac.compare_digest(_utf8(auth.username or ""), _utf8(settings.basic_auth_user))
-    password_ok = hmac.compare_digest(_utf8(auth.password or ""), _utf8(settings.basic_auth_pass))
+    user_ok = _bytes_match(sent[0], settings.basic_auth_user)
+    password_ok = _bytes_match(sent[1], settings.basic_auth_pass)
     return user_ok and password_ok
+
+
+def _basic_credentials(header: str | None) -> tuple[bytes, bytes] | None:
+    """``(user, password)`` bytes of a ``Basic`` ``Authorization`` header, or None."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip().encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return None
+    user, colon, password = decoded.partition(b":")
+    return (user, password) if colon else None
+
+
+def _bytes_match(sent: bytes, expected: str) -> bool:
+    """``sent`` is ``expected`` as UTF-8 or as Latin-1; every encoding compared in constant
+    time (``compare_digest`` refuses non-ASCII ``str``)."""
+    match = False
+    for encoded in _encodings(expected):
+        match |= hmac.compare_digest(sent, encoded)
+    return match
+
+
+def _encodings(text: str) -> list[bytes]:
+    """``text`` as UTF-8 and, when it can be, as Latin-1."""
+    out = [_utf8(text)]
+    try:
+        out.append(text.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    return out
 
 
 def _utf8(text: str) -> bytes:
@@ -410,22 +555,28 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     store = ModelStore(settings)
     if settings.redis_url:      # scale-out: jobs on RQ workers, annotations in Redis
-        from service.job_queue import connect, queue_runner
+        from service.job_queue import WEBHOOK_TIMEOUT, connect, queue_health, queue_runner
         from service.redis_annotation_store import RedisAnnotationStore
+        from service.webhook_spool import WebhookSpool
 
         conn = connect(settings.redis_url)
         conn.ping()             # fail at start, not on the first webhook
-        annotations = RedisAnnotationStore(conn)
+        fast = connect(settings.redis_url, timeout=WEBHOOK_TIMEOUT)   # webhooks: fail fast, spool
+        annotations = RedisAnnotationStore(fast)
         jobs = queue_runner(store, annotations, conn)
+        spool = WebhookSpool(store.root, apply=lambda body: _replay_webhook(app, body))
+        scale_out = {"spool": spool,
+                     "queue_health": lambda: queue_health(fast, jobs.records, spool.breaker)}
     else:
         annotations = AnnotationStore(store.root / "annotations.sqlite3")
         jobs = JobRunner(store, annotations, on_finish=service.metrics.observe_training)
+        scale_out = {}
 
     app = Flask(__name__)
     app.json = JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
     app.extensions["uie"] = {"store": store, "annotations": annotations, "jobs": jobs,
-                             "settings": settings}
+                             "settings": settings, **scale_out}
     app.before_request(start_request)      # in this order: id, auth, content type
     app.before_request(check_auth)
     app.before_request(require_json)

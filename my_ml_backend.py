@@ -4,6 +4,12 @@ It has the shape of label-studio-ml's ``LabelStudioMLBase`` without depending
 on it: one cheap instance per request, for one project and label config; the
 heavy parts (loaded models, training jobs) live in the process-wide
 ``ModelStore`` and ``JobRunner`` it is given.
+
+What a prediction costs is counted in model inputs: one per window of a text
+and prompt (``UIEPredictor.count_inputs``), the relation round's prompts included. Past
+``MAX_QUERIES_PER_REQUEST`` of them ``predict`` raises ``TooManyInputs`` (413)
+before the model runs; and when given ``client_gone``, it runs the model in
+pieces and stops (``ClientGone``) once the client has closed its connection.
 """
 
 from __future__ import annotations
@@ -11,12 +17,30 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
 from convert import TaskTextError, task_text
 from label_config import Control, RelationLabel, parse_label_config, parse_relations
+from relations import asked, build_queries, link_all
 from service.model_store import LiveModel, ModelStore
-from relations import relation_round
+from uie.predictor import Stopped
 
 log = logging.getLogger(__name__)
+# Between two pieces of at most this many model inputs, predict looks whether the client is
+# still there (when it is given ``client_gone``): about 6 s of uie-base on 2 CPU cores.
+PIECE_INPUTS = 64
+
+
+class TooManyInputs(RequestEntityTooLarge):
+    """413: a ``/predict`` needs more model inputs than ``MAX_QUERIES_PER_REQUEST``."""
+
+
+class ClientGone(HTTPException):
+    """The client closed its connection: the prediction was stopped (nginx's 499; nobody
+    reads the answer)."""
+
+    code = 499
+    description = "the client closed its connection; the prediction was stopped"
 
 
 class UIEBackend:
@@ -32,6 +56,9 @@ class UIEBackend:
         self._controls = None
         self._relations = None
         self._live = None
+        # set by the HTTP layer for a request it can watch: a function telling whether the
+        # client has closed its connection (None: each round runs in one call)
+        self.client_gone = None
 
     @property
     def controls(self) -> list[Control]:
@@ -71,15 +98,23 @@ class UIEBackend:
 
         One ``extract`` call finds the regions of every task; with ``<Relations>``,
         one more finds the relations between them (``relations.relation_round``).
+        Each round is counted first (``Cost.add``): ``TooManyInputs`` past
+        ``MAX_QUERIES_PER_REQUEST`` model inputs, both rounds together, before the
+        round runs. With ``client_gone`` set, a round of more than ``PIECE_INPUTS``
+        inputs runs in pieces of about that many, and ``ClientGone`` stops it
+        between two pieces once the client has gone.
         """
         live, relations = self.live, self.relations   # a bad config raises before the model runs
         where = self._texts(tasks)
-        extracted = live.predictor.extract([(text, c.prompts) for _, c, text in where]) if where else []
+        queries = [(text, c.prompts) for _, c, text in where]
+        cost = Cost(self.settings.max_queries_per_request, live.predictor, len(tasks))
+        cost.add(queries, "entity")
+        extracted = self._extract(live, queries, cost) if where else []
         regions = [[] for _ in tasks]
         for (t, control, text), by_prompt in zip(where, extracted):
             regions[t].extend(self._regions(control, text, by_prompt))
         if relations:
-            self._add_relations(live, relations, where, regions)
+            self._add_relations(live, relations, where, regions, cost)
         return [self._prediction(r, live) for r in regions]
 
     def fit(self, event: str, data: dict | None = None, **kwargs) -> dict:
@@ -115,21 +150,41 @@ class UIEBackend:
             return None
         return text
 
-    def _add_relations(self, live: LiveModel, relations, where, regions):
-        """The relation round: every text's relation prompts in one ``extract`` call;
-        relations link regions of the same task and ``<Text>``."""
+    def _add_relations(self, live: LiveModel, relations, where, regions, cost):
+        """The relation round: every text's relation prompts in one ``extract`` call (or
+        its pieces), counted first; relations link regions of the same task and ``<Text>``."""
         texts = {}                      # (task, to_name) -> text, in request order
         for t, control, text in where:
             texts.setdefault((t, control.to_name), text)
-        found, dropped = relation_round(
-            live.predictor.extract,
-            [(text, [r for r in regions[t] if r["to_name"] == to_name])
-             for (t, to_name), text in texts.items()],
-            relations, self.settings.schema_lang)
+        queries = build_queries([(text, [r for r in regions[t] if r["to_name"] == to_name])
+                                 for (t, to_name), text in texts.items()],
+                                relations, self.settings.schema_lang)
+        prompts = asked(queries)
+        cost.add(prompts, "relation")
+        found, dropped = link_all(queries, self._extract(live, prompts, cost) if prompts else [])
         for (t, _), items in zip(texts, found):
             regions[t].extend(items)
         if dropped:
             log.debug("%d relation objects matched no predicted region; dropped", dropped)
+
+    def _extract(self, live: LiveModel, queries, cost: "Cost") -> list[dict]:
+        """``live.predictor.extract(queries)``, the round ``cost`` counted last; with
+        ``client_gone``, in pieces of about ``PIECE_INPUTS`` inputs, looking before each
+        whether the client is still there."""
+        inputs = cost.rounds[-1]
+        try:
+            if self.client_gone is None or inputs <= PIECE_INPUTS:
+                if self.client_gone is not None and self.client_gone():
+                    raise Stopped(0, inputs)
+                answers = live.predictor.extract(queries)
+            else:
+                answers = live.predictor.extract_in_pieces(queries, self.client_gone, PIECE_INPUTS)
+        except Stopped as exc:
+            log.warning("project %s: the client closed its connection; prediction stopped "
+                        "after %d of %d model inputs", self.project, cost.done + exc.done, cost.total)
+            raise ClientGone() from None
+        cost.done += inputs
+        return answers
 
     @staticmethod
     def _regions(control: Control, text: str, by_prompt) -> list[dict]:
@@ -162,3 +217,29 @@ def _region(control: Control, text: str, label: str, start: int, end: int, score
             "type": "labels",
             "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
             "score": round(score, 6)}
+
+
+class Cost:
+    """A request's model inputs, counted round by round against ``MAX_QUERIES_PER_REQUEST``."""
+
+    def __init__(self, limit: int, predictor, n_tasks: int):
+        self.limit, self.predictor, self.n_tasks = limit, predictor, n_tasks
+        self.rounds: list[int] = []
+        self.names: list[str] = []
+        self.total = 0          # inputs counted so far
+        self.done = 0           # inputs of the rounds that ran
+
+    def add(self, queries, what: str):
+        """Count a round's inputs; ``TooManyInputs`` when the request would exceed the limit."""
+        n = self.predictor.count_inputs(queries, limit=self.limit - self.total)
+        self.rounds.append(n)
+        self.names.append(what)
+        self.total += n
+        if self.total <= self.limit:
+            return
+        counted = " + ".join(f"{v} for the {k} round" for k, v in zip(self.names, self.rounds))
+        raise TooManyInputs(
+            f"{self.n_tasks} tasks need more than {self.limit} model inputs (one per window of "
+            f"at most MAX_SEQ_LEN={self.predictor.max_seq_len} tokens of a text and prompt; counted so "
+            f"far: {counted}); at most MAX_QUERIES_PER_REQUEST={self.limit}: send fewer tasks, "
+            f"or shorter texts, at a time")

@@ -120,11 +120,29 @@ def relation_round(extract, texts, relations, schema_lang: str = "ch") -> tuple[
     ``texts`` is ``[(text, regions)]``: every text of a request with the entity
     regions predicted on it. Returns the relation items of each text, in order,
     and how many answers were dropped for matching no region. No call is made
-    when no text has a subject.
+    when no text has a subject. The same as ``build_queries``, ``extract`` on
+    ``asked(queries)``, then ``link_all``: the steps a caller that counts or
+    splits the round's work takes one by one.
     """
-    queries = [build_query(text, regions, relations, schema_lang) for text, regions in texts]
-    asked = [q for q in queries if q.asks]
-    answers = iter(extract([(q.text, q.prompts) for q in asked]) if asked else [])
+    queries = build_queries(texts, relations, schema_lang)
+    prompts = asked(queries)
+    return link_all(queries, extract(prompts) if prompts else [])
+
+
+def build_queries(texts, relations, schema_lang: str = "ch") -> list[RelationQuery]:
+    """The ``RelationQuery`` of each ``(text, regions)``, in order (``build_query``)."""
+    return [build_query(text, regions, relations, schema_lang) for text, regions in texts]
+
+
+def asked(queries: list[RelationQuery]) -> list[tuple[str, list[str]]]:
+    """The ``(text, prompts)`` the relation round asks: one per query with a subject."""
+    return [(q.text, q.prompts) for q in queries if q.asks]
+
+
+def link_all(queries: list[RelationQuery], answers) -> tuple[list[list[dict]], int]:
+    """The relation items of every query from ``answers`` (``extract``'s answers to
+    ``asked(queries)``, in order), and how many answers matched no region."""
+    answers = iter(answers)
     out, dropped = [], 0
     for q in queries:
         if not q.asks:

@@ -131,7 +131,7 @@ class Settings:
     # request limits
     max_request_mb: int = 100
     max_tasks_per_request: int = 1000
-    max_queries_per_request: int = 5000      # tasks x prompts of one /predict
+    max_queries_per_request: int = 5000      # model inputs (windows x prompts) of one /predict
     # training
     train_epochs: int | None = None          # None: chosen by model kind
     train_learning_rate: float | None = None  # None: chosen by model kind

@@ -12,6 +12,7 @@ and imports nothing heavy: an RQ worker's main process uses it without Paddle.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import uuid
@@ -22,6 +23,24 @@ import files
 STATES = ("queued", "running", "failed", "done")
 FINISHED = ("done", "failed")
 STATE_FILE = "state.json"
+# A job directory with no readable state.json this much older than now was left by a trigger
+# that failed (a full disk): it is listed as failed and pruned. A younger one may be a job
+# being created (its directory is made before its state is written): it is skipped.
+STATELESS_GRACE_SECONDS = 60.0
+NO_STATE = ("its state.json is missing or unreadable: the trigger that created this job "
+            "failed (a full disk?)")
+# Terminal escape sequences (colours, cursor moves, window titles) and other control characters
+# but tab and newline: a job's log may carry them (Paddle colours its warnings), its state not.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"            # CSI: colours, cursor moves
+                      r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, links
+                      r"|\x1b[ -/]*[0-~]?"                  # other escapes
+                      r"|\x9b[0-?]*[ -/]*[@-~]"               # 8-bit CSI
+                      r"|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (tab, newline kept)."""
+    return _ESCAPES.sub("", text)
 
 
 class JobRecords:
@@ -42,14 +61,22 @@ class JobRecords:
         return self.store.project_dir(project) / "jobs"
 
     def read(self, job_dir: Path) -> dict | None:
-        """A job's state; None if it has none (yet) or it is unreadable."""
+        """A job's state; None if it has none (yet) or it is unreadable. Its ``error`` is
+        plain text (also one written before escapes were removed)."""
         try:
             state = json.loads((job_dir / STATE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return state if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            return None
+        if isinstance(state.get("error"), str):
+            state["error"] = plain_text(state["error"])
+        return state
 
     def write(self, job_dir: Path, state: dict):
+        """Write a job's state whole; its ``error`` as plain text (``plain_text``)."""
+        if isinstance(state.get("error"), str):
+            state["error"] = plain_text(state["error"])
         files.atomic_write_json(job_dir / STATE_FILE, state, ensure_ascii=False)
 
     def update(self, job_dir: Path, **changes) -> dict:
@@ -80,10 +107,35 @@ class JobRecords:
         return sorted(jobs, key=lambda job: job.get("created", 0))
 
     def _of(self, project: str) -> list[dict]:
+        """The states of a project's jobs; a directory without a readable state (older than
+        ``STATELESS_GRACE_SECONDS``) as a failed job (``_stateless``)."""
         jobs_dir = self.jobs_dir(project)
         if not jobs_dir.is_dir():
             return []
-        return [s for d in sorted(jobs_dir.iterdir()) if d.is_dir() and (s := self.read(d))]
+        jobs = []
+        for job_dir in sorted(jobs_dir.iterdir()):
+            if not job_dir.is_dir():
+                continue
+            state = self.read(job_dir) or self._stateless(project, job_dir)
+            if state:
+                jobs.append(state)
+        return jobs
+
+    @staticmethod
+    def _stateless(project: str, job_dir: Path) -> dict | None:
+        """A failed job's state for a directory without a readable ``state.json``, or None
+        while it may still be a job being created."""
+        try:
+            created = job_dir.stat().st_mtime
+        except OSError:
+            return None             # removed meanwhile
+        if time.time() - created < STATELESS_GRACE_SECONDS:
+            return None
+        state = {"id": job_dir.name, "project": project, "state": "failed", "reasons": [],
+                 "created": created, "finished": created, "error": NO_STATE}
+        if (job_dir / "job.log").is_file():
+            state["log"] = str(job_dir / "job.log")
+        return state
 
     def in_state(self, project: str, *states: str) -> list[dict]:
         """The jobs of a project in one of ``states``, oldest first."""
@@ -98,7 +150,8 @@ class JobRecords:
         return counts
 
     def prune(self, project: str):
-        """Delete the directories of a project's finished jobs but the newest ``keep``."""
+        """Delete the directories of a project's finished jobs but the newest ``keep`` (a
+        directory without a readable state, past its grace, counts as a failed job)."""
         finished = self.in_state(project, *FINISHED)
         for job in finished[: max(0, len(finished) - self.keep)]:
             shutil.rmtree(self.job_dir(project, job["id"]), ignore_errors=True)

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from label_config import LabelConfigError, parse_label_config
-from service.job_records import JobRecords
+from service.job_records import JobRecords, plain_text
 from train_job import RESULT, JobError, JobSpec
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class JobRunner:
         self._finished(project, "done", started)
 
     def _failed(self, project, job_dir: Path, exc: Exception, started: float):
-        message = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        message = plain_text(str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}")
         _append_log(job_dir, f"\nFAILED: {message}")
         self.records.update(job_dir, state="failed", finished=time.time(), error=message)
         log.error("project %s: job %s failed: %s (log: %s); the served model is unchanged",
@@ -446,8 +446,9 @@ def _append_log(job_dir: Path, line: str):
 
 
 def _tail(path: Path, lines=6) -> str:
+    """The last ``lines`` non-empty lines of a log, as plain text (no colour codes)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        text = plain_text(path.read_text(encoding="utf-8", errors="replace")).strip().splitlines()
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text[-lines:] if line.strip())[-800:]

@@ -82,12 +82,12 @@ def test_more_tasks_than_max_tasks_per_request_is_413(make_app, scratch_small):
     assert len(client.post("/predict", json=predict_body(four[:3])).json["results"]) == 3
 
 
-def test_more_tasks_times_prompts_than_max_queries_per_request_is_413(make_app, scratch_small):
+def test_more_model_inputs_than_max_queries_per_request_is_413(make_app, scratch_small):
     client = make_app(uie_model=str(scratch_small), max_queries_per_request=5).test_client()
-    three = tasks_for(EDGE_CASES[:3])          # 3 tasks x 2 labels = 6 queries
+    three = tasks_for(EDGE_CASES[:3])          # 3 short texts x 2 labels = 6 model inputs
     answer = client.post("/predict", json=predict_body(three))
     assert_json_error(answer, 413, "MAX_QUERIES_PER_REQUEST=5")
-    assert "3 tasks x 2 prompts" in answer.json["error"]
+    assert "3 tasks need more than 5 model inputs" in answer.json["error"]
     assert client.post("/predict", json=predict_body(three[:2])).status_code == 200
 
 
@@ -107,13 +107,37 @@ def test_non_ascii_basic_auth_credentials_work_and_wrong_ones_are_401(make_app, 
                                        ("ls", "s3cret"), (user, "")):
         answer = client.post("/predict", json=body, headers=basic(wrong_user, wrong_password))
         assert_json_error(answer, 401, "authentication required")
-    # Latin-1 bytes on the wire are not the UTF-8 password either
-    latin = basic("user", "pässwort", encoding="latin-1")
-    ascii_client = make_app(uie_model=str(scratch_small), basic_auth_user="user",
-                            basic_auth_pass="pässwort").test_client()
-    assert ascii_client.post("/predict", json=body, headers=latin).status_code == 401
-    assert ascii_client.post("/predict", json=body,
-                             headers=basic("user", "pässwort")).status_code == 200
+
+
+def requests_basic_auth(user: str, password: str) -> dict:
+    """The ``Authorization`` header exactly as requests' ``HTTPBasicAuth`` (what Label Studio
+    uses to reach an ML backend) sends it: Latin-1 bytes for non-ASCII credentials."""
+    import requests
+
+    prepared = requests.Request("POST", "http://backend/predict",
+                                auth=requests.auth.HTTPBasicAuth(user, password)).prepare()
+    return {"Authorization": prepared.headers["Authorization"]}
+
+
+def test_latin1_basic_auth_as_label_studio_sends_it_is_accepted(make_app, scratch_small):
+    """Hardening II, 7: Label Studio (requests' HTTPBasicAuth) encodes credentials as Latin-1."""
+    client = make_app(uie_model=str(scratch_small), basic_auth_user="prüfer",
+                      basic_auth_pass="pässwort").test_client()
+    body = predict_body()
+    header = requests_basic_auth("prüfer", "pässwort")
+    assert header == basic("prüfer", "pässwort", encoding="latin-1")   # what went on the wire
+    assert client.post("/predict", json=body, headers=header).status_code == 200
+    assert client.post("/predict", json=body,
+                       headers=basic("prüfer", "pässwort")).status_code == 200     # UTF-8 too
+    assert client.get("/jobs", headers=header).status_code == 200
+    for wrong in (requests_basic_auth("prüfer", "passwort"), requests_basic_auth("prufer", "pässwort"),
+                  requests_basic_auth("prüfer", "pässwort!"), basic("prüfer", "pässwort", "utf-16"),
+                  {"Authorization": "Basic !!!"}, {"Authorization": "Bearer pässwort"}):
+        assert_json_error(client.post("/predict", json=body, headers=wrong), 401,
+                          "authentication required")
+    # /health shows its details to an authenticated Label Studio as well
+    health = client.get("/health", headers=header).json
+    assert "loaded_models" in health and "path" in health["model"]
 
 
 # -- 4. 500s carry a request id, not the exception ----------------------------------------------
@@ -237,3 +261,75 @@ def test_an_annotation_webhook_without_an_annotation_id_is_400(scratch_app, anno
             body["annotation"]["id"] = annotation_id
         answer = scratch_app.test_client().post("/webhook", json=body)
         assert_json_error(answer, 400, "needs 'annotation.id'")
+
+
+# -- Hardening II, 13b/13c: what /jobs says of failed jobs -----------------------------------
+class ColourfulFailure:
+    """A training run that fails after logging in colour, as Paddle's warnings are."""
+
+    def where(self, lease):
+        return {}
+
+    def run(self, records, job_dir):
+        (job_dir / "job.log").write_text(
+            "\x1b[33mW1202 16:00:00.1 init.cc:1]\x1b[0m a warning\n"
+            "\x1b[1;31mError\x1b[0m: \x1b]0;title\x07out of memory\x1b[K\n", encoding="utf-8")
+        return 3
+
+
+def wait_failed(client, project, job_id, timeout=60):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        jobs = {j["id"]: j for j in client.get("/jobs", query_string={"project": project}).json["jobs"]}
+        if jobs.get(job_id, {}).get("state") == "failed":
+            return jobs
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not fail: {jobs}")
+
+
+def test_a_job_folder_without_a_state_is_listed_failed_and_pruned(scratch_app, tmp_path):
+    """13b: a trigger that failed on a full disk leaves a job folder without state.json; 13c:
+    job errors carry no terminal colour codes."""
+    import os
+    import time
+
+    client = scratch_app.test_client()
+    records = scratch_app.extensions["uie"]["jobs"].records
+    records.keep = 1
+    broken = records.jobs_dir("7") / "20200101-000000-abcdef"
+    broken.mkdir(parents=True)
+    (broken / ".state.json.tmp").write_bytes(b"")          # what a full disk left
+    young = records.jobs_dir("7") / "29990101-000000-fedcba"
+    young.mkdir()                                           # a job being created, maybe
+    old = time.time() - 3600
+    os.utime(broken, (old, old))
+    jobs = client.get("/jobs", query_string={"project": "7"}).json["jobs"]
+    assert [(j["id"], j["state"]) for j in jobs] == [(broken.name, "failed")], jobs
+    assert "state.json is missing or unreadable" in jobs[0]["error"]
+    assert client.get("/jobs").json["jobs"] == jobs
+    assert scratch_app.extensions["uie"]["jobs"].summary()["failed"] == 1
+
+    scratch_app.extensions["uie"]["jobs"].training = ColourfulFailure()
+    job = client.post("/train", json={"project": "7", "label_config": LABEL_CONFIG,
+                                      "annotations": []}).json["job"]
+    jobs = wait_failed(client, "7", job["id"])
+    error = jobs[job["id"]]["error"]
+    assert "\x1b" not in error and "\x07" not in error, error
+    assert "Error: out of memory" in error and "W1202 16:00:00.1 init.cc:1] a warning" in error
+    # the failed job was pruned with KEEP_JOBS=1: the folder without a state went first
+    assert not broken.exists() and young.exists()
+    assert list(jobs) == [job["id"]]
+
+
+def test_job_errors_are_stored_and_shown_without_escape_sequences(scratch_app):
+    records = scratch_app.extensions["uie"]["jobs"].records
+    state = records.create("8", "TRAIN")
+    job_dir = records.job_dir("8", state["id"])
+    records.update(job_dir, state="failed", error="\x1b[31mboom\x1b[0m\tat\nline \x9b2Jx")
+    assert records.get("8", state["id"])["error"] == "boom\tat\nline x"
+    raw = dict(state, state="failed", error="\x1b[1mold\x1b[0m")    # written by an older version
+    (job_dir / "state.json").write_text(json.dumps(raw), encoding="utf-8")
+    shown = scratch_app.test_client().get("/jobs", query_string={"project": "8"}).json["jobs"]
+    assert [j["error"] for j in shown] == ["old"]

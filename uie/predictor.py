@@ -18,7 +18,7 @@ from uie import engine as engines
 from uie import tagger as span_tagger
 from uie.batcher import Batcher
 from uie.checkpoint import ModelLoadError, load_tokenizer, max_position_of
-from uie.tokenizer import OffsetTokenizer, encode_windows, pad_batch
+from uie.tokenizer import OffsetTokenizer, encode_windows, pad_batch, window_budget, windows
 
 
 def pair_spans(start_probs, end_probs, threshold):
@@ -37,6 +37,14 @@ def pair_spans(start_probs, end_probs, threshold):
             spans.append((int(current), int(e), float(start_probs[current] * end_probs[e])))
             current = None
     return spans
+
+
+class Stopped(RuntimeError):
+    """``extract_in_pieces`` was told to stop: ``done`` of its ``total`` model inputs had run."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"stopped after {done} of {total} model inputs")
+        self.done, self.total = done, total
 
 
 @dataclass(frozen=True)
@@ -177,6 +185,53 @@ class UIEPredictor:
         return [{p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
                  for p, spans in res.items()} for res in results]
 
+    def count_inputs(self, queries, limit=None) -> int:
+        """How many model inputs ``extract(queries)`` runs (what a request costs); counting
+        stops once past ``limit``."""
+        total = 0
+        for text, prompts in queries:
+            total += sum(n for _, n in self._units(text, prompts, self._n_tokens(text)))
+            if limit is not None and total > limit:
+                break
+        return total
+
+    def extract_in_pieces(self, queries, stop, piece_inputs: int) -> list[dict[str, list[Span]]]:
+        """``extract(queries)``, in pieces of about ``piece_inputs`` model inputs (texts of
+        similar length together); ``stop()`` is asked before each piece, ``Stopped`` raised
+        when it says so."""
+        units = sorted(((n_tokens, q, prompts, n) for q, (text, all_prompts) in enumerate(queries)
+                        for n_tokens in [self._n_tokens(text)]
+                        for prompts, n in self._units(text, all_prompts, n_tokens)), key=lambda u: u[0])
+        total, done = sum(u[3] for u in units), 0
+        found = [{} for _ in queries]
+        for piece in _pieces(units, piece_inputs):
+            if stop():
+                raise Stopped(done, total)
+            answers = self.extract([(queries[q][0], prompts) for _, q, prompts, _ in piece])
+            for (_, q, _, _), answer in zip(piece, answers):
+                found[q].update(answer)
+            done += sum(u[3] for u in piece)
+        return [{p: found[q].get(p, []) for p in dict.fromkeys(prompts)}
+                for q, (_, prompts) in enumerate(queries)]
+
+    def _n_tokens(self, text: str) -> int:
+        return len(self.tokenizer.tokenize(text)[0])
+
+    def _units(self, text, prompts, n_tokens) -> list[tuple[list[str], int]]:
+        """The prompts of one query that can run apart, with their model inputs: each prompt
+        the UIE answers, one window at a time; those the tagger answers, together."""
+        tagged = self.tagger.classes if self.tagger is not None else ()
+        prompts = list(dict.fromkeys(prompts))
+        units = [([p], self._n_windows(n_tokens, len(self.tokenizer.encode(p))))
+                 for p in prompts if p not in tagged]
+        by_tagger = [p for p in prompts if p in tagged]
+        if by_tagger:
+            units.append((by_tagger, self._n_windows(n_tokens, 0)))
+        return units
+
+    def _n_windows(self, n_tokens: int, n_prompt: int) -> int:
+        return len(windows(n_tokens, window_budget(n_prompt, self.max_seq_len))) if n_tokens else 0
+
     def _collect(self, x, start, end, tokens, found):
         """Add the spans of one input's start/end rows that its window owns to
         ``found`` {(char start, char end): score} (the best score of a span seen twice)."""
@@ -212,3 +267,17 @@ class UIEPredictor:
                     if p in classes:
                         k = classes[p]
                         self._collect(x, start[:, k], end[:, k], tokens[q], results[q][p])
+
+
+def _pieces(units, size: int):
+    """``units`` (their last item: model inputs) cut into runs of at least ``size`` inputs
+    (the last one may be smaller)."""
+    piece, inputs = [], 0
+    for unit in units:
+        piece.append(unit)
+        inputs += unit[-1]
+        if inputs >= size:
+            yield piece
+            piece, inputs = [], 0
+    if piece:
+        yield piece

@@ -257,8 +257,15 @@ def encode_windows(tokenizer, prompt_ids, content_ids, max_seq_len: int) -> list
         return []
     prompt_ids = prompt_ids[: max_seq_len // 2]
     head = (tokenizer.cls_id, *prompt_ids, tokenizer.sep_id)
+    budget = window_budget(len(prompt_ids), max_seq_len)
     return [EncodedInput((*head, *content_ids[lo:hi], tokenizer.sep_id), len(head), lo, own_lo, own_hi)
-            for lo, hi, own_lo, own_hi in windows(len(content_ids), max_seq_len - 3 - len(prompt_ids))]
+            for lo, hi, own_lo, own_hi in windows(len(content_ids), budget)]
+
+
+def window_budget(n_prompt: int, max_seq_len: int) -> int:
+    """Content tokens per window beside a prompt of ``n_prompt`` tokens (the prompt keeps at
+    most ``max_seq_len // 2`` of them)."""
+    return max_seq_len - 3 - min(n_prompt, max_seq_len // 2)
 
 
 def pad_batch(inputs, pad_id: int) -> dict[str, np.ndarray]:
