@@ -7,6 +7,11 @@ The output is the doccano "relation" JSONL layout that PaddleNLP's UIE
      "entities": [{"id": 0, "label": "name", "start_offset": 0, "end_offset": 5}],
      "relations": [{"id": 0, "from_id": 0, "to_id": 1, "type": "works for"}]}
 
+An annotation's ``choices`` results (``<Choices>`` on the text) add
+``"choices": {"<from_name>": ["value", ...]}``, and, when they come from one
+Choices control only, also PaddleNLP's classification field ``"label": [...]``
+(what ``doccano.py --task_type cls`` reads).
+
 Offsets are Python ``str`` indices (code points) into the task text, taken
 exactly as Label Studio reports them: nothing is stripped or shifted.
 
@@ -133,15 +138,42 @@ def task_to_doccano(
     task: dict,
     text_key: str | None = None,
     from_names: set[str] | None = None,
+    choice_names: set[str] | None = None,
 ) -> dict | None:
-    """Convert one Label Studio task into a doccano record, or None if unusable."""
+    """Convert one Label Studio task into a doccano record, or None if unusable.
+
+    ``from_names`` are the Labels controls whose regions count (None: all),
+    ``choice_names`` the Choices controls whose choices count (None: all).
+    """
     usable = _usable_task(task, text_key)
     if usable is None:
         return None
     task_id, text, result = usable
     entities, region_entities = _collect_entities(result, text, task_id, from_names)
     relations = _collect_relations(result, region_entities, task_id)
-    return {"id": task_id, "text": text, "entities": entities, "relations": relations}
+    record = {"id": task_id, "text": text, "entities": entities, "relations": relations}
+    chosen = _collect_choices(result, choice_names)
+    if chosen:
+        record["choices"] = chosen
+    if len(chosen) == 1:
+        record["label"] = next(iter(chosen.values()))
+    return record
+
+
+def _collect_choices(result: list, choice_names: set[str] | None) -> dict[str, list[str]]:
+    """``{from_name: [values]}`` of the annotation's ``choices`` results, each value once."""
+    chosen: dict[str, list[str]] = {}
+    for item in result:
+        if not isinstance(item, dict) or item.get("type") != "choices":
+            continue
+        name = item.get("from_name")
+        if not isinstance(name, str) or (choice_names is not None and name not in choice_names):
+            continue
+        values = _label_list((item.get("value") or {}).get("choices"))
+        for value in values if isinstance(values, list) else ():
+            if isinstance(value, str) and value and value not in chosen.get(name, []):
+                chosen.setdefault(name, []).append(value)
+    return chosen
 
 
 def _usable_task(task: Any, text_key: str | None) -> tuple[Any, str, list] | None:
@@ -303,11 +335,13 @@ def label_studio_to_doccano(
     tasks: Iterable[dict],
     text_key: str | None = None,
     from_names: set[str] | None = None,
+    choice_names: set[str] | None = None,
 ) -> list[dict]:
     """Convert many tasks, dropping those without a usable annotation."""
     records = []
     for task in tasks:
-        record = task_to_doccano(task, text_key=text_key, from_names=from_names)
+        record = task_to_doccano(task, text_key=text_key, from_names=from_names,
+                                 choice_names=choice_names)
         if record is not None:
             records.append(record)
     return records

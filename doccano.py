@@ -11,6 +11,11 @@ This mirrors PaddleNLP's ``model_zoo/uie/doccano.py`` (and the
 * entity-level classification (label ``"X##正向"`` with ``separator="##"``):
   an extra example with prompt ``"<span>的情感倾向[正向,负向]"``; as in PaddleNLP its
   result offsets are *negative* and index the prompt, not the content;
+* text classification of a Label Studio ``<Choices>`` (``choices``: the
+  record's ``"choices": {control: [option words]}``, ``convert.py``'s): one
+  example per (record, control) with the control's prompt
+  ``prefix[opt1,opt2,...]``, options in the config's order (what the server
+  asks, ``choices.py``), the chosen options its (negative-offset) answers;
 * negatives (examples with an empty ``result_list``): for the train split they
   are sampled as PaddleNLP does (at most ``negative_ratio`` per positive), for
   dev/test every candidate negative is kept. Relation negatives are PaddleNLP's
@@ -35,6 +40,8 @@ CLI (PaddleNLP's flags)::
 
     python doccano.py --doccano_file ./data/doccano_ext.jsonl --task_type ext \\
         --save_dir ./data --splits 0.8 0.1 0.1 --negative_ratio 5
+
+On a terminal (stderr a TTY) it shows a progress bar; to a pipe or a log, no bar.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
 from convert import read_jsonl, write_jsonl
+from choices import cls_prompt, option_offsets
 from relations import relation_prompt
 
 logger = logging.getLogger(__name__)
@@ -61,6 +69,9 @@ __all__ = ["convert_doccano", "write_splits", "read_doccano", "main"]
 IGNORED_ENTITY_LABELS = ("属性值", "object")
 # ... and opinion words get positives but are never used as entity negatives.
 NO_NEGATIVE_LABELS = ("观点词",)
+# A Choices example is trained with its options in this many orders (the server's and
+# rotations of it): more examples of each choice per epoch, and each option in other places.
+CHOICE_ORDERS = 4
 
 
 # --------------------------------------------------------------------------
@@ -154,18 +165,31 @@ def _split_cls_label(label: str, separator: str) -> tuple[str, list[str] | None]
     return parts[0], parts[1:]
 
 
-def _cls_example(text, labels, prompt_prefix, options, rng: random.Random, where: str) -> dict:
-    """A classification example: prompt 'prefix[opt1,opt2]', offsets index the prompt (negative)."""
+def _cls_example(text, labels, prompt_prefix, options, rng: random.Random, where: str,
+                 shuffle: bool = True) -> dict:
+    """A classification example: prompt 'prefix[opt1,opt2]' (options shuffled, as PaddleNLP
+    does, unless ``shuffle`` is False), offsets index the prompt (negative)."""
     opts = list(options)
-    rng.shuffle(opts)
-    prompt = f"{prompt_prefix}[{','.join(opts)}]"
+    if shuffle:
+        rng.shuffle(opts)
+    prompt = cls_prompt(prompt_prefix, opts)
+    where_is = {option: offsets for offsets, option in option_offsets(prompt, opts).items()}
     result_list = []
     for label in labels:
-        if label not in opts:
+        if label not in where_is:
             raise ValueError(f"{where}: class label {label!r} is not one of the options {list(options)}")
-        start = prompt.rfind(label) - len(prompt) - 1
-        result_list.append({"text": label, "start": start, "end": start + len(label)})
+        start, end = where_is[label]
+        result_list.append({"text": label, "start": start, "end": end})
     return {"content": text, "result_list": result_list, "prompt": prompt}
+
+
+def _choice_items(record: dict, where: str) -> list[tuple[str, list[str]]]:
+    """``[(control, option words)]`` of a record's ``"choices"``; ValueError if malformed."""
+    chosen = record.get("choices") or {}
+    if not isinstance(chosen, dict) or not all(
+            isinstance(words, list) and all(isinstance(w, str) for w in words) for words in chosen.values()):
+        raise ValueError(f"{where}: 'choices' must map each Choices control to a list of strings")
+    return [(name, words) for name, words in chosen.items() if words]
 
 
 class _Record:
@@ -180,6 +204,7 @@ class _Record:
         self.entity_names: list[str] = []
         self.named_labels: list[tuple[str, str]] = []   # (entity text, label), each once
         self.cls_items: list[tuple[list[str], str]] = []  # (class labels, prompt prefix)
+        self.choice_items = _choice_items(record, self.where)   # [(Choices control, option words)]
         self.relation_examples: dict[str, dict] = {}
         self.subjects: list[str] = []
         self.inverse_prompts: list[str] = []
@@ -292,6 +317,7 @@ class _SplitPlan:
     asked_relations: dict
     options: Sequence[str]
     rng: random.Random
+    choices: dict                 # Choices control -> (prompt prefix, option words)
 
 
 def _build_split(recs: list[_Record], plan: _SplitPlan, *, is_train: bool) -> list[dict]:
@@ -306,7 +332,29 @@ def _build_split(recs: list[_Record], plan: _SplitPlan, *, is_train: bool) -> li
         for rec in recs
         for labels, prefix in rec.cls_items
     ]
-    return entity_pos + entity_neg + relation_pos + relation_neg + cls_examples
+    choice_examples = _choice_examples(recs, plan, is_train)
+    return entity_pos + entity_neg + relation_pos + relation_neg + cls_examples + choice_examples
+
+
+def _choice_examples(recs: list[_Record], plan: _SplitPlan, is_train: bool) -> list[dict]:
+    """The classification examples of the records' choices: the server's option order, and
+    in the train split its rotations too (``_rotations``)."""
+    out = []
+    for rec in recs:
+        for name, words in rec.choice_items:
+            if name not in plan.choices:
+                continue
+            prefix, options = plan.choices[name]
+            for order in _rotations(options) if is_train else [options]:
+                out.append(_cls_example(rec.text, words, prefix, order, plan.rng, rec.where, shuffle=False))
+    return out
+
+
+def _rotations(options, most: int = CHOICE_ORDERS) -> list[tuple]:
+    """The server's option order and up to ``most - 1`` rotations of it, evenly spaced: each
+    option in other places, so the model reads an option's words, not its place."""
+    step = max(1, math.ceil(len(options) / most))
+    return [tuple(options[k:]) + tuple(options[:k]) for k in range(0, len(options), step)]
 
 
 def _entity_examples(recs: list[_Record], label_set: list[str], ratio: int, rng) -> tuple[list[dict], list[dict]]:
@@ -463,6 +511,7 @@ def convert_doccano(
     labels: Sequence[str] = (),
     relation_negative_ratio: int | None = None,
     asked_relations: dict[str, Sequence[str]] | None = None,
+    choices: dict[str, tuple[str, Sequence[str]]] | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Convert doccano records into (train, dev, test) UIE examples, split by record.
 
@@ -475,6 +524,10 @@ def convert_doccano(
     relation prompts a server asks: with it, every record also gets a negative for
     each (entity text whose label the relation starts from, word) it does not
     annotate, in every split, and those words join the relation types.
+
+    ``choices`` (``{Choices control: (prompt prefix, option words)}``) makes, for each
+    record's ``"choices"`` of those controls, a classification example with the options
+    in that order (the server's prompt); a record with choices alone is trained on too.
     """
     relation_negative_ratio, asked_relations = _checked_options(
         task_type, schema_lang, negative_ratio, relation_negative_ratio, asked_relations
@@ -495,8 +548,9 @@ def convert_doccano(
         asked_relations=asked_relations,
         options=options,
         rng=rng,
+        choices={name: (prefix, tuple(words)) for name, (prefix, words) in (choices or {}).items()},
     )
-    _require_annotations(recs)
+    _require_annotations(recs, plan.choices)
     return _ext_splits(recs, chunks, is_shuffle, plan)
 
 
@@ -536,11 +590,13 @@ def _negative_labels(recs: list[_Record], labels: Sequence[str]) -> list[str]:
     )
 
 
-def _require_annotations(recs: list[_Record]) -> None:
-    """ValueError when no record has an entity or a relation to learn."""
-    if not any(rec.entity_examples or rec.relation_examples for rec in recs):
+def _require_annotations(recs: list[_Record], choices: dict) -> None:
+    """ValueError when no record has an entity, a relation or a choice to learn."""
+    if not any(rec.entity_examples or rec.relation_examples
+               or any(name in choices for name, _ in rec.choice_items) for rec in recs):
         raise ValueError(
-            f"none of the {len(recs)} records has an entity: there is nothing to train on"
+            f"none of the {len(recs)} records has an entity{' or a choice' if choices else ''}: "
+            "there is nothing to train on"
         )
 
 
@@ -641,11 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (PaddleNLP doccano.py flags); returns the exit code."""
+    from evaluate import terminal_bar
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    bar = terminal_bar(3, "reading", unit="step")    # on a terminal only: read, convert, write
 
     try:
         records = read_doccano(args.doccano_file)
+        _next_step(bar, f"converting {len(records)} records")
         train, dev, test = convert_doccano(
             records,
             task_type=args.task_type,
@@ -659,13 +719,26 @@ def main(argv: list[str] | None = None) -> int:
             options=args.options,
             labels=args.labels,
         )
+        _next_step(bar, "writing")
         paths = write_splits(train, dev, test, args.save_dir)
+        _next_step(bar, "done")
     except (ValueError, NotImplementedError, OSError) as exc:
+        if bar is not None:
+            bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if bar is not None:
+        bar.close()
     for name, examples in (("train", train), ("dev", dev), ("test", test)):
         print(f"Saved {len(examples)} examples to {paths[name]}")
     return 0
+
+
+def _next_step(bar, what: str) -> None:
+    """Move the terminal's progress bar (None: there is none) to its next step, named ``what``."""
+    if bar is not None:
+        bar.set_description_str(what, refresh=False)
+        bar.update(1)
 
 
 if __name__ == "__main__":

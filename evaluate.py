@@ -5,6 +5,12 @@
 Examples are the lines ``doccano.py`` writes: ``{"content", "result_list":
 [{"text", "start", "end"}], "prompt"}``. A predicted span counts when its
 start and end equal a gold span of the same example (PaddleNLP's rule).
+
+Per Label Studio label (``label_of``): a label asked with several prompts (its
+``predicted_values``) and a relation asked once per subject are scored as
+``/predict`` answers them: per text and label (and subject), the spans of all
+its prompts together against the gold spans of all of them. On a terminal
+(stderr a TTY) ``evaluate.py`` shows a progress bar; logs and pipes get none.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ def read_examples(path) -> list[dict]:
         for r in ex["result_list"]:
             if not (isinstance(r, dict) and isinstance(r.get("start"), int)
                     and isinstance(r.get("end"), int)
-                    and 0 <= r["start"] < r["end"] <= len(ex["content"])):
+                    and (0 <= r["start"] < r["end"] <= len(ex["content"])
+                         or -len(ex["prompt"]) - 1 <= r["start"] < r["end"] <= -1)):
                 raise DataError(f"{path}: example {n}: bad span {r!r}")
     return rows
 
@@ -49,10 +56,22 @@ def _prf(tp, n_pred, n_gold):
             "tp": tp, "predicted": n_pred, "gold": n_gold}
 
 
-def evaluate_examples(predictor, examples, per_label=False) -> dict:
-    """Micro P/R/F1 (and per prompt with ``per_label``) of ``predictor`` on ``examples``."""
-    found = predictor.extract([(ex["content"], [ex["prompt"]]) for ex in examples])
+PIECE = 256     # examples per extract call when progress is reported
+
+
+def evaluate_examples(predictor, examples, per_label=False, label_of=None, progress=None) -> dict:
+    """Micro P/R/F1 of ``predictor`` on ``examples``, and:
+
+    - with ``per_label``, per prompt (``"per_label"``);
+    - with ``label_of`` (prompt -> ``[(kind, name, unit)]``: ``"labels"`` or ``"relations"``,
+      the Label Studio label or relation, and what tells its questions of one text apart,
+      such as a relation's subject), per label: ``"by_label": {kind: {name: P/R/F1}}``,
+      the spans of a text's prompts of one (kind, name, unit) pooled (``_pooled``);
+    - ``progress(done, total)`` after every ``PIECE`` examples.
+    """
+    found = _extract(predictor, examples, progress)
     counts = defaultdict(lambda: [0, 0, 0])
+    pools = defaultdict(lambda: (set(), set()))
     for ex, spans in zip(examples, found):
         gold = {(r["start"], r["end"]) for r in ex["result_list"]}
         pred = {(s.start, s.end) for s in spans[ex["prompt"]]}
@@ -60,11 +79,62 @@ def evaluate_examples(predictor, examples, per_label=False) -> dict:
             counts[key][0] += len(gold & pred)
             counts[key][1] += len(pred)
             counts[key][2] += len(gold)
+        for kind, name, unit in label_of(ex["prompt"]) if label_of else ():
+            pool = pools[(kind, name, ex["content"], unit)]
+            pool[0].update(gold)
+            pool[1].update(pred)
     metrics = _prf(*counts.pop("all", [0, 0, 0]))
     metrics["examples"] = len(examples)
     if per_label:
         metrics["per_label"] = {k: _prf(*v) for k, v in sorted(counts.items())}
+    if label_of:
+        metrics["by_label"] = _pooled(pools)
     return metrics
+
+
+def _extract(predictor, examples, progress=None) -> list:
+    """The predictor's spans of every example; in pieces, each reported, with ``progress``."""
+    queries = [(ex["content"], [ex["prompt"]]) for ex in examples]
+    if progress is None:
+        return predictor.extract(queries)
+    found = []
+    progress(0, len(queries))
+    for start in range(0, len(queries), PIECE):
+        found += predictor.extract(queries[start:start + PIECE])
+        progress(len(found), len(queries))
+    return found
+
+
+def _pooled(pools) -> dict:
+    """``{kind: {name: P/R/F1}}`` of ``{(kind, name, text, unit): (gold, predicted)}``."""
+    sums = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    for (kind, name, _, _), (gold, pred) in pools.items():
+        c = sums[kind][name]
+        c[0] += len(gold & pred)
+        c[1] += len(pred)
+        c[2] += len(gold)
+    return {kind: {name: _prf(*c) for name, c in sorted(names.items())}
+            for kind, names in sorted(sums.items())}
+
+
+def terminal_bar(total, desc, unit="it"):
+    """A tqdm bar on stderr when it is a terminal, else None (logs and pipes stay as they are)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def bar_progress(bar):
+    """A ``progress(done, total)`` that moves ``bar`` (None: None)."""
+    if bar is None:
+        return None
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+    return progress
 
 
 def main(argv=None):
@@ -94,7 +164,10 @@ def main(argv=None):
     except (DataError, uie.checkpoint.ModelLoadError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
-    metrics = evaluate_examples(predictor, examples, per_label=args.debug)
+    bar = terminal_bar(len(examples), "evaluating", unit="ex")
+    metrics = evaluate_examples(predictor, examples, per_label=args.debug, progress=bar_progress(bar))
+    if bar is not None:
+        bar.close()
     print(f"Evaluation on {len(examples)} examples")
     print(f"Precision: {metrics['precision']:.5f} | Recall: {metrics['recall']:.5f} | F1: {metrics['f1']:.5f}")
     if args.debug:

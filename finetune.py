@@ -7,7 +7,9 @@ The flags are those of PaddleNLP's UIE ``finetune.py``. ``--model`` takes a
 PaddleNLP name, a checkpoint directory or ``scratch`` (a fresh character
 model). ``save_dir/model_best/`` is what ``Taskflow(task_path=...)``, the
 server and ``evaluate.py`` load; ``save_dir/metrics.json`` says how it scored.
-Batches are padded to their longest example, not to ``--max_seq_len``.
+Batches are padded to their longest example, not to ``--max_seq_len``. On a
+terminal (stderr a TTY) a progress bar shows the steps and the best dev F1, the
+log above it; to a pipe or a file the log is written as it is, without a bar.
 
 Data-parallel on several devices with Paddle's own launcher, one process each::
 
@@ -33,15 +35,21 @@ import random
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 import files
-from evaluate import DataError, evaluate_examples, read_examples
+from evaluate import DataError, evaluate_examples, read_examples, terminal_bar
 
 log = logging.getLogger("finetune")
+# A classification input's chosen option counts as much as an option not chosen: with a
+# scratch model's span weight (5), an untrained model finds every option of a 2-5 option
+# prompt likely (p > 0.5), guesses one answer for every text, and its dev F1, above 0
+# and flat, stops training (patience) long before it reads the texts (bench/notes.md).
+CLS_POS_WEIGHT = 1.0
 SCRATCH_STEPS = 2000
 
 # Defaults per model kind: a scratch model has no pretrained weights to keep,
@@ -79,11 +87,13 @@ def token_span(t_starts, t_ends, start, end):
 
 @dataclass(frozen=True, slots=True)
 class TrainingInput:
-    """A UIE input and its targets: positions in ``input.ids`` of the span starts and ends."""
+    """A UIE input and its targets: positions in ``input.ids`` of the span starts and ends;
+    ``classifies``: a classification prompt's input (its answer is in the prompt)."""
 
     input: "uie.tokenizer.EncodedInput"
     starts: tuple[int, ...]
     ends: tuple[int, ...]
+    classifies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +123,10 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
 
     Long contents are split into the windows prediction uses
     (``uie.tokenizer.encode_windows``); a window is trained on the spans it holds
-    whole. With a list as ``origins``, the index of each input's example is
-    appended to it.
+    whole. A classification example's answer (negative offsets: PaddleNLP's
+    ``doccano.py``'s, indexing its ``prefix[option1,...]`` prompt) marks the
+    option's tokens in the prompt, in every window of its content. With a list as
+    ``origins``, the index of each input's example is appended to it.
     """
     import uie.tokenizer
 
@@ -124,21 +136,54 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
         if content not in cache:
             cache[content] = tokenizer.tokenize(content)
         ids, t_starts, t_ends = cache[content]
-        spans = []
-        for r in ex["result_list"]:
-            ts = token_span(t_starts, t_ends, r["start"], r["end"])
-            if ts is None:
-                dropped += 1
-            else:
-                spans.append(ts)
-        for encoded in uie.tokenizer.encode_windows(tokenizer, tokenizer.encode(ex["prompt"]), ids, max_seq_len):
+        spans, marks_in_prompt, lost = _example_spans(ex, t_starts, t_ends, tokenizer)
+        dropped += lost
+        prompt_ids = tokenizer.encode(ex["prompt"])
+        for encoded in uie.tokenizer.encode_windows(tokenizer, prompt_ids, ids, max_seq_len):
             marks = [m for m in (in_window(encoded, first, last) for first, last in spans) if m]
-            out.append(TrainingInput(encoded, tuple(s for s, _ in marks), tuple(e for _, e in marks)))
+            marks += [(1 + first, 1 + last) for first, last in marks_in_prompt
+                      if 1 + last < encoded.content_start - 1]
+            out.append(TrainingInput(encoded, tuple(s for s, _ in marks), tuple(e for _, e in marks),
+                                     bool(marks_in_prompt)))
             if origins is not None:
                 origins.append(n)
     if dropped:
         log.warning("%d gold spans cover no token (only whitespace?) and were skipped", dropped)
     return out
+
+
+def _example_spans(ex, t_starts, t_ends, tokenizer) -> tuple[list, list, int]:
+    """``(content token spans, prompt token spans, spans covering no token)`` of an
+    example's answers: a negative offset indexes the prompt (``prompt_span``)."""
+    content, in_prompt, dropped = [], [], 0
+    for r in ex["result_list"]:
+        if r["start"] < 0:
+            ts = prompt_span(tokenizer, ex["prompt"], r["start"], r["end"])
+        else:
+            ts = token_span(t_starts, t_ends, r["start"], r["end"])
+        if ts is None:
+            dropped += 1
+        else:
+            (in_prompt if r["start"] < 0 else content).append(ts)
+    return content, in_prompt, dropped
+
+
+def input_pos_weights(items, pos_weight):
+    """``pos_weight`` for each ``TrainingInput`` of a batch (a tensor ``(n, 1)``), but
+    ``CLS_POS_WEIGHT`` for a classification input; just ``pos_weight`` when there is none."""
+    if not any(x.classifies for x in items):
+        return pos_weight
+    import paddle
+
+    return paddle.to_tensor([[CLS_POS_WEIGHT if x.classifies else pos_weight] for x in items], dtype="float32")
+
+
+def prompt_span(tokenizer, prompt, start, end):
+    """Prompt token indices (first, last) of the characters PaddleNLP's negative offsets
+    ``start:end`` name (``prompt[start + len(prompt) + 1:...]``), or None."""
+    _, p_starts, p_ends = tokenizer.tokenize(prompt)
+    shift = len(prompt) + 1
+    return token_span(p_starts, p_ends, start + shift, end + shift)
 
 
 def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
@@ -158,12 +203,17 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
 
 
 def tagger_classes(examples, max_classes) -> list[str]:
-    """The ``max_classes`` most frequent prompts of ``examples`` but relation prompts."""
+    """The ``max_classes`` most frequent prompts of ``examples`` but relation prompts and
+    classification prompts (``uie.tokenizer.prompt_options``: answered in the prompt, which
+    a tagger never reads)."""
+    import uie.tokenizer
+
     counts = {}
     for ex in examples:
         counts[ex["prompt"]] = counts.get(ex["prompt"], 0) + 1
     relational = relation_prompts(examples)
-    return sorted((p for p in counts if p not in relational), key=lambda p: (-counts[p], p))[:max_classes]
+    return sorted((p for p in counts if p not in relational and not uie.tokenizer.prompt_options(p)),
+                  key=lambda p: (-counts[p], p))[:max_classes]
 
 
 def asked_by_content(examples, classes) -> dict:
@@ -464,7 +514,8 @@ def save_best(model, model_dir, save_dir, metrics, tagger=None):
 
 def span_loss(start_p, end_p, start_t, end_t, mask, pos_weight):
     """Binary cross-entropy of start and end probabilities over the cells ``mask``
-    weighs (1 on every real token), a target cell counting ``pos_weight`` times."""
+    weighs (1 on every real token), a target cell counting ``pos_weight`` times (a number,
+    or one per input: ``input_pos_weights``)."""
     import paddle
 
     bce = paddle.nn.functional.binary_cross_entropy
@@ -539,6 +590,8 @@ class Trainer:
     history: list = field(default_factory=list)
     started: float = 0.0
     epoch_inputs: int = 0                # with a tagger: inputs per epoch (see epoch_steps)
+    progress: object = None              # progress(step, total_steps, best dev F1 or None)
+    total_steps: int = 0
     _cycles: tuple | None = field(default=None, repr=False)
 
     def epoch_steps(self, epoch_order) -> list[tuple]:
@@ -567,7 +620,8 @@ class Trainer:
                 [self.encoded[k] for k in uie_batch], self.tokenizer.pad_id)
             start_p, end_p = self.model(input_ids=ids, token_type_ids=types, position_ids=pos,
                                         attention_mask=mask)
-            loss = span_loss(start_p, end_p, start_t, end_t, mask, self.pos_weight)
+            loss = span_loss(start_p, end_p, start_t, end_t, mask,
+                             input_pos_weights([self.encoded[k] for k in uie_batch], self.pos_weight))
         if tag_batch:
             loss = loss + self.tagging.weight * self.tagging_loss([self.tagging.inputs[k] for k in tag_batch])
         return loss
@@ -621,14 +675,15 @@ class Trainer:
             self.save(metrics)
         elif self.best["f1"] > 0:    # a model that has found nothing yet is not "stuck"
             self.bad_evals += 1
+        self.report()
         return metrics["f1"] >= 1.0 or self.bad_evals >= self.patience or (
             self.max_seconds is not None and time.time() - self.started > self.max_seconds)
 
     def run(self, num_epochs, total_steps, epoch_order, logging_steps, valid_steps) -> int:
         """Train up to ``num_epochs`` epochs over ``epoch_order()`` (the input indices of
         each epoch); evaluate every ``valid_steps`` steps and after every epoch.
-        Returns the number of epochs run."""
-        self.started = time.time()
+        Returns the number of epochs run; ``progress`` is told of every step and evaluation."""
+        self.started, self.total_steps = time.time(), total_steps
         self.train_mode(True)
         loss_sum, loss_n = 0.0, 0
         for epoch in range(1, num_epochs + 1):
@@ -637,6 +692,7 @@ class Trainer:
             for uie_batch, tag_batch in self.dist.shard(steps) if self.dist else steps:
                 loss_sum += self.train_step(uie_batch, tag_batch)
                 loss_n += 1
+                self.report()
                 if self.step % logging_steps == 0:
                     log.info("epoch %d/%d step %d/%d loss %.5f lr %.2e %.1f examples/s", epoch,
                              num_epochs, self.step, total_steps, loss_sum / loss_n, self.schedule.get_lr(),
@@ -649,13 +705,18 @@ class Trainer:
                 return epoch
         return num_epochs
 
+    def report(self):
+        """Tell ``progress`` the step, the total and the best dev F1 so far."""
+        if self.progress is not None:
+            self.progress(self.step, self.total_steps, self.best["f1"] if self.best else None)
+
 
 def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate=None,
              num_epochs=None, batch_size=16, max_seq_len=128, seed=1000, logging_steps=10,
              valid_steps=100, device="cpu", patience=None, weight_decay=0.01,
              warmup_proportion=0.06, init_from_ckpt=None, max_seconds=None,
              pos_weight=None, tagging_weight=None, max_negatives=None, tagger_learning_rate=None,
-             devices=None) -> dict:
+             devices=None, progress=None) -> dict:
     """Train the UIE in ``model_dir`` and save the best one to ``save_dir/model_best``.
 
     With a tagging weight (scratch models' default) a span tagger learns the
@@ -664,7 +725,9 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
 
     Returns the metrics of the saved model (also written to ``save_dir/metrics.json``).
     With ``devices`` (GPU ids ``"0,1"`` or ``"cpu:N"``), trains data-parallel in
-    processes that ``paddle.distributed.launch`` starts (``launch``).
+    processes that ``paddle.distributed.launch`` starts (``launch``). ``progress(step,
+    total_steps, best dev F1 or None)`` is called after every step and evaluation (not
+    with ``devices``: the steps are taken in the launched processes).
     """
     # Imported first, to launch too: importing paddle sets OMP_NUM_THREADS (and more) in
     # os.environ, which the launched processes inherit.
@@ -679,10 +742,11 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
     dist = Distributed.from_env()
     if devices and dist is None and "PADDLE_TRAINERS_NUM" not in os.environ:
         return launch(devices, train_examples, dev_examples, model_dir, save_dir, options)
-    return train_here(train_examples, dev_examples, model_dir, save_dir, options, dist)
+    return train_here(train_examples, dev_examples, model_dir, save_dir, options, dist, progress)
 
 
-def train_here(train_examples, dev_examples, model_dir, save_dir, options: TrainingOptions, dist) -> dict:
+def train_here(train_examples, dev_examples, model_dir, save_dir, options: TrainingOptions, dist,
+               progress=None) -> dict:
     """``finetune`` in this process (one of the launched ones with ``dist``): options,
     seeds and model; data; trainer; the run; its metrics."""
     check_options(train_examples, options.max_negatives, options.tagging_weight, options.max_seq_len)
@@ -694,6 +758,7 @@ def train_here(train_examples, dev_examples, model_dir, save_dir, options: Train
     job = Finetuning(train_examples, dev_examples, model_dir, Path(save_dir), options, kind, dist)
     data = job.build_data(tokenizer)
     trainer = job.build_trainer(model, tokenizer, data)
+    trainer.progress = progress
     epochs_run = trainer.run(data.num_epochs, data.total_steps, data.epoch_order, options.logging_steps,
                              options.valid_steps)
     return job.result(trainer, data, epochs_run, time.time() - trainer.started)
@@ -982,6 +1047,12 @@ def run_cli(args) -> dict:
     cache = args.model_cache_dir or Path(args.save_dir) / "_base"
     source = uie.checkpoint.resolve_model(args.model, cache)
     device = uie.checkpoint.select_device(args.device)
+    with step_bar() as progress:
+        return run_finetune(args, train, dev, source, device, progress)
+
+
+def run_finetune(args, train, dev, source, device, progress) -> dict:
+    """``finetune`` with the command line's options."""
     return finetune(
         train, dev, source.path, args.save_dir, learning_rate=args.learning_rate,
         num_epochs=args.num_epochs, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
@@ -989,7 +1060,30 @@ def run_cli(args) -> dict:
         device=device, patience=args.early_stopping_patience, weight_decay=args.weight_decay,
         warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
         max_seconds=args.max_seconds, max_negatives=args.max_negatives,
-        tagging_weight=args.tagging_weight, tagger_learning_rate=args.tagger_learning_rate)
+        tagging_weight=args.tagging_weight, tagger_learning_rate=args.tagger_learning_rate,
+        progress=progress)
+
+
+@contextmanager
+def step_bar():
+    """A ``progress(step, total, best_f1)`` drawing a bar on a terminal (``terminal_bar``), the
+    log printed above it; None, and the log as it is, when stderr is not a terminal."""
+    bar = terminal_bar(None, "training", unit="step")
+    if bar is None:
+        yield None
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def progress(step, total, best_f1):
+        bar.total = total
+        if best_f1 is not None:
+            bar.set_postfix_str(f"best dev F1 {best_f1:.4f}", refresh=False)
+        bar.update(step - bar.n)      # redrawn at most every 0.1 s
+    try:
+        with logging_redirect_tqdm():
+            yield progress
+    finally:
+        bar.close()
 
 
 def read_cli_examples(train_path, dev_path):

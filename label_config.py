@@ -11,6 +11,15 @@ are its ``value`` or its ``predicted_values``, as for labels; its
 regions it starts from (default: every entity label of the config). The tag
 is read here from the XML: label-studio-sdk drops a ``<Relations>`` without
 ``name``/``toName``, and Label Studio's own relation template has none.
+
+``<Choices>`` bound to a ``<Text>`` (``parse_choices``) classify the whole
+text with UIE's classification prompt ``prefix[option1,option2,...]``
+(``choices.py``). The prefix is the Choices' ``predicted_values`` (its first
+word) or else its ``name``; a ``<Choice>``'s option word is its
+``predicted_values`` (first word) or else its ``value``, with ``,``, ``[`` and
+``]`` (the prompt's own syntax) written ``，``, ``(`` and ``)``. A config with
+only ``<Choices>`` is served and trained as well as one with ``<Labels>``:
+``parse_label_config`` then answers ``[]``.
 """
 
 from __future__ import annotations
@@ -54,6 +63,33 @@ class RelationLabel:
         return not self.subject_labels or label in self.subject_labels
 
 
+@dataclass(frozen=True)
+class ChoiceControl:
+    """One ``<Choices>`` control bound to one ``<Text>`` object."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    prefix: str                                  # the prompt's words before the options
+    choices: tuple[tuple[str, str], ...]         # (value Label Studio stores, option word)
+    multiple: bool = False                       # choice="multiple": several may be chosen
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(word for _, word in self.choices)
+
+    @property
+    def prompt(self) -> str:
+        """UIE's classification prompt, PaddleNLP's ``prefix[opt1,opt2,...]``."""
+        return f"{self.prefix}[{','.join(self.options)}]"
+
+    def value_of(self, word: str) -> str | None:
+        return next((value for value, w in self.choices if w == word), None)
+
+    def word_of(self, value: str) -> str | None:
+        return next((w for v, w in self.choices if v == value), None)
+
+
 def _tag(element) -> str:
     return element.tag.rsplit("}", 1)[-1]
 
@@ -74,15 +110,22 @@ def _parse_xml(xml: str):
     return root
 
 
-def parse_label_config(xml: str) -> list[Control]:
-    """All Labels→Text controls of ``xml``; ``LabelConfigError`` if there are none."""
-    root = _parse_xml(xml)
+def _texts(root) -> dict[str, str]:
+    """``{name: data key}`` of the ``<Text>`` objects with ``value="$key"``."""
     texts = {}
     for element in root.iter():
         if _tag(element) == "Text" and element.get("name"):
             value = element.get("value", "")
             if value.startswith("$") and len(value) > 1:
                 texts[element.get("name")] = value[1:]
+    return texts
+
+
+def parse_label_config(xml: str) -> list[Control]:
+    """All Labels→Text controls of ``xml`` (``[]`` for a config with only Choices→Text
+    ones); ``LabelConfigError`` if it has neither."""
+    root = _parse_xml(xml)
+    texts = _texts(root)
     controls = []
     for element in root.iter():
         if _tag(element) != "Labels" or not element.get("name"):
@@ -103,11 +146,51 @@ def parse_label_config(xml: str) -> list[Control]:
             to_name = to_name.strip()
             if to_name in texts and labels:
                 controls.append(Control(element.get("name"), to_name, texts[to_name], tuple(labels)))
-    if not controls:
+    if not controls and not _choice_controls(root, texts):
         raise LabelConfigError(
-            "label config has no <Labels> control with <Label> values bound (toName) to a "
-            "<Text> object with value=\"$key\"; UIE can only pre-annotate text spans")
+            "label config has no <Labels> control with <Label> values, nor a <Choices> control "
+            "with <Choice> values, bound (toName) to a <Text> object with value=\"$key\"; UIE "
+            "can only pre-annotate text spans and classify texts")
     return controls
+
+
+def parse_choices(xml: str) -> tuple[ChoiceControl, ...]:
+    """The Choices→Text controls of ``xml`` (``()`` if none); ``LabelConfigError`` for XML
+    that is no label config. A ``perRegion`` Choices (it classifies regions) is not one."""
+    root = _parse_xml(xml)
+    return tuple(_choice_controls(root, _texts(root)))
+
+
+def _option_word(raw: str) -> str:
+    return raw.replace(",", "，").replace("[", "(").replace("]", ")").strip()
+
+
+def _choice_controls(root, texts) -> list[ChoiceControl]:
+    """The ChoiceControl of each (``<Choices>`` with values, ``<Text>`` it is bound to)."""
+    out = []
+    for element in root.iter():
+        if _tag(element) != "Choices" or not element.get("name") \
+                or (element.get("perRegion") or "").lower() == "true":
+            continue
+        choices = _choice_values(element)
+        prefix = _option_word((_words(element.get("predicted_values")) or (element.get("name"),))[0])
+        multiple = (element.get("choice") or "").lower() == "multiple"
+        for to_name in (t.strip() for t in (element.get("toName") or "").split(",")):
+            if to_name in texts and choices and prefix:
+                out.append(ChoiceControl(element.get("name"), to_name, texts[to_name], prefix,
+                                         choices, multiple))
+    return out
+
+
+def _choice_values(element) -> tuple[tuple[str, str], ...]:
+    """``(value, option word)`` of each ``<Choice>`` of a ``<Choices>``, each word once."""
+    choices = {}
+    for child in element.iter():
+        value = (child.get("value") or child.get("alias")) if _tag(child) == "Choice" else None
+        word = _option_word((_words(child.get("predicted_values")) or (value or "",))[0])
+        if value and word and word not in choices:
+            choices[word] = value
+    return tuple((value, word) for word, value in choices.items())
 
 
 def parse_relations(xml: str) -> tuple[RelationLabel, ...]:

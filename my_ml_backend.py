@@ -6,7 +6,7 @@ heavy parts (loaded models, training jobs) live in the process-wide
 ``ModelStore`` and ``JobRunner`` it is given.
 
 What a prediction costs is counted in model inputs: one per window of a text
-and prompt (``UIEPredictor.count_inputs``), the relation round's prompts included. Past
+and prompt (``UIEPredictor.count_inputs``), the relation and choices rounds' included. Past
 ``MAX_QUERIES_PER_REQUEST`` of them ``predict`` raises ``TooManyInputs`` (413)
 before the model runs; and when given ``client_gone``, it runs the model in
 pieces and stops (``ClientGone``) once the client has closed its connection.
@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
+import interactive
 from convert import TaskTextError, task_text
-from label_config import Control, RelationLabel, parse_label_config, parse_relations
+import choices
+from label_config import Control, RelationLabel, parse_choices, parse_label_config, parse_relations
 from relations import asked, build_queries, link_all
 from service.model_store import LiveModel, ModelStore
-from uie.predictor import Stopped
+from uie import answer_cache
+from uie.predictor import Doubt, Stopped
 
 log = logging.getLogger(__name__)
 # Between two pieces of at most this many model inputs, predict looks whether the client is
@@ -97,25 +100,33 @@ class UIEBackend:
         """One prediction per task, in task order, also when nothing was found.
 
         One ``extract`` call finds the regions of every task; with ``<Relations>``,
-        one more finds the relations between them (``relations.relation_round``).
+        one more finds the relations between them (``relations.relation_round``); with
+        ``<Choices>``, one more classifies the texts (``choices.py``, ``_add_choices``).
         Each round is counted first (``Cost.add``): ``TooManyInputs`` past
-        ``MAX_QUERIES_PER_REQUEST`` model inputs, both rounds together, before the
+        ``MAX_QUERIES_PER_REQUEST`` model inputs, every round together, before the
         round runs. With ``client_gone`` set, a round of more than ``PIECE_INPUTS``
         inputs runs in pieces of about that many, and ``ClientGone`` stops it
         between two pieces once the client has gone.
         """
         live, relations = self.live, self.relations   # a bad config raises before the model runs
         where = self._texts(tasks)
+        marked = self._marked(context, where, len(tasks))
         queries = [(text, c.prompts) for _, c, text in where]
         cost = Cost(self.settings.max_queries_per_request, live.predictor, len(tasks))
         cost.add(queries, "entity")
         extracted = self._extract(live, queries, cost) if where else []
         regions = [[] for _ in tasks]
-        for (t, control, text), by_prompt in zip(where, extracted):
-            regions[t].extend(self._regions(control, text, by_prompt))
+        doubts = [Doubt() for _ in tasks]
+        for (t, control, text), answer in zip(where, extracted):
+            regions[t].extend(self._regions(control, text, answer))
+            doubts[t] = doubts[t].add(doubt_of(answer))
+        linkable = regions
+        if marked is not None:
+            regions[0], linkable = self._interactive(marked, where, regions[0])
         if relations:
-            self._add_relations(live, relations, where, regions, cost)
-        return [self._prediction(r, live) for r in regions]
+            self._add_relations(live, relations, where, regions, cost, doubts, linkable, marked)
+        self._add_choices(live, tasks, regions, cost)
+        return [self._prediction(r, live, d) for r, d in zip(regions, doubts)]
 
     def fit(self, event: str, data: dict | None = None, **kwargs) -> dict:
         """Queue a training job for this project (never trains in the request)."""
@@ -150,35 +161,80 @@ class UIEBackend:
             return None
         return text
 
-    def _add_relations(self, live: LiveModel, relations, where, regions, cost):
+    def _marked(self, context, where, n_tasks: int):
+        """The annotator's regions of an interactive request (``interactive.read_context``)
+        on the texts of the first task, or None; 400 for a context Label Studio never sends."""
+        texts = {control: text for t, control, text in where if t == 0}
+        try:
+            return interactive.read_context(context, self.controls, n_tasks, texts.get)
+        except interactive.ContextError as exc:
+            raise BadRequest(str(exc)) from None
+
+    @staticmethod
+    def _interactive(marked, where, predicted: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+        """The first task's regions answering ``marked`` (``interactive.answer``, text by
+        text), and, as ``linkable`` for the relation round, those plus the marked ones."""
+        texts = {control.to_name: text for t, control, text in where if t == 0}
+        regions, linkable = [], []
+        for to_name, text in texts.items():
+            mine = [r for r in predicted if r["to_name"] == to_name]
+            returned, linked = interactive.answer(marked, to_name, text, mine, _copy_region)
+            regions += returned
+            linkable += linked
+        return regions, [linkable]
+
+    def _add_relations(self, live: LiveModel, relations, where, regions, cost, doubts, linkable,
+                       marked=None):
         """The relation round: every text's relation prompts in one ``extract`` call (or
-        its pieces), counted first; relations link regions of the same task and ``<Text>``."""
+        its pieces), counted first; relations link ``linkable`` regions of the same task
+        and ``<Text>`` (the returned ones, and in an interactive request the marked ones)."""
         texts = {}                      # (task, to_name) -> text, in request order
         for t, control, text in where:
             texts.setdefault((t, control.to_name), text)
-        queries = build_queries([(text, [r for r in regions[t] if r["to_name"] == to_name])
+        queries = build_queries([(text, [r for r in linkable[t] if r["to_name"] == to_name])
                                  for (t, to_name), text in texts.items()],
                                 relations, self.settings.schema_lang)
         prompts = asked(queries)
         cost.add(prompts, "relation")
-        found, dropped = link_all(queries, self._extract(live, prompts, cost) if prompts else [])
+        answers = self._extract(live, prompts, cost) if prompts else []
+        found, dropped = link_all(queries, answers)
         for (t, _), items in zip(texts, found):
-            regions[t].extend(items)
+            regions[t].extend(interactive.new_relations(marked, items) if marked and t == 0 else items)
+        for (t, _), answer in zip([k for k, q in zip(texts, queries) if q.asks], answers):
+            doubts[t] = doubts[t].add(doubt_of(answer))
         if dropped:
             log.debug("%d relation objects matched no predicted region; dropped", dropped)
 
+    def _add_choices(self, live: LiveModel, tasks, regions, cost):
+        """The choices round (``choices.py``): every task's ``<Choices>`` prompts in one
+        ``extract`` call (or its pieces), counted first; one ``choices`` item per control."""
+        controls = parse_choices(self.label_config)
+        where = [(t, c, text) for t, task in enumerate(tasks) for c in controls
+                 if (text := self._task_text(task, c)) is not None]
+        if not where:
+            return
+        queries = choices.build_queries(where)
+        prompts = choices.asked(queries)
+        cost.add(prompts, "choices")
+        for t, item in choices.items(queries, self._extract(live, prompts, cost)):
+            regions[t].append(item)
+
     def _extract(self, live: LiveModel, queries, cost: "Cost") -> list[dict]:
-        """``live.predictor.extract(queries)``, the round ``cost`` counted last; with
+        """``live.predictor.extract(queries)``, the round ``cost`` counted last, for the
+        (text, prompt) pairs the model has not answered lately (``uie.answer_cache``); with
         ``client_gone``, in pieces of about ``PIECE_INPUTS`` inputs, looking before each
         whether the client is still there."""
         inputs = cost.rounds[-1]
+        predictor, gone = live.predictor, self.client_gone
+        cache = answer_cache.cache_for(predictor)    # what was asked before is not run again
         try:
-            if self.client_gone is None or inputs <= PIECE_INPUTS:
-                if self.client_gone is not None and self.client_gone():
+            if gone is None or inputs <= PIECE_INPUTS:
+                if gone is not None and gone():
                     raise Stopped(0, inputs)
-                answers = live.predictor.extract(queries)
+                answers = cache.extract(predictor.extract, queries)
             else:
-                answers = live.predictor.extract_in_pieces(queries, self.client_gone, PIECE_INPUTS)
+                answers = cache.extract(lambda qs: predictor.extract_in_pieces(qs, gone, PIECE_INPUTS),
+                                        queries)
         except Stopped as exc:
             log.warning("project %s: the client closed its connection; prediction stopped "
                         "after %d of %d model inputs", self.project, cost.done + exc.done, cost.total)
@@ -198,12 +254,20 @@ class UIEBackend:
         ordered = sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0]))
         return [_region(control, text, *key, score) for key, score in ordered]
 
-    def _prediction(self, regions: list[dict], live: LiveModel) -> dict:
-        """The task's score is the min (or mean) over every item: regions and relations."""
+    def _prediction(self, regions: list[dict], live: LiveModel, doubt: Doubt) -> dict:
+        """The task's score (``TASK_SCORE``), from ``doubt`` (every label and relation
+        prompt the model was asked on the task, ``uie.predictor.Doubt``): ``margin``, its
+        smallest decision margin, or ``entropy``, 1 / (1 + its summed entropy); or the
+        min or mean of the scores of the task's items (regions and relations)."""
         scores = [r["score"] for r in regions]
-        if not scores:
+        mode = self.settings.task_score
+        if mode == "margin":
+            score = doubt.margin
+        elif mode == "entropy":
+            score = 1.0 / (1.0 + doubt.entropy)
+        elif not scores:
             score = 0.0
-        elif self.settings.task_score == "mean":
+        elif mode == "mean":
             score = sum(scores) / len(scores)
         else:
             score = min(scores)
@@ -212,11 +276,28 @@ class UIEBackend:
 
 def _region(control: Control, text: str, label: str, start: int, end: int, score: float) -> dict:
     """A Label Studio ``labels`` region, with an id stable across predictions."""
-    region_id = hashlib.sha1(f"{control.from_name}|{label}|{start}|{end}".encode()).hexdigest()[:10]
-    return {"id": region_id, "from_name": control.from_name, "to_name": control.to_name,
-            "type": "labels",
+    return _labels_item(control.from_name, control.to_name, text, label, start, end, score)
+
+
+def _labels_item(from_name, to_name, text, label, start, end, score) -> dict:
+    region_id = hashlib.sha1(f"{from_name}|{label}|{start}|{end}".encode()).hexdigest()[:10]
+    return {"id": region_id, "from_name": from_name, "to_name": to_name, "type": "labels",
             "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
             "score": round(score, 6)}
+
+
+def _copy_region(region: dict, text: str, start: int, end: int) -> dict:
+    """``region`` (an annotator's) at another occurrence ``start:end`` of its text."""
+    return _labels_item(region["from_name"], region["to_name"], text, region["value"]["labels"][0],
+                        start, end, region["score"])
+
+
+def doubt_of(answer) -> Doubt:
+    """The ``Doubt`` of all the prompts of an ``extract`` answer together."""
+    total = Doubt()
+    for doubt in getattr(answer, "doubt", {}).values():
+        total = total.add(doubt)
+    return total
 
 
 class Cost:

@@ -119,7 +119,7 @@ class Settings:
     max_seq_len: int = 512
     batch_size: int = 16
     max_text_chars: int = 100_000
-    task_score: str = "min"
+    task_score: str = "entropy"
     score_threshold: float = 0.5
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
@@ -180,7 +180,7 @@ class Settings:
             max_seq_len=_int(env, "MAX_SEQ_LEN", cls.max_seq_len, 16),
             batch_size=_int(env, "BATCH_SIZE", cls.batch_size, 1),
             max_text_chars=_int(env, "MAX_TEXT_CHARS", cls.max_text_chars, 1),
-            task_score=_choice(env, "TASK_SCORE", cls.task_score, ("min", "mean")),
+            task_score=_choice(env, "TASK_SCORE", cls.task_score, ("min", "mean", "margin", "entropy")),
             score_threshold=_float(env, "SCORE_THRESHOLD", cls.score_threshold),
             basic_auth_user=user,
             basic_auth_pass=password,

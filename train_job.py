@@ -7,7 +7,10 @@ the label config, the annotated tasks, the served model and the training
 settings. The job converts the tasks (``convert``), builds UIE examples
 (``doccano``), fine-tunes (``finetune``), scores the new model and the
 served one on the same annotations (``evaluate``) and writes
-``JOB_DIR/result.json``; the caller promotes the candidate. Everything runs
+``JOB_DIR/result.json`` (with both models' scores per Label Studio label and
+relation: ``PromptLabels``); the caller promotes the candidate. Meanwhile it
+writes its phase, step, best dev F1 and ETA to ``JOB_DIR/progress.json``
+(``Progress``), which ``GET /jobs`` and ``/metrics`` report. Everything runs
 as function calls in this one process: nothing that comes from Label Studio
 (labels, prompts, texts, project ids) is ever a command-line argument.
 """
@@ -23,10 +26,10 @@ from pathlib import Path
 
 import files
 from convert import expand_prompts, expand_relation_types, label_studio_to_doccano, write_jsonl
-from label_config import LabelConfigError, parse_label_config, parse_relations
+from label_config import LabelConfigError, parse_choices, parse_label_config, parse_relations
 
 log = logging.getLogger("train_job")
-SPEC, RESULT = "spec.json", "result.json"
+SPEC, RESULT, PROGRESS = "spec.json", "result.json", "progress.json"
 # Relation negatives beyond those the server asks, per relation prompt of a task, sampled
 # as PaddleNLP samples them (its default negative_ratio). All of them (-1) would be every
 # entity text of every annotated task asked on every other task: quadratic in the tasks.
@@ -87,53 +90,78 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: st
     per relation prompt, inverse ones first), plus, as for labels, every relation
     prompt the server would ask of an annotated task that it does not annotate;
     all built from the words of a relation's ``predicted_values`` when it has
-    them. With ``min_dev_tasks`` annotated tasks or more, 20 % are held out.
+    them. A ``<Choices>`` on the same text adds a classification example per task
+    annotated with its choices (``choices.py``'s prompt, options in the config's order),
+    in the same split. With ``min_dev_tasks`` annotated tasks or more, 20 % are held out.
     """
-    same_text, relations = _read_label_config(label_config)
-    records = _doccano_records(tasks, same_text, relations)
+    same_text, relations, same_choices = _read_label_config(label_config)
+    records = _doccano_records(tasks, same_text, relations, same_choices)
     held_out = len(records) >= min_dev_tasks
-    train, dev = _convert_records(records, same_text, relations, held_out, schema_lang)
+    train, dev = _convert_records(records, same_text, relations, held_out, schema_lang, same_choices)
     train, dev = _expand_label_prompts(train, dev, same_text)
     return Examples(train, dev if held_out else train, len(records), held_out)
 
 
 def _read_label_config(label_config: str):
-    """``(controls, relations)`` of the label config: the controls that label the first
-    one's text (it first) and its relations; ``JobError`` when it has none."""
+    """``(controls, relations, choice controls)`` of the label config: the Labels and
+    Choices controls on the first one's text (a Labels control's first), and its relations;
+    ``JobError`` when it has neither."""
     try:
         controls = parse_label_config(label_config)
         relations = parse_relations(label_config)
+        choices = parse_choices(label_config)
     except LabelConfigError as exc:
         raise JobError(f"no usable label config: {exc}") from None
-    first = controls[0]
-    return [c for c in controls if c.data_key == first.data_key], relations
+    key = (controls or choices)[0].data_key
+    return ([c for c in controls if c.data_key == key], relations,
+            [c for c in choices if c.data_key == key])
 
 
-def _doccano_records(tasks, same_text, relations) -> list:
-    """The annotated tasks as doccano records, relation types written as the words the
-    server prompts with (``predicted_values``); ``JobError`` when none is annotated."""
-    records = label_studio_to_doccano(tasks, text_key=same_text[0].data_key,
-                                      from_names={c.from_name for c in same_text})
+def _doccano_records(tasks, same_text, relations, same_choices=()) -> list:
+    """The annotated tasks as doccano records, relation types and choices written as the
+    words the server prompts with (``predicted_values``); ``JobError`` when none is annotated."""
+    records = label_studio_to_doccano(tasks, text_key=(same_text or same_choices)[0].data_key,
+                                      from_names={c.from_name for c in same_text},
+                                      choice_names={c.from_name for c in same_choices})
     if not records:
         raise JobError(f"no annotated tasks to train on ({len(tasks)} tasks)")
     words = {r.value: r.prompts for r in relations if list(r.prompts) != [r.value]}
     if words:
         records = expand_relation_types(records, words)
-    return records
+    return [_choice_words(record, same_choices) for record in records]
 
 
-def _convert_records(records, same_text, relations, held_out: bool, schema_lang: str):
+def _choice_words(record: dict, same_choices) -> dict:
+    """``record`` with its choices' values written as their option words; a value that is
+    no ``<Choice>`` of the config (any more) is dropped, logged."""
+    if not record.get("choices"):
+        return record
+    out = {}
+    for control in same_choices:
+        values = record["choices"].get(control.from_name, [])
+        words = [w for v in values if (w := control.word_of(v)) is not None]
+        if len(words) < len(values):
+            log.warning("task %s: a choice of %s is no <Choice> of the config; dropped",
+                        record.get("id"), control.from_name)
+        if words:
+            out[control.from_name] = words
+    return dict(record, choices=out)
+
+
+def _convert_records(records, same_text, relations, held_out: bool, schema_lang: str, same_choices=()):
     """``(train, dev)`` UIE examples of the records (``doccano.convert_doccano``): every
-    label's negatives, the relation prompts the server asks; dev empty unless held out."""
+    label's negatives, the relation prompts the server asks, the choices' classification
+    examples; dev empty unless held out."""
     import doccano
 
     labels = [label for c in same_text for label, _ in c.labels]
     asked = {word: r.subject_labels for r in relations for word in r.prompts}
+    choices = {c.from_name: (c.prefix, c.options) for c in same_choices}
     try:
         train, dev, _ = doccano.convert_doccano(records, splits=(0.8, 0.2, 0) if held_out else (1, 0, 0),
                                                 negative_ratio=-1, labels=labels, schema_lang=schema_lang,
                                                 relation_negative_ratio=RELATION_NEGATIVE_RATIO,
-                                                asked_relations=asked)
+                                                asked_relations=asked, choices=choices)
     except ValueError as exc:
         raise JobError(f"the annotations cannot be trained on: {exc}") from None
     return train, dev
@@ -157,9 +185,11 @@ def schema_lang_of(spec: JobSpec) -> str:
     return Settings.from_env().schema_lang
 
 
-def _score(model_path, examples, spec: JobSpec) -> dict:
+def _score(model_path, examples, spec: JobSpec, progress=None) -> dict:
     """Span P/R/F1 of the model in ``model_path``, loaded afresh from its files on the
-    engine the server runs it with (so the new model's export is checked too)."""
+    engine the server runs it with (so the new model's export is checked too), overall
+    and per Label Studio label and relation (``"by_label"``, ``label_of_prompt``);
+    ``progress(done, total)`` as examples are scored."""
     import uie.engine
     import uie.predictor
     from evaluate import evaluate_examples
@@ -167,7 +197,60 @@ def _score(model_path, examples, spec: JobSpec) -> dict:
     engine = uie.engine.load_engine(model_path, spec.inference_engine, spec.device, spec.threads)
     predictor = uie.predictor.UIEPredictor.from_dir(model_path, device=spec.device, engine=engine,
                                                 max_seq_len=spec.max_seq_len)
-    return evaluate_examples(predictor, examples)
+    return evaluate_examples(predictor, examples, progress=progress,
+                             label_of=label_of_prompt(spec.label_config, schema_lang_of(spec)))
+
+
+def _parsed(parse, label_config: str) -> tuple:
+    """What ``parse`` reads of the label config; ``()`` where it has none of it."""
+    try:
+        return tuple(parse(label_config))
+    except LabelConfigError:
+        return ()
+
+
+def label_of_prompt(label_config: str, schema_lang: str) -> "PromptLabels":
+    """``evaluate_examples``' ``label_of`` for the job's label config (``PromptLabels``)."""
+    return PromptLabels(label_config, schema_lang)
+
+
+class PromptLabels:
+    """``prompt -> [(kind, name, unit)]``: a label's prompt (its value or a word of its
+    ``predicted_values``) -> ``("labels", label, "")`` for each label asking it; a relation
+    prompt (``<subject>的<word>``, ``<word> of <subject>``) -> ``("relations", relation,
+    subject)``; a ``<Choices>``' prompt -> ``("choices", its name, "")``; PaddleNLP's relation
+    negatives ``<subject>的<label word>``, which the server never asks -> ``[]``; any other
+    prompt -> ``("prompts", prompt, "")``."""
+
+    def __init__(self, label_config: str, schema_lang: str):
+        self.controls = _parsed(parse_label_config, label_config)
+        self.relations = _parsed(parse_relations, label_config)
+        self.choices = {c.prompt: c.from_name for c in _parsed(parse_choices, label_config)}
+        self.schema_lang = schema_lang
+        self.words = {p for c in self.controls for p in c.prompts}
+
+    def __call__(self, prompt: str) -> list[tuple]:
+        labels = dict.fromkeys(label for c in self.controls for label in c.labels_for(prompt))
+        if labels:
+            return [("labels", label, "") for label in labels]
+        if prompt in self.choices:
+            return [("choices", self.choices[prompt], "")]
+        found = dict.fromkeys(("relations", r.value, subject) for r in self.relations for word in r.prompts
+                              if (subject := self.subject(prompt, word)) is not None)
+        if found:
+            return list(found)
+        if self.relations and any(self.subject(prompt, word) is not None for word in self.words):
+            return []
+        return [("prompts", prompt, "")]
+
+    def subject(self, prompt: str, word: str) -> str | None:
+        """The subject of ``prompt`` if it is the relation prompt of ``word``, else None."""
+        from relations import relation_prompt
+
+        head, _, tail = relation_prompt("\0", word, self.schema_lang).partition("\0")
+        if len(prompt) > len(head) + len(tail) and prompt.startswith(head) and prompt.endswith(tail):
+            return prompt[len(head):len(prompt) - len(tail)]
+        return None
 
 
 def _export(candidate: Path, spec: JobSpec):
@@ -188,29 +271,115 @@ def should_promote(new_f1: float, old_f1: float) -> bool:
     return new_f1 > old_f1 or (new_f1 == old_f1 and new_f1 > 0)
 
 
-def train(spec: JobSpec, work: Path) -> dict:
-    """Run the job in ``work``; returns what ``result.json`` holds.
+def train(spec: JobSpec, work: Path, progress: "Progress | None" = None) -> dict:
+    """Run the job in ``work``; returns what ``result.json`` holds, the phases reported to
+    ``progress`` (``Progress``).
 
     ``candidate`` is the trained checkpoint; ``promote`` says whether it scored
     at least as well as the served model on the same annotations (held-out ones
-    when there are enough, else the training ones), and above 0 (``should_promote``).
+    when there are enough, else the training ones), and above 0 (``should_promote``);
+    ``per_label`` and ``previous_per_label`` are the two models' scores per Label Studio
+    label and relation on them (``{"labels": {label: P/R/F1}, "relations": {...}}``).
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress(None)
     log.info("%d tasks from %s", len(spec.tasks), spec.source)
+    progress.phase("converting")
     examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks, schema_lang_of(spec))
     _write_examples(examples, work / "data")
-    trained = _finetune(spec, examples, work / "ckpt")
+    progress.phase("training")
+    trained = _finetune(spec, examples, work / "ckpt", progress.step)
     candidate = work / "ckpt" / "model_best"
+    progress.phase("exporting")
     _export(candidate, spec)
-    new = _score(candidate, examples.dev, spec)
-    old = _score(spec.model_path, examples.dev, spec)
+    new, old = _score_both(candidate, examples.dev, spec, progress)
     log.info("f1 %.4f (served model %s: %.4f)", new["f1"], spec.model_version, old["f1"])
+    _log_labels(new["by_label"], old["by_label"])
     return {"candidate": str(candidate), "promote": should_promote(new["f1"], old["f1"]),
             "metrics": new, "previous_metrics": old, "held_out": examples.held_out,
+            "per_label": new.pop("by_label"), "previous_per_label": old.pop("by_label"),
             "annotated_tasks": examples.records, "source": spec.source,
             "train_seconds": trained.get("train_seconds"), "epochs_run": trained.get("epochs_run"),
             "kind": trained.get("kind")}
+
+
+def _score_both(candidate: Path, dev: list, spec: JobSpec, progress: "Progress") -> tuple[dict, dict]:
+    """``(new, old)``: ``_score`` of the candidate and of the served model on the same dev
+    examples, reported as one ``evaluating`` phase of ``2 x len(dev)`` steps."""
+    progress.phase("evaluating", total=2 * len(dev))
+    new = _score(candidate, dev, spec, lambda done, total: progress.step(done, 2 * total))
+    old = _score(spec.model_path, dev, spec, lambda done, total: progress.step(total + done, 2 * total))
+    return new, old
+
+
+def _log_labels(new: dict, old: dict):
+    """One log line per label and relation: its F1, and the served model's."""
+    for kind, names in new.items():
+        for name, m in names.items():
+            was = old.get(kind, {}).get(name, {}).get("f1", 0.0)
+            log.info("%s %s: f1 %.4f (served model: %.4f; gold %d)", kind[:-1], name, m["f1"], was, m["gold"])
+
+
+class Progress:
+    """``JOB_DIR/progress.json``: the job's phase, its step of the total, the best dev F1 so
+    far and the estimated seconds left in the phase (from the elapsed time per step).
+
+    A new phase is written at once, steps at most once per ``interval`` seconds (and the
+    last one); each write is atomic (``files.atomic_write_json``). ``Progress(None)``
+    writes nothing. ``service.job_records`` merges it into the running job's record.
+    """
+
+    def __init__(self, job_dir, interval: float = 1.0):
+        self.path = Path(job_dir) / PROGRESS if job_dir else None
+        self.interval, self.written, self.state = interval, 0.0, {}
+
+    def phase(self, name: str, total: int | None = None):
+        self.state = {"phase": name, "step": 0, "total": total,
+                      "best_dev_f1": self.state.get("best_dev_f1"), "phase_started": time.time()}
+        self._write()
+
+    def step(self, step: int, total: int | None = None, best_f1: float | None = None):
+        self.state.update(step=step, total=total or self.state.get("total"))
+        if best_f1 is not None:
+            self.state["best_dev_f1"] = round(best_f1, 5)
+        if time.time() - self.written >= self.interval or step == self.state["total"]:
+            self._write()
+
+    def _write(self):
+        if self.path is None:
+            return
+        now = time.time()
+        state = dict(self.state, updated=now, eta_seconds=eta_seconds(
+            self.state.get("step"), self.state.get("total"), now - self.state.get("phase_started", now)))
+        try:
+            files.atomic_write_json(self.path, state)
+        except OSError as exc:     # progress is never worth failing a job for
+            log.warning("cannot write %s: %s", self.path, exc)
+        self.written = now
+
+
+def eta_seconds(step, total, elapsed: float) -> float | None:
+    """Seconds left for ``total - step`` more steps at the pace so far (None before a step)."""
+    if not step or not total:
+        return None
+    return round(elapsed / step * max(0, total - step), 1)
+
+
+def write_progress(job_dir, phase: str):
+    """Write a phase the server runs (``gathering``, ``promoting``) to the job's ``progress.json``
+    (the best dev F1 of training kept)."""
+    progress = Progress(job_dir)
+    progress.state = read_progress(job_dir) or {}
+    progress.phase(phase)
+
+
+def read_progress(job_dir) -> dict | None:
+    """The job's ``progress.json`` as written, or None (none yet, or unreadable)."""
+    try:
+        return files.read_json_object(Path(job_dir) / PROGRESS)
+    except ValueError:
+        return None
 
 
 def _write_examples(examples: Examples, data: Path):
@@ -222,15 +391,16 @@ def _write_examples(examples: Examples, data: Path):
              len(examples.train), len(examples.dev), "held-out" if examples.held_out else "scoring")
 
 
-def _finetune(spec: JobSpec, examples: Examples, save_dir: Path) -> dict:
-    """``finetune.finetune`` with the spec's settings; evaluated only after each epoch."""
+def _finetune(spec: JobSpec, examples: Examples, save_dir: Path, progress=None) -> dict:
+    """``finetune.finetune`` with the spec's settings; evaluated only after each epoch;
+    ``progress(step, total_steps, best dev F1)`` (not with ``devices``: other processes train)."""
     import finetune
 
     return finetune.finetune(
         examples.train, examples.dev, spec.model_path, save_dir,
         learning_rate=spec.learning_rate, num_epochs=spec.num_epochs,
         batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
-        logging_steps=20, valid_steps=0, devices=spec.devices or None)
+        logging_steps=20, valid_steps=0, devices=spec.devices or None, progress=progress)
 
 
 def run(job_dir) -> int:
@@ -245,7 +415,7 @@ def run(job_dir) -> int:
             uie.engine.set_math_threads(spec.threads)
         else:
             uie.engine.use_all_cores()
-        result = train(spec, job_dir / "work")
+        result = train(spec, job_dir / "work", Progress(job_dir))
         status = 0
     except JobError as exc:
         result, status = {"error": str(exc)}, 1

@@ -7,6 +7,11 @@ triggered, when it was created, started and finished, where its log is, and its
 outcome. ``JobRecords`` reads, writes, lists and prunes them; it takes no lock
 (the runner holds the project's queue lock around read-modify-write sequences)
 and imports nothing heavy: an RQ worker's main process uses it without Paddle.
+
+A running job's listed record also holds its ``progress`` (``with_progress``), read
+from the ``progress.json`` the job's processes write in its directory, wherever they
+run (``train_job.Progress``): ``phase``, ``step`` of ``total``, ``ratio``,
+``best_dev_f1`` and ``eta_seconds``, the estimate less the time since it was written.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import files
+from train_job import read_progress
 
 STATES = ("queued", "running", "failed", "done")
 FINISHED = ("done", "failed")
@@ -41,6 +47,28 @@ _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"            # CSI: colours, curs
 def plain_text(text: str) -> str:
     """``text`` without terminal escape sequences and control characters (tab, newline kept)."""
     return _ESCAPES.sub("", text)
+
+
+def with_progress(job_dir: Path, state: dict) -> dict:
+    """``state`` with ``progress`` (``progress_of``) when it is a running job that wrote some."""
+    if state.get("state") == "running":
+        progress = progress_of(read_progress(job_dir))
+        if progress:
+            state["progress"] = progress
+    return state
+
+
+def progress_of(written: dict | None, now: float | None = None) -> dict | None:
+    """What ``/jobs`` shows of a ``progress.json``: the ETA counted down since it was written."""
+    if not written or not isinstance(written.get("phase"), str):
+        return None
+    step, total, eta = written.get("step"), written.get("total"), written.get("eta_seconds")
+    if isinstance(eta, (int, float)) and isinstance(written.get("updated"), (int, float)):
+        eta = round(max(0.0, eta - ((now or time.time()) - written["updated"])), 1)
+    ratio = round(min(1.0, step / total), 4) if isinstance(step, int) and isinstance(total, int) and total else None
+    return {"phase": written["phase"], "step": step, "total": total, "ratio": ratio,
+            "best_dev_f1": written.get("best_dev_f1"), "eta_seconds": eta,
+            "phase_started": written.get("phase_started"), "updated": written.get("updated")}
 
 
 class JobRecords:
@@ -118,7 +146,7 @@ class JobRecords:
                 continue
             state = self.read(job_dir) or self._stateless(project, job_dir)
             if state:
-                jobs.append(state)
+                jobs.append(with_progress(job_dir, state))
         return jobs
 
     @staticmethod

@@ -13,6 +13,10 @@
    settings), then ``train_job`` (which writes ``result.json``), then
    ``ModelStore.promote`` moves the checked model in atomically; a failure leaves
    the served model as it was and its state says why; then old jobs are pruned.
+   The runner writes the phases it runs itself (``gathering``, ``promoting``) to the
+   job's ``progress.json``, ``train_job`` the others (``train_job.Progress``); the
+   version's ``meta.json`` keeps the per-label scores of both models (``per_label``,
+   ``previous_per_label``).
 
 A job whose process died is failed (``interrupted``) by the next process that
 takes its project's train lock: at start (``recover``), before the next job
@@ -45,7 +49,7 @@ from pathlib import Path
 
 from label_config import LabelConfigError, parse_label_config
 from service.job_records import JobRecords, plain_text
-from train_job import RESULT, JobError, JobSpec
+from train_job import RESULT, JobError, JobSpec, write_progress
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]   # where train_job.py is
@@ -184,6 +188,7 @@ class JobRunner:
         """Run a job marked running; a failure is recorded in its state, never raised."""
         started = time.time()
         try:
+            write_progress(job_dir, "gathering")
             spec = self._spec(project, job_dir)
             spec.write(job_dir)
             result = self._finish(project, job_dir, spec, self._train(job_dir))
@@ -241,6 +246,7 @@ class JobRunner:
 
     def _finish(self, project, job_dir: Path, spec: JobSpec, result: dict) -> dict:
         """Promote the candidate (or keep it unserved); what the job state says of it."""
+        write_progress(job_dir, "promoting")
         meta = _version_meta(project, job_dir.name, spec, result)
         promote = result["promote"]
         version = self.store.promote(project, Path(result["candidate"]), meta, make_current=promote)
@@ -250,6 +256,7 @@ class JobRunner:
         _append_log(job_dir, summary)
         return {"model_version": version, "promoted": promote, "metrics": meta["dev"],
                 "previous_metrics": meta["previous_dev"], "held_out": result["held_out"],
+                "per_label": meta["per_label"], "previous_per_label": meta["previous_per_label"],
                 "annotated_tasks": result["annotated_tasks"], "source": spec.source,
                 "summary": summary}
 
@@ -426,6 +433,8 @@ def _version_meta(project, job_id, spec: JobSpec, result: dict) -> dict:
         "held_out": result["held_out"],
         "dev": {k: new[k] for k in ("precision", "recall", "f1", "examples")},
         "previous_dev": {k: old[k] for k in ("precision", "recall", "f1")},
+        # per Label Studio label and relation, both models on the same annotations
+        "per_label": result.get("per_label"), "previous_per_label": result.get("previous_per_label"),
         "train_seconds": result.get("train_seconds"), "epochs_run": result.get("epochs_run"),
         "kind": result.get("kind"),
     }

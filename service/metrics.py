@@ -21,7 +21,15 @@ read from ``MODEL_DIR`` (and Redis) at each scrape, the same on every worker and
   ``MAX_PROJECT_LABELS`` projects (the most recently predicted, then the most recently
   promoted); ``uie_metrics_projects_folded{metric}`` counts the projects left out or
   added up in ``_other``;
+- ``uie_version_label_{precision,recall,f1}{project, label, kind}``: the served version's
+  scores per Label Studio label (``kind="label"``) and relation (``"relation"``), from its
+  ``meta.json`` (``per_label``), for the same projects as ``uie_served_model_info``;
 - ``uie_jobs{state}``: training jobs kept per state (queued, running, failed, done);
+- each running job's progress (``JOB_GAUGES``, from its ``progress.json`` through the job
+  records): ``uie_job_phase{project, phase}`` (1), ``uie_job_progress_ratio{project}`` (the
+  phase's steps done), ``uie_job_eta_seconds{project}``, ``uie_job_best_dev_f1{project}``;
+  for ``MAX_PROJECT_LABELS`` projects (most recently predicted, then started), the others
+  counted in ``uie_metrics_projects_folded{metric="uie_job"}``;
 - ``uie_training_duration_seconds{state}`` (histogram): how long finished jobs ran, by
   outcome: counted by the process that ran the job (embedded), or in Redis for every
   replica (scale-out);
@@ -53,6 +61,7 @@ from prometheus_client import (CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Coun
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
+import files
 from service.job_records import STATES
 from service.jobs import TRAINING_BUCKETS
 
@@ -62,6 +71,14 @@ MAX_PROJECT_LABELS = 50     # default of the projects named in labels (``Setting
 OTHER = "_other"
 LAST_ACTIVE = "uie_project_last_predicted_timestamp_seconds"   # ranks projects; never exposed
 PER_PROJECT = ("uie_predicted_tasks", "uie_predicted_regions")
+JOB_GAUGES = (    # running jobs' progress: (name, help, labels)
+    ("uie_job_phase", "1 for the phase each running job is in (gathering, converting, training, "
+     "exporting, evaluating, promoting)", ["project", "phase"]),
+    ("uie_job_progress_ratio", "Share of the current phase's steps a running job has done", ["project"]),
+    ("uie_job_eta_seconds", "Estimated seconds left in a running job's phase (from the time per step)",
+     ["project"]),
+    ("uie_job_best_dev_f1", "Best dev F1 a running job's training has reached so far", ["project"]),
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +194,10 @@ class _State:
 
     def __init__(self, store, jobs, scrape: _Scrape):
         self.store, self.jobs, self.scrape = store, jobs, scrape
+        self._folded_jobs = 0
 
     def collect(self):
+        yield from self._running()      # first: _served counts the jobs left out
         yield from self._served()
         durations = getattr(self.jobs, "training_durations", None)
         if durations is None:           # embedded: MODEL_DIR only
@@ -226,7 +245,35 @@ class _State:
                                    "project=\"_other\", or left out)", labels=["metric"])
         folded.add_metric(["uie_predicted"], len(predicted - predicted_named))
         folded.add_metric(["uie_served_model_info"], len(projects) - len(named))
+        folded.add_metric(["uie_job"], self._folded_jobs)
         yield folded
+        yield from _label_quality({p: self._served_meta(p) for p in sorted(named)})
+
+    def _served_meta(self, project: str) -> dict:
+        """The ``meta.json`` of the version serving ``project`` ({} for the base model or unreadable)."""
+        version = self.store.served_version(project)
+        if version == self.store.base.version:
+            return {}
+        try:
+            return files.read_json_object(self.store.project_dir(project) / version / "meta.json")
+        except ValueError:
+            return {}
+
+    def _running(self):
+        """Gauges of each running job's progress (``JobRecords`` merges its ``progress.json``):
+        for the ``max_projects`` projects most recently predicted, then most recently started."""
+        jobs = {j["project"]: j for j in self.jobs.records.list() if j.get("state") == "running"}
+        named = self.scrape.named(jobs, fallback_rank=lambda p: jobs[p].get("started") or 0.0)
+        self._folded_jobs = len(jobs) - len(named)
+        families = {name: GaugeMetricFamily(name, doc, labels=labels) for name, doc, labels in JOB_GAUGES}
+        for project in sorted(named):
+            progress = jobs[project].get("progress") or {}
+            families["uie_job_phase"].add_metric([project, progress.get("phase") or "starting"], 1)
+            for name, key in (("uie_job_progress_ratio", "ratio"), ("uie_job_eta_seconds", "eta_seconds"),
+                              ("uie_job_best_dev_f1", "best_dev_f1")):
+                if isinstance(progress.get(key), (int, float)):
+                    families[name].add_metric([project], progress[key])
+        yield from families.values()
 
     def _promoted_at(self, project: str) -> float:
         try:
@@ -240,6 +287,22 @@ class _State:
         for state in sorted(set(STATES) | set(counts)):
             jobs.add_metric([state], counts.get(state, 0))
         return jobs
+
+
+def _label_quality(metas: dict) -> list:
+    """``uie_version_label_{precision,recall,f1}{project,label,kind}`` of each project's served
+    version, from its ``meta.json``'s ``per_label`` (kind: ``label``, ``relation``, ``prompt``)."""
+    families = [GaugeMetricFamily(f"uie_version_label_{m}", f"The served version's {m} on its held-out "
+                                  "annotations (or training ones), per Label Studio label or relation",
+                                  labels=["project", "label", "kind"]) for m in ("precision", "recall", "f1")]
+    for project, meta in metas.items():
+        per_label = meta.get("per_label")
+        for kind, names in (per_label.items() if isinstance(per_label, dict) else ()):
+            for name, scores in (names.items() if isinstance(names, dict) else ()):
+                for family, m in zip(families, ("precision", "recall", "f1")):
+                    if isinstance(scores, dict) and isinstance(scores.get(m), (int, float)):
+                        family.add_metric([project, name, kind.rstrip("s")], scores[m])
+    return families
 
 
 def _durations(by_state: dict) -> HistogramMetricFamily:

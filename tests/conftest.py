@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness.gunicorn_process import Gunicorn  # noqa: E402
-from helpers import SEQ_LEN, make_settings, uie_examples  # noqa: E402
+from helpers import (EDGE_RELATION_CASES, RELATION_CONFIG, SEQ_LEN, make_settings, relation_tasks,  # noqa: E402
+                     uie_examples)
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +94,18 @@ def gunicorn(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def relation_model(tmp_path_factory, scratch_small):
+    """A tiny UIE trained for real, on what a training job builds from EDGE_RELATION_CASES."""
+    import finetune
+    from train_job import build_examples
+
+    examples = build_examples(relation_tasks(EDGE_RELATION_CASES), RELATION_CONFIG, min_dev_tasks=50)
+    save = tmp_path_factory.mktemp("relation-trained")
+    metrics = finetune.finetune(examples.train, None, scratch_small, save, learning_rate=1e-3,
+                                num_epochs=400, batch_size=8, max_seq_len=SEQ_LEN, valid_steps=0,
+                                patience=1000, device="cpu")
+    assert metrics["f1"] == 1.0, f"the fixture model did not learn its examples: {metrics}"
+    return save / "model_best"

@@ -242,6 +242,18 @@ EDGE_RELATION_CASES = [
 ]
 
 
+def relation_tasks(cases, start_id=1):
+    """Label Studio tasks with one annotation each (regions and relations), from ``case``s."""
+    tasks = []
+    for i, (text, spans, relations) in enumerate(cases):
+        tid = start_id + i
+        tasks.append({"id": tid, "data": {"text": text}, "annotations": [{
+            "id": 1000 + tid, "result": annotation_result(text, spans, relations), "was_cancelled": False,
+            "ground_truth": False, "task": tid, "created_at": "2026-11-28T19:02:03.674275Z",
+            "updated_at": "2026-11-28T19:02:03.674322Z"}]})
+    return tasks
+
+
 def annotation_result(text, spans, relations):
     """Label Studio's result: regions with ids, relation items between them."""
     ids = {}
@@ -255,3 +267,14 @@ def annotation_result(text, spans, relations):
         result.append({"from_id": ids[a], "to_id": ids[b], "type": "relation", "direction": direction,
                        "labels": [label]})
     return result
+
+
+# Choices: short texts of three topics, for a <Choices> project
+TOPICS = ("体育", "财经", "天气")
+TOPIC_CASES = [
+    ("姚明在篮球比赛中得了三十分。", "体育"), ("股市今天大涨，银行股领涨。", "财经"),
+    ("明天北京有大雨，气温下降。", "天气"), ("中国女排赢得了世界杯冠军。", "体育"),
+    ("央行宣布降低存款准备金率。", "财经"), ("台风将在周末登陆广东沿海。", "天气"),
+    ("梅西在决赛中打进两球。", "体育"), ("这家公司的季度利润增长了两成。", "财经"),
+    ("今天上海晴转多云，微风。", "天气"),
+]

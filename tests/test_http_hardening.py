@@ -197,7 +197,7 @@ def test_a_task_text_with_a_lone_surrogate_gets_an_empty_prediction(trained_clie
     answer = post_raw(trained_client, "/predict", body)
     assert answer.status_code == 200
     results = answer.json["results"]
-    assert results[1]["result"] == [] and results[1]["score"] == 0.0
+    assert results[1]["result"] == [] and 0 < results[1]["score"] <= 1
     alone = trained_client.post("/predict", json=predict_body(good)).json["results"]
     assert [spans_of(r) for r in (results[0], results[2])] == [spans_of(r) for r in alone]
     assert len(alone[0]["result"]) == 2

@@ -83,7 +83,7 @@ def test_trained_model_spans_come_back_with_exact_offsets(trained_client):
     long_text = EDGE_CASES[5][0]
     assert len(long_text) > 2 * SEQ_LEN
     assert len(results[5]["result"]) == 4
-    assert results[6]["result"] == [] and results[6]["score"] == 0.0
+    assert results[6]["result"] == [] and 0 < results[6]["score"] <= 1    # TASK_SCORE=entropy
 
 
 def test_task_score_min_and_mean(make_app, trained_model):
@@ -96,6 +96,43 @@ def test_task_score_min_and_mean(make_app, trained_model):
         scores = [r["score"] for r in lo["result"]]
         assert lo["score"] == pytest.approx(min(scores), abs=1e-6)
         assert avg["score"] == pytest.approx(sum(scores) / len(scores), abs=1e-6)
+
+
+def test_task_score_margin_is_low_when_a_label_nearly_found_was_not_returned(make_app, trained_model):
+    """``margin`` tells "sure there is nothing" from "almost found something", which the
+    scores of returned regions cannot: both return nothing, ``min`` scores both 0."""
+    body = {"tasks": tasks_for([EDGE_CASES[6], EDGE_CASES[0]]), "label_config": LABEL_CONFIG}
+    sure = make_app(uie_model=str(trained_model), task_score="margin").test_client()
+    nothing, found = sure.post("/predict", json=body).json["results"]
+    assert nothing["result"] == [] and nothing["score"] > 0.5, nothing
+    assert found["result"] and found["score"] > 0.3, found
+    highest = 0.5 * (1 - nothing["score"])     # the most probable start or end of no span
+    near = make_app(uie_model=str(trained_model), task_score="margin", score_threshold=highest * 1.05)
+    nearly = near.test_client().post("/predict", json=body).json["results"][0]
+    assert nearly["result"] == [] and nearly["score"] < 0.1, nearly
+    by_min = make_app(uie_model=str(trained_model), task_score="min",
+                      score_threshold=highest * 1.05).test_client()
+    assert by_min.post("/predict", json=body).json["results"][0]["score"] == 0.0
+
+
+def test_task_score_entropy_sums_the_doubt_of_every_decision(make_app, trained_model):
+    """``entropy``: 1 / (1 + the summed binary entropy of every start and end probability
+    the model produced on the task's text, for every label asked)."""
+    import numpy as np
+
+    text = EDGE_CASES[3][0]
+    app = make_app(uie_model=str(trained_model), task_score="entropy")
+    score = app.test_client().post("/predict", json={"tasks": tasks_for([EDGE_CASES[3]]),
+                                                     "label_config": LABEL_CONFIG}).json["results"][0]["score"]
+    predictor = app.extensions["uie"]["store"].live("default").predictor
+    inputs, _ = predictor.build_inputs([(text, [PERSON, PLACE])])
+    total = 0.0
+    for (_, _, x), (start, end) in zip(inputs, predictor.rows([x for _, _, x in inputs])):
+        for probs in (start, end):
+            p = np.clip(probs[x.content_start: x.content_start + x.n_content], 1e-12, 1 - 1e-12)
+            total += float(-(p * np.log(p) + (1 - p) * np.log(1 - p)).sum())
+    assert len(inputs) == 2 and total > 0
+    assert score == pytest.approx(1 / (1 + total), rel=1e-4)
 
 
 def test_predicted_values_prompt_and_several_controls(trained_client):

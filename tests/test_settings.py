@@ -110,7 +110,7 @@ def test_secrets_are_not_in_the_repr():
     ({"MAX_SEQ_LEN": "8"}, "MAX_SEQ_LEN=8 must be at least 16"),
     ({"SCORE_THRESHOLD": "high"}, "SCORE_THRESHOLD='high' is not a number"),
     ({"DEVICE": "tpu"}, "DEVICE='tpu' must be one of auto, cpu, gpu"),
-    ({"TASK_SCORE": "max"}, "TASK_SCORE='max' must be one of min, mean"),
+    ({"TASK_SCORE": "max"}, "TASK_SCORE='max' must be one of min, mean, margin, entropy"),
     ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose' must be one of debug, info, warning"),
     ({"TRAIN_EPOCHS": "0"}, "TRAIN_EPOCHS=0 must be at least 1"),
     ({"TRAIN_LEARNING_RATE": "fast"}, "TRAIN_LEARNING_RATE='fast' is not a number"),

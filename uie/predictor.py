@@ -5,6 +5,12 @@ Texts are tokenised once, long texts are split into overlapping windows, every
 input of its batch. A model with a span tagger (``uie.tagger``, scratch models)
 answers the labels the tagger knows from one prompt-free pass per window, and
 only the others from prompts.
+
+A classification prompt (PaddleNLP's ``prefix[option1,option2]``,
+``uie.tokenizer.prompt_options``) is answered on its own tokens: UIE marks the
+chosen option's span in the prompt. Such spans are reported with the offsets
+PaddleNLP's ``doccano.py`` writes for them: the offsets into the prompt less
+``len(prompt) + 1`` (negative), the best score over the text's windows.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from uie import engine as engines
 from uie import tagger as span_tagger
 from uie.batcher import Batcher
 from uie.checkpoint import ModelLoadError, load_tokenizer, max_position_of
-from uie.tokenizer import OffsetTokenizer, encode_windows, pad_batch, window_budget, windows
+from uie.tokenizer import (OffsetTokenizer, encode_windows, pad_batch, prompt_options,
+                           window_budget, windows)
 
 
 def pair_spans(start_probs, end_probs, threshold):
@@ -52,6 +59,48 @@ class Span:
     start: int
     end: int
     score: float
+
+
+def decision_margins(probs, threshold: float):
+    """How far each start/end probability sits from the decision threshold, scaled to
+    [0, 1] on its side: 0 is a coin toss at the threshold, 1 a sure yes (p=1) or no (p=0)."""
+    probs = np.asarray(probs, dtype="float64")
+    return np.where(probs >= threshold, (probs - threshold) / max(1.0 - threshold, 1e-9),
+                    (threshold - probs) / max(threshold, 1e-9))
+
+
+def binary_entropy(probs):
+    """The entropy (nats) of each yes/no decision of probability ``probs``."""
+    p = np.clip(np.asarray(probs, dtype="float64"), 1e-12, 1 - 1e-12)
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+@dataclass
+class Doubt:
+    """How unsure the model was of one prompt's answer on one text, over every start and
+    end decision it took there (returned or not): ``margin``, the smallest of their
+    ``decision_margins`` (1.0 when none was taken), and ``entropy``, the sum of their
+    ``binary_entropy``."""
+
+    margin: float = 1.0
+    entropy: float = 0.0
+
+    def add(self, other: "Doubt") -> "Doubt":
+        return Doubt(min(self.margin, other.margin), self.entropy + other.entropy)
+
+
+class Answer(dict):
+    """One query's answer, ``{prompt: [Span]}``, and ``doubt``: ``{prompt: Doubt}``. A label
+    whose probability sat near the threshold has a small margin whether or not it was
+    returned."""
+
+    def __init__(self, spans=(), doubt=None):
+        super().__init__(spans)
+        self.doubt = dict(doubt or {})
+
+    def update_from(self, other: "Answer"):
+        self.update(other)
+        self.doubt.update(getattr(other, "doubt", {}))
 
 
 class UIEPredictor:
@@ -170,20 +219,29 @@ class UIEPredictor:
     def extract(self, queries) -> list[dict[str, list[Span]]]:
         """Spans for every ``(text, prompts)`` query, as ``{prompt: [Span]}`` per query.
 
-        Span offsets are Python string indices into the query's text.
+        Span offsets are Python string indices into the query's text; those of a
+        classification prompt's spans index the prompt (negative, see above).
         """
         queries = [(text, list(dict.fromkeys(prompts))) for text, prompts in queries]
         tagged = self.tagger.classes if self.tagger is not None else ()
         asked = [(text, [p for p in prompts if p not in tagged]) for text, prompts in queries]
         inputs, tokens = self.build_inputs(asked)
         results = [{p: {} for p in prompts} for _, prompts in queries]
+        doubts = [{p: Doubt() for p in prompts} for _, prompts in queries]
         rows = self.rows([x for _, _, x in inputs])
+        classifying = {p: self.tokenizer.tokenize(p) for _, prompts in asked for p in prompts
+                       if prompt_options(p)}
         for (q, prompt, x), (start, end) in zip(inputs, rows):
-            self._collect(x, start, end, tokens[q], results[q][prompt])
+            if prompt in classifying:
+                self._collect_prompt(x, start, end, classifying[prompt], len(prompt), results[q][prompt])
+            else:
+                self._collect(x, start, end, tokens[q], results[q][prompt])
+            self._note_doubt(x, start, end, doubts[q], prompt)
         if tagged:
-            self._tag(queries, tokens, results)
-        return [{p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
-                 for p, spans in res.items()} for res in results]
+            self._tag(queries, tokens, results, doubts)
+        return [Answer({p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
+                        for p, spans in res.items()}, doubt)
+                for res, doubt in zip(results, doubts)]
 
     def count_inputs(self, queries, limit=None) -> int:
         """How many model inputs ``extract(queries)`` runs (what a request costs); counting
@@ -203,15 +261,16 @@ class UIEPredictor:
                         for n_tokens in [self._n_tokens(text)]
                         for prompts, n in self._units(text, all_prompts, n_tokens)), key=lambda u: u[0])
         total, done = sum(u[3] for u in units), 0
-        found = [{} for _ in queries]
+        found = [Answer() for _ in queries]
         for piece in _pieces(units, piece_inputs):
             if stop():
                 raise Stopped(done, total)
             answers = self.extract([(queries[q][0], prompts) for _, q, prompts, _ in piece])
             for (_, q, _, _), answer in zip(piece, answers):
-                found[q].update(answer)
+                found[q].update_from(answer)
             done += sum(u[3] for u in piece)
-        return [{p: found[q].get(p, []) for p in dict.fromkeys(prompts)}
+        return [Answer({p: found[q].get(p, []) for p in dict.fromkeys(prompts)},
+                       {p: found[q].doubt.get(p, Doubt()) for p in dict.fromkeys(prompts)})
                 for q, (_, prompts) in enumerate(queries)]
 
     def _n_tokens(self, text: str) -> int:
@@ -244,7 +303,28 @@ class UIEPredictor:
             if score > found.get(key, -1.0):
                 found[key] = score
 
-    def _tag(self, queries, tokens, results):
+    def _note_doubt(self, x, start, end, doubts: dict, prompt: str):
+        """Add the decisions on the content tokens that input ``x``'s window owns to
+        ``doubts[prompt]`` (a ``Doubt``)."""
+        c0 = x.content_start + x.own_lo - x.lo
+        c1 = x.content_start + x.own_hi - x.lo
+        if c1 > c0:
+            s, e = start[c0:c1], end[c0:c1]
+            lowest = min(decision_margins(s, self.threshold).min(), decision_margins(e, self.threshold).min())
+            entropy = binary_entropy(s).sum() + binary_entropy(e).sum()
+            doubts[prompt] = doubts[prompt].add(Doubt(float(lowest), float(entropy)))
+
+    def _collect_prompt(self, x, start, end, prompt_tokens, n_chars, found):
+        """Add the spans of a classification prompt's input on its prompt tokens to ``found``,
+        with offsets into the prompt less ``n_chars + 1`` (PaddleNLP's negative offsets)."""
+        _, p_starts, p_ends = prompt_tokens
+        n = x.content_start - 2                 # the prompt tokens the input holds
+        for s, e, score in pair_spans(start[1:1 + n], end[1:1 + n], self.threshold):
+            key = (p_starts[s] - n_chars - 1, p_ends[e] - n_chars - 1)
+            if score > found.get(key, -1.0):
+                found[key] = score
+
+    def _tag(self, queries, tokens, results, doubts):
         """The tagger's spans for the prompts of ``queries`` that are its classes:
         one prompt-free input per window of each distinct text."""
         classes = {p: k for k, p in enumerate(self.tagger.classes)}
@@ -267,6 +347,7 @@ class UIEPredictor:
                     if p in classes:
                         k = classes[p]
                         self._collect(x, start[:, k], end[:, k], tokens[q], results[q][p])
+                        self._note_doubt(x, start[:, k], end[:, k], doubts[q], p)
 
 
 def _pieces(units, size: int):

@@ -8,6 +8,9 @@
 - ``windows``, ``encode_windows`` and ``pad_batch`` build the model inputs
   (``[CLS] prompt [SEP] window [SEP]``) that ``finetune.py`` trains on and
   ``uie.predictor`` predicts from: one rule for both.
+- ``prompt_options`` tells a classification prompt (PaddleNLP's
+  ``prefix[option1,option2]``) and where its options are: UIE answers such a
+  prompt with the span of an option *in the prompt*, not in the text.
 """
 
 from __future__ import annotations
@@ -217,6 +220,22 @@ def windows(n_tokens: int, budget: int):
         w[2] = 0 if k == 0 else out[k - 1][3]
         w[3] = n_tokens if k == len(out) - 1 else out[k + 1][0] + overlap // 2
     return [tuple(w) for w in out]
+
+
+def prompt_options(prompt: str) -> list[tuple[int, int]]:
+    """``[(start, end)]`` character offsets of the options of a classification prompt
+    ``prefix[option1,option2,...]`` (a prefix, options none of them empty); ``[]`` for
+    any other prompt."""
+    at = prompt.rfind("[")
+    if at <= 0 or not prompt.endswith("]") or "]" in prompt[at:-1]:
+        return []
+    out, start = [], at + 1
+    for option in prompt[at + 1:-1].split(","):
+        if not option.strip():
+            return []
+        out.append((start, start + len(option)))
+        start += len(option) + 1
+    return out
 
 
 # Model inputs: one encoder for training and serving

@@ -38,7 +38,7 @@ import pytest
 import requests
 
 from harness.gunicorn_process import Gunicorn
-from helpers import FOUNDER, REPO, RELATION_CASES, annotation_result, spans_in
+from helpers import FOUNDER, REPO, RELATION_CASES, TOPIC_CASES, annotation_result, spans_in
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_studio import LabelStudioError, LabelStudioProcess, ensure_label_studio  # noqa: E402
@@ -212,6 +212,24 @@ def connect_backend(ls, project, backend, title):
     hooks = ls.api("GET", "/api/webhooks", params={"project": project})
     assert [h["url"] for h in hooks] == [backend.url + "/webhook"], hooks
     return ml["id"], state
+
+
+def project_with_predictions(ls, backend, name, config, texts, base_version):
+    """A project with ``texts`` as tasks and the backend connected, after "Retrieve
+    predictions": ``(project, {text: task id}, ml id, {task id: [predictions]})``, one
+    prediction of ``base_version`` per task."""
+    project = ls.api("POST", "/api/projects", json={"title": f"UIE e2e {name}", "label_config": config})["id"]
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t in texts])
+    task_ids = {t["data"]["text"]: t["id"] for t in list_tasks(ls, project)}
+    assert sorted(task_ids) == sorted(texts)
+    ml_id, ml_state = connect_backend(ls, project, backend, f"UIE ({name})")
+    assert ml_state["model_version"] == base_version, ml_state
+    reply, _ = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == len(texts), reply
+    preds = predictions_by_task(ls, task_ids.values())
+    for tid, stored in preds.items():
+        assert [p["model_version"] for p in stored] == [base_version], stored
+    return project, task_ids, ml_id, preds
 
 
 def retrieve_predictions(ls, project):
@@ -395,6 +413,30 @@ def test_round1_predict_annotate_and_train_from_webhooks(label_studio, start_bac
     version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
                                  source="webhooks", round_name="round 1 (webhooks)")
     assert version.startswith("v1-")
+    check_interactive(ls, project, ml_id, version)
+
+
+def check_interactive(ls, project, ml_id, version):
+    """Interactive pre-annotation with the annotator's region in the context, as Label
+    Studio's editor sends it: the answer copies the marked span's label to its other
+    occurrence, returns nothing overlapping the marked region, and is the same twice."""
+    text = "张伟在北京工作，北京很大，李雷也在北京。"
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": text}])
+    task = next(t["id"] for t in list_tasks(ls, project) if t["data"]["text"] == text)
+    first = text.index("北京")
+    marked = {"id": "ann-1", "from_name": "label", "to_name": "text", "type": "labels", "origin": "manual",
+              "value": {"start": first, "end": first + 2, "text": "北京", "labels": [PLACE]}}
+    answers = [ls.api("POST", f"/api/ml/{ml_id}/interactive-annotating",
+                      json={"task": task, "context": {"result": [marked]}}) for _ in range(2)]
+    assert "errors" not in answers[0], answers[0]
+    data = answers[0]["data"]
+    assert data["model_version"] == version and answers[1]["data"] == data, answers
+    check_regions(data, text)
+    copies = sorted(r["value"]["start"] for r in data["result"] if r["value"]["text"] == "北京")
+    assert copies == [i for i in range(len(text)) if text.startswith("北京", i) and i != first], data
+    assert all(r["value"]["labels"] == [PLACE] and r["score"] == 1.0
+               for r in data["result"] if r["value"]["text"] == "北京"), data
+    assert not any(r["value"]["start"] < first + 2 and first < r["value"]["end"] for r in data["result"]), data
 
 
 def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
@@ -452,18 +494,10 @@ def test_relations_predicted_annotated_and_trained(label_studio, start_backend):
     config = relation_config()
     backend = start_backend("relations", **TRAIN_ENV)
     base_version = backend.get("/health")["model_version"]
-    project = ls.api("POST", "/api/projects", json={"title": "UIE e2e relations", "label_config": config})["id"]
-    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t, _, _ in RELATION_CASES])
-    task_ids = {t["data"]["text"]: t["id"] for t in list_tasks(ls, project)}
-    assert sorted(task_ids) == sorted(t for t, _, _ in RELATION_CASES)
-    ml_id, ml_state = connect_backend(ls, project, backend, "UIE (relations)")
-    assert ml_state["model_version"] == base_version, ml_state
-
     # the untrained model: one prediction per task, whatever it finds
-    reply, _ = retrieve_predictions(ls, project)
-    assert reply["processed_items"] == len(RELATION_CASES), reply
-    for tid, preds in predictions_by_task(ls, task_ids.values()).items():
-        assert [p["model_version"] for p in preds] == [base_version], preds
+    project, task_ids, ml_id, first = project_with_predictions(
+        ls, backend, "relations", config, [t for t, _, _ in RELATION_CASES], base_version)
+    for preds in first.values():
         stored_relations(preds[0])
 
     # annotate entities and relations; Label Studio's webhooks bring them to the backend
@@ -508,3 +542,60 @@ def test_relations_predicted_annotated_and_trained(label_studio, start_backend):
           f"took {predict_seconds:.1f}s; {n_regions} regions; annotated relations reproduced: "
           f"{found}/{n_gold}; {n_found} predicted relations stored; missed {misses}; extra {extras}")
     assert found / n_gold >= 0.8, (misses, extras, jobs[0]["log"])
+
+
+# ---------------------------------------------------------------------------
+# choices (text classification)
+# ---------------------------------------------------------------------------
+TOPIC_CONFIG = ('<View>\n  <Text name="text" value="$text"/>\n'
+                '  <Choices name="topic" toName="text" choice="single-radio" predicted_values="主题">\n'
+                '    <Choice value="体育"/>\n    <Choice value="财经"/>\n    <Choice value="天气"/>\n'
+                '  </Choices>\n</View>')
+
+
+def stored_choices(prediction):
+    """The choices of a stored prediction's ``choices`` item (None without one)."""
+    items = [r for r in prediction["result"] if r["type"] == "choices"]
+    assert len(items) <= 1, prediction
+    for item in items:
+        assert (item["from_name"], item["to_name"]) == ("topic", "text") and 0 < item["score"] <= 1, item
+        assert len(item["value"]["choices"]) == 1, item          # a single choice
+    return items[0]["value"]["choices"] if items else None
+
+
+def test_choices_predicted_annotated_and_trained(label_studio, start_backend):
+    """A Choices-only project: stored choice predictions, annotations, Start Training, and the
+    new version's stored predictions choose as the annotations did."""
+    ls = label_studio
+    backend = start_backend("choices", **TRAIN_ENV)
+    base_version = backend.get("/health")["model_version"]
+    project, task_ids, ml_id, first = project_with_predictions(
+        ls, backend, "choices", TOPIC_CONFIG, [t for t, _ in TOPIC_CASES], base_version)
+    for preds in first.values():
+        stored_choices(preds[0])
+
+    for text, topic in TOPIC_CASES:
+        result = [{"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": [topic]}}]
+        created = ls.api("POST", f"/api/tasks/{task_ids[text]}/annotations/", json={"result": result})
+        assert created["result"] == result, created["result"]
+
+    took = start_training(ls, ml_id, backend)
+    jobs = wait_for_job(backend, project)
+    assert len(jobs) == 1 and jobs[0]["promoted"] is True, jobs
+    version = jobs[0]["model_version"]
+    assert VERSION_RE.match(version) and jobs[0]["annotated_tasks"] == len(TOPIC_CASES), jobs
+
+    reply, predict_seconds = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == len(TOPIC_CASES), reply
+    right, wrong = 0, []
+    for text, topic in TOPIC_CASES:
+        stamped = [p for p in ls.api("GET", "/api/predictions", params={"task": task_ids[text]})
+                   if p["model_version"] == version]
+        assert len(stamped) == 1, stamped
+        chosen = stored_choices(stamped[0])
+        right += chosen == [topic]
+        if chosen != [topic]:
+            wrong.append((text, topic, chosen))
+    print(f"choices: Start Training answered in {took:.2f}s; version {version}; retrieve predictions took "
+          f"{predict_seconds:.1f}s; annotated choices reproduced: {right}/{len(TOPIC_CASES)}; wrong {wrong}")
+    assert right >= len(TOPIC_CASES) - 1, (wrong, jobs[0]["log"])
