@@ -522,15 +522,16 @@ def _train_and_wait(a, b, project, probe):
         time.sleep(0.2)
 
 
-def _served_f1(server, sentences, chunk=64):
-    """Micro P/R/F1 (exact span and label) of ``/predict`` on ``sentences``, and its texts/s."""
+def _served_f1(server, sentences, chunk=64, project="1"):
+    """Micro P/R/F1 (exact span and label) of ``/predict`` on ``sentences`` (the model
+    ``project`` is served), and its texts/s."""
     labels = {v: k for k, v in common.CLUENER_PROMPTS.items()}
     tp = n_pred = n_gold = 0
     seconds = 0.0
     for c in range(0, len(sentences), chunk):
         part = sentences[c: c + chunk]
         body = {"tasks": [{"id": c + i + 1, "data": {"text": s["text"]}} for i, s in enumerate(part)],
-                "project": "1", "label_config": CLUENER_CONFIG}
+                "project": project, "label_config": CLUENER_CONFIG}
         t = time.perf_counter()
         answer = post(server.url + "/predict", body)
         seconds += time.perf_counter() - t
