@@ -226,7 +226,7 @@ class UIEBackend:
         whether the client is still there."""
         inputs = cost.rounds[-1]
         predictor, gone = live.predictor, self.client_gone
-        cache = answer_cache.cache_for(predictor)    # what was asked before is not run again
+        cache = answer_cache.cache_for(predictor, self.settings.answer_cache)   # asked before: not run again
         try:
             if gone is None or inputs <= PIECE_INPUTS:
                 if gone is not None and gone():

@@ -147,6 +147,7 @@ class Settings:
     inference_engine: str = "paddle-inference"
     cpu_threads: int | None = None           # None: the cores divided by WORKERS
     batch_wait_ms: float = 5.0
+    answer_cache: int = 4096
     # relations: the relation prompt template, "<subject>的<relation>" or "<relation> of <subject>"
     schema_lang: str = "ch"
     label_studio_url: str = ""
@@ -205,6 +206,7 @@ class Settings:
                                      ("paddle-inference", "dygraph")),
             cpu_threads=cpu_threads(env),
             batch_wait_ms=_nonnegative(env, "BATCH_WAIT_MS", cls.batch_wait_ms),
+            answer_cache=_int(env, "ANSWER_CACHE", cls.answer_cache, minimum=0),
             schema_lang=_choice(env, "SCHEMA_LANG", cls.schema_lang, ("ch", "en")),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/"),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),

@@ -140,7 +140,8 @@ def test_a_one_task_request_is_answered_during_a_big_one_on_gunicorn(gunicorn, s
     what matters is when the answers come, and that they are the same."""
     import requests
 
-    server = gunicorn(UIE_MODEL=str(scratch_small), MAX_SEQ_LEN="512", THREADS="4")
+    server = gunicorn(UIE_MODEL=str(scratch_small), MAX_SEQ_LEN="512", THREADS="4",
+                      ANSWER_CACHE="0")   # every request runs the model
     assert requests.get(server.url + "/health", timeout=10).json()["model"]["engine"] == "paddle-inference"
     text = (FILLER * 80)[:1500]
     big = {"tasks": [{"id": i, "data": {"text": f"{i}{text}"}} for i in range(60)], "label_config": LABEL_CONFIG}

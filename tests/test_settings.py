@@ -50,6 +50,7 @@ VARIABLES = [
     ("CPU_THREADS", "2", "cpu_threads", 2),
     ("CPU_THREADS", "auto", "cpu_threads", None),
     ("BATCH_WAIT_MS", "0", "batch_wait_ms", 0.0),
+    ("ANSWER_CACHE", "0", "answer_cache", 0),
     ("SCHEMA_LANG", "EN", "schema_lang", "en"),
     ("SCHEMA_LANG", "ch", "schema_lang", "ch"),
     ("LABEL_STUDIO_URL", "http://ls:8080/", "label_studio_url", "http://ls:8080"),

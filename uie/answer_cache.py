@@ -34,6 +34,8 @@ class AnswerCache:
 
     def extract(self, run, queries) -> list[Answer]:
         """``run(queries)`` (an ``extract``) for what is not cached, answers for all."""
+        if self.size <= 0:
+            return run(queries)
         keys = [hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest() for text, _ in queries]
         prompts = [list(dict.fromkeys(ps)) for _, ps in queries]
         known = [{p: hit for p in ps if (hit := self._get((k, p))) is not None}
@@ -70,10 +72,11 @@ class AnswerCache:
                 self._items.popitem(last=False)
 
 
-def cache_for(predictor) -> AnswerCache:
-    """The cache of ``predictor`` (made on first use, gone with the predictor)."""
+def cache_for(predictor, size: int = SIZE) -> AnswerCache:
+    """The cache of ``predictor`` (made on first use with ``size`` entries, 0: none; gone
+    with the predictor)."""
     with _caches_lock:
         cache = _caches.get(predictor)
         if cache is None:
-            cache = _caches[predictor] = AnswerCache()
+            cache = _caches[predictor] = AnswerCache(size)
         return cache
