@@ -22,7 +22,7 @@ LONG_TEXT = (_UNIT * (100_000 // len(_UNIT) + 1))[:100_000]
 LONG_BODY = {"tasks": [{"id": 1, "data": {"text": LONG_TEXT}}], "label_config": LABEL_CONFIG}
 SHORT_BODY = {"tasks": tasks_for(EDGE_CASES), "label_config": LABEL_CONFIG}
 SLOW = dict(MAX_SEQ_LEN=str(SEQ_LEN), BATCH_SIZE="4", CPU_THREADS="1",
-            MAX_QUERIES_PER_REQUEST="100000",
+            MAX_QUERIES_PER_REQUEST="100000", ANSWER_CACHE="0",   # the same body runs the model again
             # the worker's pid and the request's X-Test-Id in each access log line
             GUNICORN_CMD_ARGS="--access-logformat 'ACCESS pid=%(p)s id=%({x-test-id}i)s "
                               "status=%(s)s'")
