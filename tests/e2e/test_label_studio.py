@@ -232,6 +232,20 @@ def project_with_predictions(ls, backend, name, config, texts, base_version):
     return project, task_ids, ml_id, preds
 
 
+def train_then_retrieve(ls, backend, project, ml_id, n_tasks):
+    """Start Training from Label Studio, wait for the one job (promoted, trained on all
+    ``n_tasks``), then "Retrieve predictions": ``(version, seconds to start, seconds to
+    retrieve)``."""
+    took = start_training(ls, ml_id, backend)
+    jobs = wait_for_job(backend, project)
+    assert len(jobs) == 1 and jobs[0]["promoted"] is True, jobs
+    version = jobs[0]["model_version"]
+    assert VERSION_RE.match(version) and jobs[0]["annotated_tasks"] == n_tasks, jobs
+    reply, predict_seconds = retrieve_predictions(ls, project)
+    assert reply["processed_items"] == n_tasks, reply
+    return version, took, predict_seconds
+
+
 def retrieve_predictions(ls, project):
     """The data manager's "Retrieve predictions" on all tasks."""
     started = time.time()
@@ -512,14 +526,7 @@ def test_relations_predicted_annotated_and_trained(label_studio, start_backend):
               for item in annotation["result"] if item["type"] == "relation"]
     assert len(stored) == sum(len(g) for g in gold.values()), stored
 
-    took = start_training(ls, ml_id, backend)
-    jobs = wait_for_job(backend, project)
-    assert len(jobs) == 1 and jobs[0]["promoted"] is True, jobs
-    version = jobs[0]["model_version"]
-    assert VERSION_RE.match(version) and jobs[0]["annotated_tasks"] == len(RELATION_CASES), jobs
-
-    reply, predict_seconds = retrieve_predictions(ls, project)
-    assert reply["processed_items"] == len(RELATION_CASES), reply
+    version, took, predict_seconds = train_then_retrieve(ls, backend, project, ml_id, len(RELATION_CASES))
     found, n_found, n_regions = 0, 0, 0
     misses, extras = [], []
     for text, tid in task_ids.items():
@@ -579,14 +586,7 @@ def test_choices_predicted_annotated_and_trained(label_studio, start_backend):
         created = ls.api("POST", f"/api/tasks/{task_ids[text]}/annotations/", json={"result": result})
         assert created["result"] == result, created["result"]
 
-    took = start_training(ls, ml_id, backend)
-    jobs = wait_for_job(backend, project)
-    assert len(jobs) == 1 and jobs[0]["promoted"] is True, jobs
-    version = jobs[0]["model_version"]
-    assert VERSION_RE.match(version) and jobs[0]["annotated_tasks"] == len(TOPIC_CASES), jobs
-
-    reply, predict_seconds = retrieve_predictions(ls, project)
-    assert reply["processed_items"] == len(TOPIC_CASES), reply
+    version, took, predict_seconds = train_then_retrieve(ls, backend, project, ml_id, len(TOPIC_CASES))
     right, wrong = 0, []
     for text, topic in TOPIC_CASES:
         stamped = [p for p in ls.api("GET", "/api/predictions", params={"task": task_ids[text]})
