@@ -30,6 +30,11 @@ graceful_timeout = 30
 loglevel = _settings.log_level.lower()
 accesslog = "-"
 preload_app = False   # each worker loads its model after the fork (Paddle is not fork-safe)
+# gunicorn >= 25.1 runs a control socket (for ``gunicornc``) in an asyncio thread of the master,
+# stopped and restarted around every fork, at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# two servers of one user take it from each other, and its fork handling has had deadlock and
+# leak fixes since. Nothing here uses it; signals (HUP, TERM, TTIN/TTOU) do the same.
+control_socket_disable = True
 
 # Prometheus metrics across workers (GET /metrics, service/metrics.py): every worker writes its
 # counts into PROMETHEUS_MULTIPROC_DIR, set here, in the master, before any worker forks.

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from harness.gunicorn_process import Gunicorn  # noqa: E402
 from helpers import (EDGE_RELATION_CASES, RELATION_CONFIG, SEQ_LEN, make_settings, relation_tasks,  # noqa: E402
-                     uie_examples)
+                     show_logs_on_failure, uie_examples)
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +80,31 @@ def trained_client(make_app, trained_model):
     return make_app(uie_model=str(trained_model)).test_client()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the last lines of the logs of the servers it started
+    (``show_logs_on_failure``): CI's clean clone is gone once the run ends."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for server in (s for servers in getattr(item, "_servers_to_show", ()) for s in servers):
+            report.sections.append((f"log of {server.log_path.name}", _log_tail(server)))
+
+
+def _log_tail(server, lines=80) -> str:
+    """The log's last ``lines`` lines that are not access-log lines."""
+    try:
+        text = server.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+    kept = [line for line in text if '"GET /' not in line and '"POST /' not in line]
+    return "\n".join(kept[-lines:])
+
+
 @pytest.fixture
-def gunicorn(tmp_path):
+def gunicorn(tmp_path, request):
     started = []
+    show_logs_on_failure(request, started)
 
     def start(**env):
         env.setdefault("MODEL_DIR", str(tmp_path / "models"))

@@ -278,3 +278,9 @@ TOPIC_CASES = [
     ("梅西在决赛中打进两球。", "体育"), ("这家公司的季度利润增长了两成。", "财经"),
     ("今天上海晴转多云，微风。", "天气"),
 ]
+
+
+def show_logs_on_failure(request, servers: list):
+    """Have a failed test's report end with the logs of ``servers`` (a list the fixture fills;
+    anything with a ``log_path``): see ``pytest_runtest_makereport`` in conftest.py."""
+    request.node.__dict__.setdefault("_servers_to_show", []).append(servers)

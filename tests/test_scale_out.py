@@ -19,7 +19,8 @@ import requests
 from harness.gunicorn_process import Gunicorn
 from harness.redis_server import RedisServer
 from harness.rq_worker import RQWorker as Worker
-from helpers import REPO, CLUENER_CONFIG, cluener_tasks, start_training_body, wait_job, webhook_body
+from helpers import (REPO, CLUENER_CONFIG, cluener_tasks, show_logs_on_failure, start_training_body, wait_job,
+                     webhook_body)
 
 PROJECT = 21
 SETUP = {"project": f"{PROJECT}.1795892522"}
@@ -67,13 +68,15 @@ def wait_new_version(server, task, old, timeout=600) -> tuple[str, float]:
 
 
 @pytest.fixture
-def cluster(tmp_path, scratch_small):
+def cluster(tmp_path, scratch_small, request):
     """Redis, replicas A and B over one MODEL_DIR; ``worker(**env)`` starts RQ workers."""
     redis = RedisServer()
     env = dict(UIE_MODEL=str(scratch_small), MODEL_DIR=str(tmp_path / "models"), REDIS_URL=redis.url,
                TRAIN_EPOCHS="40", TRAIN_MAX_SEQ_LEN="64", JOB_LEASE_SECONDS="3", LOG_LEVEL="INFO",
                WORKERS="2", THREADS="4")
     servers, workers = [], []
+    show_logs_on_failure(request, servers)
+    show_logs_on_failure(request, workers)
 
     def worker(**overrides):
         w = Worker(dict(env, **overrides), tmp_path / f"worker-{len(workers)}.log")
