@@ -54,7 +54,7 @@ import random
 import sys
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from convert import read_jsonl, write_jsonl
 from choices import cls_prompt, option_offsets
@@ -512,6 +512,7 @@ def convert_doccano(
     relation_negative_ratio: int | None = None,
     asked_relations: dict[str, Sequence[str]] | None = None,
     choices: dict[str, tuple[str, Sequence[str]]] | None = None,
+    split_of: Callable[[dict], int] | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Convert doccano records into (train, dev, test) UIE examples, split by record.
 
@@ -528,6 +529,10 @@ def convert_doccano(
     ``choices`` (``{Choices control: (prompt prefix, option words)}``) makes, for each
     record's ``"choices"`` of those controls, a classification example with the options
     in that order (the server's prompt); a record with choices alone is trained on too.
+
+    ``split_of(record)`` (0 train, 1 dev, 2 test), when given, puts each record in its split
+    in place of cutting the shuffled records by ``splits``: a training job's held-out tasks
+    stay held out as the project grows (``train_job.held_out_split``).
     """
     relation_negative_ratio, asked_relations = _checked_options(
         task_type, schema_lang, negative_ratio, relation_negative_ratio, asked_relations
@@ -535,7 +540,10 @@ def convert_doccano(
     parts = _check_splits(splits)
     records = list(records)
     rng = random.Random(seed)
-    chunks = _record_chunks(len(records), parts, is_shuffle, rng)
+    if split_of is None:
+        chunks = _record_chunks(len(records), parts, is_shuffle, rng)
+    else:
+        chunks = [[i for i, r in enumerate(records) if split_of(r) == k] for k in range(3)]
     if task_type == "cls":
         return tuple(_cls_split([(records[i], i) for i in chunk], prompt_prefix, options, rng) for chunk in chunks)
 

@@ -17,6 +17,7 @@ as function calls in this one process: nothing that comes from Label Studio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -34,6 +35,7 @@ SPEC, RESULT, PROGRESS = "spec.json", "result.json", "progress.json"
 # as PaddleNLP samples them (its default negative_ratio). All of them (-1) would be every
 # entity text of every annotated task asked on every other task: quadratic in the tasks.
 RELATION_NEGATIVE_RATIO = 5
+DEV_SHARE = 0.2      # of the texts held out once a project has min_dev_tasks annotated tasks
 
 
 class JobError(RuntimeError):
@@ -92,14 +94,28 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: st
     all built from the words of a relation's ``predicted_values`` when it has
     them. A ``<Choices>`` on the same text adds a classification example per task
     annotated with its choices (``choices.py``'s prompt, options in the config's order),
-    in the same split. With ``min_dev_tasks`` annotated tasks or more, 20 % are held out.
+    in the same split. With ``min_dev_tasks`` annotated tasks or more, about 20 % are held
+    out, always the same texts (``held_out_split``).
     """
     same_text, relations, same_choices = _read_label_config(label_config)
     records = _doccano_records(tasks, same_text, relations, same_choices)
-    held_out = len(records) >= min_dev_tasks
+    held_out = len(records) >= min_dev_tasks and len({held_out_split(r) for r in records}) == 2
     train, dev = _convert_records(records, same_text, relations, held_out, schema_lang, same_choices)
     train, dev = _expand_label_prompts(train, dev, same_text)
     return Examples(train, dev if held_out else train, len(records), held_out)
+
+
+def held_out_split(record: dict) -> int:
+    """1 (held out) for about ``DEV_SHARE`` of the texts, 0 (train) for the others.
+
+    The split depends on the text alone (its SHA-256), not on which other tasks a job has:
+    a task held out by one job is held out by every later job of the project, so the served
+    version, trained on an earlier job's train split, is scored on texts it never saw, like
+    the candidate; a split drawn anew per job would score it on some of its own training
+    texts and keep it served for being graded on them. Equal texts share their split.
+    """
+    digest = hashlib.sha256(str(record.get("text", "")).encode("utf-8")).digest()
+    return int(int.from_bytes(digest[:4], "big") < DEV_SHARE * 2 ** 32)
 
 
 def _read_label_config(label_config: str):
@@ -158,7 +174,7 @@ def _convert_records(records, same_text, relations, held_out: bool, schema_lang:
     asked = {word: r.subject_labels for r in relations for word in r.prompts}
     choices = {c.from_name: (c.prefix, c.options) for c in same_choices}
     try:
-        train, dev, _ = doccano.convert_doccano(records, splits=(0.8, 0.2, 0) if held_out else (1, 0, 0),
+        train, dev, _ = doccano.convert_doccano(records, split_of=held_out_split if held_out else lambda r: 0,
                                                 negative_ratio=-1, labels=labels, schema_lang=schema_lang,
                                                 relation_negative_ratio=RELATION_NEGATIVE_RATIO,
                                                 asked_relations=asked, choices=choices)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from train_job import should_promote
+from train_job import build_examples, should_promote
 
 from helpers import (CLUENER_CONFIG, cluener_tasks, gold_spans, load_request, predicted_spans,
                      start_training_body, wait_job, webhook_body)
@@ -256,3 +256,17 @@ def test_enough_annotations_are_scored_on_held_out_ones_against_the_served_model
     # a scratch model is served with windows no longer than it was trained on
     store = app.extensions["uie"]["store"]
     assert store.serving_seq_len(store.project_dir("8") / version["model_version"]) == 64
+
+
+def test_held_out_tasks_stay_held_out_as_the_project_grows():
+    """A job scores the served version on texts it never trained on: the texts held out at
+    60 annotated tasks are held out at 200 too, and none of the 60-task job's training texts is."""
+    def texts(examples):
+        return {e["content"] for e in examples}
+
+    first = build_examples(cluener_tasks(60), CLUENER_CONFIG, min_dev_tasks=50)
+    later = build_examples(cluener_tasks(200), CLUENER_CONFIG, min_dev_tasks=50)
+    assert first.held_out and later.held_out
+    assert texts(first.dev) <= texts(later.dev)
+    assert not texts(first.train) & texts(later.dev)
+    assert 0.1 < len(texts(later.dev)) / 200 < 0.3
