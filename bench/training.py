@@ -542,7 +542,8 @@ def _served_f1(server, sentences, chunk=64, project="1"):
             tp, n_pred, n_gold = tp + len(got & gold), n_pred + len(got), n_gold + len(gold)
     p, r = tp / max(n_pred, 1), tp / max(n_gold, 1)
     return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / max(p + r, 1e-9), 4),
-            "texts_per_second": round(len(sentences) / seconds, 1)}
+            "texts_per_second": round(len(sentences) / seconds, 1),
+            "false_positives_per_100": round(100 * (n_pred - tp) / max(len(sentences), 1), 1)}
 
 
 def scratch_jobs(sizes=(50, 200, 1000), compare_serving=True):

@@ -5,7 +5,9 @@ annotation is replaced only by a copy at least as new (its ``updated_at``,
 else ``created_at``), and a deleted annotation stays deleted: its id is
 kept as a tombstone that later webhooks for it cannot bring back. Each
 project's label config and its count of annotation changes since the last
-training trigger live here too. Any Python text is stored as sent (JSON
+training trigger live here too, and what ``/predict`` suggested per task and model version
+(``remember_suggestions``; ``service.corrections`` compares it with the annotations made
+from it). Any Python text is stored as sent (JSON
 with ASCII escapes, so even a lone surrogate survives). Safe for several
 threads and several gunicorn workers (one short transaction per call).
 """
@@ -13,7 +15,9 @@ threads and several gunicorn workers (one short transaction per call).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,9 +48,26 @@ CREATE TABLE IF NOT EXISTS projects (
     label_config TEXT,
     changes INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS suggestions (
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    regions_json TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (project, task_id, model_version)
+);
+CREATE INDEX IF NOT EXISTS suggestions_at ON suggestions (project, at);
 """
 # added after the first release: databases made before get the column on open
 MIGRATIONS = ("ALTER TABLE annotations ADD COLUMN updated REAL",)
+# What /predict suggested, per project: at most this many (task, model version) rows, the
+# oldest dropped first (``remember_suggestions``).
+MAX_SUGGESTIONS = 20_000
+# Seconds ``remember_suggestions`` waits for another writer (then it fails, and /predict logs it).
+SUGGESTION_WAIT = 1.0
+# The SQLite store counts a project's suggestions (and drops the oldest past MAX_SUGGESTIONS)
+# once this process has written this many since it last counted: counting costs a scan.
+PRUNE_EVERY = 64
 
 
 def _key(value) -> str:
@@ -106,6 +127,8 @@ def annotation_time(annotation: dict) -> float | None:
 class AnnotationStore:
     def __init__(self, path):
         self.path = Path(path)
+        self._unpruned: dict[str, int] = {}     # project -> suggestions written since it was pruned
+        self._local = threading.local()         # each thread's connection for remember_suggestions
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
@@ -194,3 +217,58 @@ class AnnotationStore:
     def reset_changes(self, project: str):
         with self._db() as db:
             db.execute("UPDATE projects SET changes = 0 WHERE project = ?", (project,))
+
+    def remember_suggestions(self, project: str, model_version: str, suggestions) -> int:
+        """Keep what ``model_version`` suggested for tasks (``[(task id, regions)]``, regions as
+        ``suggested_items`` makes them), replacing what it suggested for them before, in one
+        short transaction; every ``PRUNE_EVERY`` rows (per process) it also drops the project's
+        oldest rows past ``MAX_SUGGESTIONS``. Returns how many were kept."""
+        now = time.time()
+        rows = [(project, _key(task_id), model_version, _dumps(regions), now)
+                for task_id, regions in suggestions if task_id is not None]
+        if not rows:
+            return 0
+        written = self._unpruned.get(project, PRUNE_EVERY) + len(rows)   # a new process counts at once
+        with self._suggestion_db() as db:
+            db.executemany("INSERT OR REPLACE INTO suggestions (project, task_id, model_version, "
+                           "regions_json, at) VALUES (?, ?, ?, ?, ?)", rows)
+            if written >= PRUNE_EVERY:
+                extra = db.execute("SELECT COUNT(*) FROM suggestions WHERE project = ?",
+                                   (project,)).fetchone()[0] - MAX_SUGGESTIONS
+                if extra > 0:
+                    db.execute("DELETE FROM suggestions WHERE rowid IN (SELECT rowid FROM suggestions "
+                               "WHERE project = ? ORDER BY at, rowid LIMIT ?)", (project, extra))
+                written = 0
+        self._unpruned[project] = written
+        return len(rows)
+
+    def _suggestion_db(self) -> sqlite3.Connection:
+        """This thread's connection for ``remember_suggestions``, kept open (closing a database's
+        last connection checkpoints its WAL, an fsync per request), commits not synced (WAL:
+        a crash loses the last ones, never consistency), waiting ``SUGGESTION_WAIT`` at most for
+        another writer; opened anew in a forked process."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.db = sqlite3.connect(self.path, timeout=SUGGESTION_WAIT)
+            local.db.execute("PRAGMA journal_mode=WAL")
+            local.db.execute("PRAGMA synchronous=NORMAL")
+            local.pid = os.getpid()
+        return local.db
+
+    def suggestions(self, project: str, task_ids=None) -> dict[str, list[dict]]:
+        """``{task key: [{"model_version", "at", "regions"}, ...]}`` (newest first) of the
+        project's remembered suggestions (of ``task_ids`` only, when given)."""
+        select = "SELECT task_id, model_version, at, regions_json FROM suggestions WHERE project = ?"
+        with self._db() as db:
+            if task_ids is None:
+                rows = db.execute(select, (project,)).fetchall()
+            else:
+                keys, rows = sorted({_key(t) for t in task_ids}), []
+                for k in range(0, len(keys), 500):
+                    part = keys[k:k + 500]
+                    rows += db.execute(f"{select} AND task_id IN ({','.join('?' * len(part))})",
+                                       (project, *part)).fetchall()
+        out: dict[str, list[dict]] = {}
+        for task_key, version, at, regions in sorted(rows, key=lambda row: -row[2]):
+            out.setdefault(task_key, []).append({"model_version": version, "at": at, "regions": json.loads(regions)})
+        return out

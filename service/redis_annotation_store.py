@@ -18,6 +18,8 @@ Keys, per project ``P`` (``{P}`` is a Redis Cluster hash tag: one slot per proje
     uie:ann:{P}:deleted   hash  annotation id -> when it was deleted (tombstones)
     uie:ann:{P}:config    string  the project's label config
     uie:ann:{P}:changes   integer  annotation changes since the last TRAIN_EVERY_N trigger
+    uie:ann:{P}:suggested     hash  [task id, model version] -> what /predict suggested (JSON)
+    uie:ann:{P}:suggested_at  zset  [task id, model version] by when (the oldest dropped first)
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from __future__ import annotations
 import json
 import time
 
-from service.annotation_store import _dumps, _key, check_label_config_text, group_tasks, incoming
+from service.annotation_store import (MAX_SUGGESTIONS, _dumps, _key, check_label_config_text, group_tasks,
+                                      incoming)
 
 PREFIX = "uie:ann:"
 
@@ -40,6 +43,21 @@ redis.call('HSET', KEYS[3], ARGV[1], redis.call('INCR', KEYS[5]))
 return 1
 """
 
+# KEYS: suggested, suggested_at. ARGV: now, cap, then field, record JSON, field, record JSON, ...
+REMEMBER = """
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+end
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+if extra > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, extra - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+  for _, field in ipairs(old) do redis.call('HDEL', KEYS[1], field) end
+end
+return (#ARGV - 2) / 2
+"""
+
 
 class RedisAnnotationStore:
     """``AnnotationStore``'s interface over a Redis connection (``redis.Redis``)."""
@@ -48,6 +66,7 @@ class RedisAnnotationStore:
         self.conn = conn
         self.prefix = prefix
         self._upsert = conn.register_script(UPSERT)
+        self._remember = conn.register_script(REMEMBER)
 
     def _k(self, project: str, what: str) -> str:
         return f"{self.prefix}{{{project}}}:{what}"
@@ -104,3 +123,31 @@ class RedisAnnotationStore:
 
     def reset_changes(self, project: str):
         self.conn.set(self._k(project, "changes"), 0)
+
+    def remember_suggestions(self, project: str, model_version: str, suggestions) -> int:
+        """Keep what ``model_version`` suggested for tasks (``[(task id, regions)]``), replacing
+        what it suggested for them before, and drop the project's oldest past
+        ``MAX_SUGGESTIONS``: one atomic script. Returns how many were kept."""
+        now = time.time()
+        args = [repr(now), str(MAX_SUGGESTIONS)]
+        for task_id, regions in suggestions:
+            if task_id is not None:
+                key = _key(task_id)
+                args += [_dumps([key, model_version]),
+                         _dumps({"task_id": key, "model_version": model_version, "at": now, "regions": regions})]
+        if len(args) == 2:
+            return 0
+        keys = [self._k(project, "suggested"), self._k(project, "suggested_at")]
+        return int(self._remember(keys=keys, args=args))
+
+    def suggestions(self, project: str, task_ids=None) -> dict[str, list[dict]]:
+        """``{task key: [{"model_version", "at", "regions"}, ...]}`` (newest first) of the
+        project's remembered suggestions (of ``task_ids`` only, when given)."""
+        wanted = None if task_ids is None else {_key(t) for t in task_ids}
+        rows = [json.loads(raw) for raw in self.conn.hvals(self._k(project, "suggested"))]
+        out: dict[str, list[dict]] = {}
+        for row in sorted(rows, key=lambda r: -r["at"]):
+            if wanted is None or row["task_id"] in wanted:
+                out.setdefault(row["task_id"], []).append(
+                    {"model_version": row["model_version"], "at": row["at"], "regions": row["regions"]})
+        return out
