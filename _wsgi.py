@@ -162,12 +162,35 @@ def health():
              **engines.get(base.path, {})}
     details = {"loaded_models": engines, "problems": store.problems()}
     _queue_health(ext, details)     # scale-out mode: RQ workers alive, Redis, spooled webhooks
+    missing = {} if "redis" in details["problems"] else _labels_without_examples(store.projects())
+    details["labels_without_examples"] = {p: m for p, m in missing.items() if m and any(m.values())}
     if settings.basic_auth_user and not _credentials_match(request.authorization, settings):
         model = {k: v for k, v in model.items() if k in ("uie_model", "kind", "fallback", "engine",
-                                                         "threads", "device")}
-        details = {"problems": sorted(details["problems"])}     # which projects, not why
+                                                         "threads", "device", "precision")}
+        details = {"problems": sorted(details["problems"]),     # which projects, not why
+                   "labels_without_examples": sorted(details["labels_without_examples"])}
     return jsonify(status="UP", model_class=UIEBackend.__name__, model_version=base.version,
                    model=model, device=store.device, **details)
+
+
+def _labels_without_examples(projects) -> dict:
+    """``{project: ModelStore.labels_without_examples}`` against each project's stored label
+    config (None where not known). Nothing is read while the scale-out mode holds Redis to
+    be down, nor after the first config that cannot be read: an outage must not cost
+    ``/health`` or ``/versions`` one timeout per project."""
+    ext = _ext()
+    out = dict.fromkeys(projects)
+    spool = ext.get("spool")
+    if spool is not None and spool.breaker.is_open():
+        return out
+    for project in projects:
+        try:
+            label_config = ext["annotations"].label_config(project)
+        except Exception:   # noqa: BLE001  (Redis down, a damaged store: the rest still answers)
+            log.warning("the label configs cannot be read; labels_without_examples left out", exc_info=True)
+            break
+        out[project] = ext["store"].labels_without_examples(project, label_config)
+    return out
 
 
 def _queue_health(ext: dict, details: dict):
@@ -207,11 +230,38 @@ def predict():
     if not model.label_config:
         raise BadRequest("'label_config' is missing and no /setup was received for this project")
     _check_predict_size(len(tasks), model)
-    results = model.predict(tasks, context=(params or {}).get("context"))   # reads the store once
+    context = (params or {}).get("context")
+    results = model.predict(tasks, context=context)   # reads the store once
     regions = sum(len(r["result"]) for r in results)
     service.metrics.observe_prediction(project, len(tasks), regions)
+    _remember_suggestions(project, tasks, results, context)
     return jsonify(results=results, model_version=results[0]["model_version"] if results
                    else model.model_version)
+
+
+def _remember_suggestions(project: str, tasks: list, results: list[dict], context):
+    """Keep what ``/predict`` suggested for each task with an id, in one write
+    (``remember_suggestions``): a training job trains the regions an annotator deletes or
+    relabels as negatives (README, *Learning from corrections*). An interactive answer is
+    partial and not kept. Never fails nor holds up the request: an error is logged; in the
+    scale-out mode nothing is written while Redis is held to be down (the webhook spool's
+    breaker, which an unreachable Redis here opens too)."""
+    if context or not results:
+        return
+    from service.corrections import suggested_items
+
+    ext = _ext()
+    spool = ext.get("spool")
+    if spool is not None and spool.breaker.is_open():
+        return
+    try:
+        suggested = [(task.get("id"), suggested_items(result["result"]))
+                     for task, result in zip(tasks, results) if isinstance(task, dict)]
+        ext["annotations"].remember_suggestions(project, results[0]["model_version"], suggested)
+    except Exception as exc:   # noqa: BLE001  a prediction never fails for it
+        if spool is not None and isinstance(exc, spool.down_errors):
+            spool.breaker.failed()
+        log.warning("project %s: the suggestions of /predict were not remembered", project, exc_info=True)
 
 
 def _check_predict_size(n_tasks: int, model: UIEBackend):
@@ -382,13 +432,15 @@ def train():
 
 @api.get("/versions")
 def versions():
-    """Read from ``current`` and each version's ``meta.json``: no model is loaded (Label
-    Studio asks without ``project``, with a 3 s timeout)."""
+    """Read from ``current``, each version's ``meta.json`` and the projects' label configs
+    (``labels_without_examples``): no model is loaded (Label Studio asks without
+    ``project``, with a 3 s timeout)."""
     store = _ext()["store"]
     project = request.args.get("project")
     projects = [_project(project)] if project else store.projects()
-    details = {p: {"current": store.served_version(p), "versions": store.versions(p)}
-               for p in projects}
+    missing = _labels_without_examples(projects)
+    details = {p: {"current": store.served_version(p), "versions": store.versions(p),
+                   "labels_without_examples": missing[p]} for p in projects}
     names = [store.base.version] + [v["model_version"] for d in details.values()
                                     for v in d["versions"]]
     return jsonify(versions=list(dict.fromkeys(names)), base=store.base.version,

@@ -15,6 +15,11 @@ round of a ``/predict`` asks every (task, Choices control) its prompt in one
 * an answer that is no option's exact span (a piece of the prefix, two options
   at once) is dropped.
 
+A scratch model that learned a Choices control answers its prompt from its choice head
+(``uie.choice_head``) instead of the UIE, in the same form: spans at the options'
+offsets, a single-choice control's argmax option (its softmax probability), a multiple
+one's options above the threshold (their sigmoids); so what is built here is the same.
+
 Pure standard library, like ``relations.py``; ``doccano.py`` builds its
 training prompts with ``cls_prompt`` too.
 """

@@ -51,6 +51,12 @@ log = logging.getLogger("finetune")
 # and flat, stops training (patience) long before it reads the texts (bench/notes.md).
 CLS_POS_WEIGHT = 1.0
 SCRATCH_STEPS = 2000
+# An annotator's correction of a suggestion (an example's ``"negatives"``: a region the
+# model suggested and the annotator deleted or relabelled, ``train_job.add_corrections``)
+# counts this many times as much as any other token without a span boundary, at the
+# start and end tokens of the region, for the UIE's prompt or the tagger's class.
+# CORRECTION_WEIGHT=1 in the environment trains corrections as plain absent spans.
+CORRECTION_WEIGHT = float(os.environ.get("CORRECTION_WEIGHT") or 5.0)
 
 # Defaults per model kind: a scratch model has no pretrained weights to keep,
 # so it takes a far higher learning rate and more epochs than a pretrained one.
@@ -94,6 +100,8 @@ class TrainingInput:
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     classifies: bool = False
+    not_starts: tuple[int, ...] = ()     # the start and end positions of corrected regions
+    not_ends: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +109,16 @@ class TaggingInput:
     """A prompt-free input of the tagging task and its targets.
 
     ``asked``: the prompt classes the examples ask about this content;
-    ``starts``/``ends``: ``(position in input.ids, class)`` of every span.
+    ``starts``/``ends``: ``(position in input.ids, class)`` of every span;
+    ``not_starts``/``not_ends``: the same of every corrected region (``CORRECTION_WEIGHT``).
     """
 
     input: "uie.tokenizer.EncodedInput"
     asked: tuple[int, ...]
     starts: tuple[tuple[int, int], ...]
     ends: tuple[tuple[int, int], ...]
+    not_starts: tuple[tuple[int, int], ...] = ()
+    not_ends: tuple[tuple[int, int], ...] = ()
 
 
 def in_window(encoded, first, last):
@@ -125,7 +136,9 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
     (``uie.tokenizer.encode_windows``); a window is trained on the spans it holds
     whole. A classification example's answer (negative offsets: PaddleNLP's
     ``doccano.py``'s, indexing its ``prefix[option1,...]`` prompt) marks the
-    option's tokens in the prompt, in every window of its content. With a list as
+    option's tokens in the prompt, in every window of its content. An example's
+    ``"negatives"`` (corrected regions, ``[[start, end], ...]``) mark their tokens to be
+    weighed ``CORRECTION_WEIGHT`` times (``correction_weights``). With a list as
     ``origins``, the index of each input's example is appended to it.
     """
     import uie.tokenizer
@@ -138,13 +151,15 @@ def encode_examples(examples, tokenizer, max_seq_len, origins=None) -> list[Trai
         ids, t_starts, t_ends = cache[content]
         spans, marks_in_prompt, lost = _example_spans(ex, t_starts, t_ends, tokenizer)
         dropped += lost
+        corrected = [ts for s, e in ex.get("negatives") or () if (ts := token_span(t_starts, t_ends, s, e))]
         prompt_ids = tokenizer.encode(ex["prompt"])
         for encoded in uie.tokenizer.encode_windows(tokenizer, prompt_ids, ids, max_seq_len):
             marks = [m for m in (in_window(encoded, first, last) for first, last in spans) if m]
             marks += [(1 + first, 1 + last) for first, last in marks_in_prompt
                       if 1 + last < encoded.content_start - 1]
+            wrong = [m for m in (in_window(encoded, first, last) for first, last in corrected) if m]
             out.append(TrainingInput(encoded, tuple(s for s, _ in marks), tuple(e for _, e in marks),
-                                     bool(marks_in_prompt)))
+                                     bool(marks_in_prompt), tuple(s for s, _ in wrong), tuple(e for _, e in wrong)))
             if origins is not None:
                 origins.append(n)
     if dropped:
@@ -196,9 +211,10 @@ def encode_tagging(examples, tokenizer, max_seq_len, max_classes=64):
     says nothing either way). Returns ``(classes, [TaggingInput])``.
     """
     classes = tagger_classes(examples, max_classes)
+    corrected = corrected_by_content(examples, classes)
     out = []
     for content, (asked, spans) in asked_by_content(examples, classes).items():
-        out += tagging_windows(tokenizer, content, asked, spans, max_seq_len)
+        out += tagging_windows(tokenizer, content, asked, spans, max_seq_len, corrected.get(content, ()))
     return classes, out
 
 
@@ -231,40 +247,81 @@ def asked_by_content(examples, classes) -> dict:
     return by_content
 
 
-def tagging_windows(tokenizer, content, asked, spans, max_seq_len) -> list[TaggingInput]:
+def corrected_by_content(examples, classes) -> dict:
+    """``{content: {(class, start, end)}}``: the corrected regions (``"negatives"``) of the
+    examples whose prompt is one of ``classes``."""
+    index = {p: k for k, p in enumerate(classes)}
+    out = {}
+    for ex in examples:
+        k = index.get(ex["prompt"])
+        if k is not None and ex.get("negatives"):
+            out.setdefault(ex["content"], set()).update((k, s, e) for s, e in ex["negatives"])
+    return out
+
+
+def tagging_windows(tokenizer, content, asked, spans, max_seq_len, corrected=()) -> list[TaggingInput]:
     """The tagging inputs of one content: its windows, each marking the ``spans``
-    (``(class, start, end)`` in characters) it holds whole."""
+    (``(class, start, end)`` in characters) it holds whole, and the ``corrected`` regions."""
     import uie.tokenizer
 
     ids, t_starts, t_ends = tokenizer.tokenize(content)
-    token_spans = []
-    for k, s, e in spans:
-        ts = token_span(t_starts, t_ends, s, e)
-        if ts:
-            token_spans.append((k, *ts))
+
+    def tokens(char_spans):
+        return [(k, *ts) for k, s, e in char_spans if (ts := token_span(t_starts, t_ends, s, e))]
+
+    token_spans, wrong_spans = tokens(spans), tokens(corrected)
     out = []
     for encoded in uie.tokenizer.encode_windows(tokenizer, [], ids, max_seq_len):
         marks = [(k, m) for k, first, last in token_spans if (m := in_window(encoded, first, last))]
+        wrong = [(k, m) for k, first, last in wrong_spans if (m := in_window(encoded, first, last))]
         out.append(TaggingInput(encoded, tuple(sorted(asked)), tuple((s, k) for k, (s, _) in marks),
-                                tuple((e, k) for k, (_, e) in marks)))
+                                tuple((e, k) for k, (_, e) in marks), tuple((s, k) for k, (s, _) in wrong),
+                                tuple((e, k) for k, (_, e) in wrong)))
     return out
 
 
 def relation_prompts(examples) -> set[str]:
     """The prompts that ask a relation of a subject (PaddleNLP's ``subject的predicate``
-    or ``predicate of subject``, ``relations.relation_prompt``): those that start or
-    end so with a span of their content. They are no tagger class: the UIE learns them."""
+    or ``predicate of subject``, ``relations.relation_prompt``). They are no tagger class:
+    the UIE learns them.
+
+    A relation's examples ask its word of a span of their own content, all but PaddleNLP's
+    "other entity" negatives (``doccano``), which ask it of an entity of *another* text. So
+    the relation words are those some prompt asks of a span of its own content, and a
+    relation prompt is any prompt asking one of them of an entity text (a span) of any
+    example (``_asks_relation``)."""
     subjects = {}
     for ex in examples:
         subjects.setdefault(ex["content"], set()).update(
-            ex["content"][r["start"]: r["end"]] for r in ex["result_list"])
-    out = set()
+            ex["content"][r["start"]: r["end"]] for r in ex["result_list"] if r["start"] >= 0)
+    words = set()       # ("的", w) for s的w, (" of ", w) for w of s
     for ex in examples:
         prompt = ex["prompt"]
-        if any(prompt.startswith(s + "的") or prompt.endswith(" of " + s)
-               for s in subjects.get(ex["content"], ()) if s):
-            out.add(prompt)
-    return out
+        for s in subjects.get(ex["content"], ()):
+            if s and prompt.startswith(s + "的") and len(prompt) > len(s) + 1:
+                words.add(("的", prompt[len(s) + 1:]))
+            if s and prompt.endswith(" of " + s) and len(prompt) > len(s) + 4:
+                words.add((" of ", prompt[:-len(s) - 4]))
+    if not words:
+        return set()
+    entities = set().union(*subjects.values()) - {""}
+    return {p for p in {ex["prompt"] for ex in examples} if _asks_relation(p, entities, words)}
+
+
+def _asks_relation(prompt: str, entities: set, words: set) -> bool:
+    """Whether ``prompt`` is ``<entity>的<word>`` or ``<word> of <entity>`` for one of
+    ``entities`` and of the relation ``words`` (``relation_prompts``)."""
+    at = prompt.find("的")
+    while at != -1:
+        if prompt[:at] in entities and ("的", prompt[at + 1:]) in words:
+            return True
+        at = prompt.find("的", at + 1)
+    at = prompt.find(" of ")
+    while at != -1:
+        if prompt[at + 4:] in entities and (" of ", prompt[:at]) in words:
+            return True
+        at = prompt.find(" of ", at + 1)
+    return False
 
 
 def to_tensors(items, pad_id):
@@ -283,6 +340,25 @@ def to_tensors(items, pad_id):
     t = paddle.to_tensor
     return (t(arrays["input_ids"]), t(arrays["token_type_ids"]), t(arrays["position_ids"]),
             t(arrays["attention_mask"].astype("float32")), t(start), t(end))
+
+
+def correction_weights(items, shape, starts, ends, where=lambda mark: (mark,)):
+    """The ``(start, end)`` loss weights of a batch (tensors of ``shape``), or None when no
+    item has a corrected region: 1, but ``CORRECTION_WEIGHT`` at the corrected regions'
+    start and end cells that are no span boundary (``starts``/``ends``: the target arrays).
+    ``where(mark)``: the cell of one of an item's ``not_starts``/``not_ends``."""
+    if not any(x.not_starts or x.not_ends for x in items):
+        return None
+    import paddle
+
+    weights = []
+    for marks, targets in (("not_starts", starts), ("not_ends", ends)):
+        w = np.ones(shape, dtype="float32")
+        for r, x in enumerate(items):
+            for mark in getattr(x, marks):
+                w[(r, *where(mark))] = CORRECTION_WEIGHT
+        weights.append(paddle.to_tensor(np.where(targets > 0, 1.0, w).astype("float32")))
+    return tuple(weights)
 
 
 def tagging_tensors(items, pad_id, n_classes):
@@ -311,11 +387,11 @@ def tagging_tensors(items, pad_id, n_classes):
 
 
 def sample_negatives(examples, origins, max_negatives, rng):
-    """Indices of the inputs to train on this epoch: every example with a span,
-    and at most ``max_negatives`` empty ones (drawn anew) per content."""
+    """Indices of the inputs to train on this epoch: every example with a span or a
+    correction, and at most ``max_negatives`` empty ones (drawn anew) per content."""
     empty = {}
     for n, ex in enumerate(examples):
-        if not ex["result_list"]:
+        if not ex["result_list"] and not ex.get("negatives"):
             empty.setdefault(ex["content"], []).append(n)
     drop = set()
     for group in empty.values():
@@ -496,9 +572,10 @@ def _log_tail(logs: Path) -> str:
         return ""
 
 
-def save_best(model, model_dir, save_dir, metrics, tagger=None):
+def save_best(model, model_dir, save_dir, metrics, tagger=None, choice_head=None):
     """Write ``save_dir/model_best`` whole (temporary directory, then rename),
-    with its span tagger if it has one."""
+    with its span tagger and its choice head if it has them."""
+    import uie.choice_head
     import uie.tagger
     import uie.checkpoint
 
@@ -508,25 +585,30 @@ def save_best(model, model_dir, save_dir, metrics, tagger=None):
     uie.checkpoint.save_model(model, tmp, tokenizer_src=model_dir)
     if tagger is not None:
         uie.tagger.save(tagger, tmp)
+    if choice_head is not None:
+        uie.choice_head.save(choice_head, tmp)
     (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     files.replace_dir(tmp, save_dir / "model_best")
 
 
-def span_loss(start_p, end_p, start_t, end_t, mask, pos_weight):
+def span_loss(start_p, end_p, start_t, end_t, mask, pos_weight, corrections=None):
     """Binary cross-entropy of start and end probabilities over the cells ``mask``
     weighs (1 on every real token), a target cell counting ``pos_weight`` times (a number,
-    or one per input: ``input_pos_weights``)."""
+    or one per input: ``input_pos_weights``), and the cells of corrected regions as many
+    times as ``corrections`` (``correction_weights``: ``(start, end)`` weights, or None)."""
     import paddle
 
     bce = paddle.nn.functional.binary_cross_entropy
     w_start = mask * (1 + (pos_weight - 1) * start_t)
     w_end = mask * (1 + (pos_weight - 1) * end_t)
+    if corrections is not None:
+        w_start, w_end = w_start * corrections[0], w_end * corrections[1]
     return (bce(start_p, start_t, weight=w_start, reduction="sum")
             + bce(end_p, end_t, weight=w_end, reduction="sum")) / (2 * mask.sum())
 
 
 def make_optimizer(model, tagger, learning_rate, tagger_learning_rate, total_steps,
-                   warmup_proportion, weight_decay):
+                   warmup_proportion, weight_decay, choice_head=None):
     """AdamW over ``model`` (at ``learning_rate``) and ``tagger`` (None, or at
     ``tagger_learning_rate``) and its schedule: linear warm-up over
     ``warmup_proportion`` of ``total_steps``, then linear decay to 0. Biases and
@@ -538,12 +620,14 @@ def make_optimizer(model, tagger, learning_rate, tagger_learning_rate, total_ste
     warmup = max(1, int(total_steps * warmup_proportion))
     schedule = paddle.optimizer.lr.LambdaDecay(
         learning_rate, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
-    layers = [model] + ([tagger] if tagger is not None else [])
+    layers = [model] + [layer for layer in (tagger, choice_head) if layer is not None]
     decay_params = {p.name for layer in layers for n, p in layer.named_parameters()
                     if not any(k in n for k in ("bias", "norm"))}
     groups = [{"params": model.parameters()}]
     if tagger is not None:      # a group's learning_rate scales the schedule's
         groups.append({"params": tagger.parameters(), "learning_rate": tagger_learning_rate / learning_rate})
+    if choice_head is not None:  # the choice head learns at the tagger's rate
+        groups.append({"params": choice_head.parameters(), "learning_rate": tagger_learning_rate / learning_rate})
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule, parameters=groups, weight_decay=weight_decay,
         apply_decay_param_fun=lambda name: name in decay_params,
@@ -561,6 +645,21 @@ class TaggingTask:
     tagger: object
     weight: float
     pos_weight: float
+
+
+@dataclass
+class ChoiceTask:
+    """The choice head a scratch model learns for its classification examples
+    (``uie.choice_head``: ``<Choices>``), its inputs (one per text) and the weight of its loss."""
+
+    inputs: list
+    head: object
+    weight: float = 1.0
+
+    def loss(self, items, pad_id):
+        import uie.choice_head
+
+        return uie.choice_head.loss(self.head, items, pad_id)
 
 
 @dataclass
@@ -582,6 +681,7 @@ class Trainer:
     patience: int
     max_seconds: float | None = None
     tagging: TaggingTask | None = None
+    choosing: ChoiceTask | None = None   # the choice head's task (scratch models with Choices)
     dist: Distributed | None = None      # data-parallel: this process's place
     step: int = 0
     seen: int = 0
@@ -595,46 +695,54 @@ class Trainer:
     _cycles: tuple | None = field(default=None, repr=False)
 
     def epoch_steps(self, epoch_order) -> list[tuple]:
-        """This epoch's steps, ``(UIE input indices or None, tagger input indices or None)``.
+        """This epoch's steps, ``(UIE input indices or None, tagger input indices or None)``,
+        and a third, the choice head's input indices or None, when there is a choice head.
 
-        Without a tagger, one pass over the UIE's inputs. With one, one pass over
-        ``epoch_inputs`` (the larger of the two sets): each step takes the next batch
-        of both, the smaller set starting again (reshuffled) when it runs out.
+        Without a tagger or a choice head, one pass over the UIE's inputs. With one, one pass
+        over ``epoch_inputs`` (the largest of the sets): each step takes the next batch
+        of each, a smaller set starting again (reshuffled) when it runs out.
         """
-        if not self.tagging:
+        if not self.tagging and not self.choosing:
             return [(b, None) for b in batches(self.encoded, self.batch_size, self.rng, epoch_order())]
         if self._cycles is None:
             uie = _cycle(lambda: batches(self.encoded, self.batch_size, self.rng, epoch_order()))
-            tag = _cycle(lambda: batches(self.tagging.inputs, self.batch_size, self.rng))
-            self._cycles = (uie if self.encoded else None, tag)
-        uie, tag = self._cycles
-        return [(next(uie) if uie else None, next(tag))
+            tag = self.tagging and _cycle(lambda: batches(self.tagging.inputs, self.batch_size, self.rng))
+            self._cycles = (uie if self.encoded else None, tag or None)
+            if self.choosing:
+                self._cycles += (_cycle(lambda: batches(self.choosing.inputs, self.batch_size, self.rng)),)
+        return [tuple(next(c) if c else None for c in self._cycles)
                 for _ in range(math.ceil(self.epoch_inputs / self.batch_size))]
 
-    def loss(self, uie_batch, tag_batch):
+    def loss(self, uie_batch, tag_batch, choice_batch=None):
         """The span loss of a batch of the UIE's inputs plus the weighted loss of a
-        batch of the tagger's (either may be None)."""
+        batch of the tagger's and of the choice head's (any may be None)."""
         loss = 0.0
         if uie_batch:
-            ids, types, pos, mask, start_t, end_t = to_tensors(
-                [self.encoded[k] for k in uie_batch], self.tokenizer.pad_id)
+            items = [self.encoded[k] for k in uie_batch]
+            ids, types, pos, mask, start_t, end_t = to_tensors(items, self.tokenizer.pad_id)
             start_p, end_p = self.model(input_ids=ids, token_type_ids=types, position_ids=pos,
                                         attention_mask=mask)
-            loss = span_loss(start_p, end_p, start_t, end_t, mask,
-                             input_pos_weights([self.encoded[k] for k in uie_batch], self.pos_weight))
+            corrections = correction_weights(items, start_t.shape, start_t.numpy(), end_t.numpy())
+            loss = span_loss(start_p, end_p, start_t, end_t, mask, input_pos_weights(items, self.pos_weight),
+                             corrections)
         if tag_batch:
             loss = loss + self.tagging.weight * self.tagging_loss([self.tagging.inputs[k] for k in tag_batch])
+        if choice_batch:
+            loss = loss + self.choosing.weight * self.choosing.loss([self.choosing.inputs[k] for k in choice_batch],
+                                                                    self.tokenizer.pad_id)
         return loss
 
     def tagging_loss(self, items):
         ids, lengths, mask, asked, start_t, end_t = tagging_tensors(
             items, self.tokenizer.pad_id, len(self.tagging.classes))
         start_p, end_p = self.tagging.tagger(ids, lengths)
-        return span_loss(start_p, end_p, start_t, end_t, mask.unsqueeze(-1) * asked, self.tagging.pos_weight)
+        corrections = correction_weights(items, start_t.shape, start_t.numpy(), end_t.numpy(), where=tuple)
+        return span_loss(start_p, end_p, start_t, end_t, mask.unsqueeze(-1) * asked, self.tagging.pos_weight,
+                         corrections)
 
-    def train_step(self, uie_batch, tag_batch) -> float:
+    def train_step(self, uie_batch, tag_batch, choice_batch=None) -> float:
         """One optimizer step; returns its loss."""
-        loss = self.loss(uie_batch, tag_batch)
+        loss = self.loss(uie_batch, tag_batch, choice_batch)
         loss.backward()
         if self.dist:
             self.dist.average_gradients([p for p in self.parameters() if p.grad is not None])
@@ -642,17 +750,19 @@ class Trainer:
         self.schedule.step()
         self.optimizer.clear_grad(set_to_zero=False)
         self.step += 1
-        self.seen += len(uie_batch or ()) + len(tag_batch or ())
+        self.seen += len(uie_batch or ()) + len(tag_batch or ()) + len(choice_batch or ())
         return float(loss)
 
     def train_mode(self, on: bool):
-        for layer in (self.model, self.tagging.tagger if self.tagging else None):
+        for layer in (self.model, self.tagging.tagger if self.tagging else None,
+                      self.choosing.head if self.choosing else None):
             if layer is not None:
                 layer.train() if on else layer.eval()
 
     def parameters(self) -> list:
-        """What is trained: the UIE's parameters and the tagger's."""
-        return self.model.parameters() + (self.tagging.tagger.parameters() if self.tagging else [])
+        """What is trained: the UIE's parameters, the tagger's and the choice head's."""
+        return (self.model.parameters() + (self.tagging.tagger.parameters() if self.tagging else [])
+                + (self.choosing.head.parameters() if self.choosing else []))
 
     def evaluate(self, epoch) -> bool:
         """Score the model on dev and save it if it is the best so far; True to stop
@@ -689,8 +799,8 @@ class Trainer:
         for epoch in range(1, num_epochs + 1):
             stop = False
             steps = self.epoch_steps(epoch_order)
-            for uie_batch, tag_batch in self.dist.shard(steps) if self.dist else steps:
-                loss_sum += self.train_step(uie_batch, tag_batch)
+            for batch in self.dist.shard(steps) if self.dist else steps:
+                loss_sum += self.train_step(*batch)
                 loss_n += 1
                 self.report()
                 if self.step % logging_steps == 0:
@@ -799,6 +909,7 @@ class TrainingData:
     encoded: list
     rng: random.Random            # draws the batches and the negatives
     max_negatives: int | None
+    choosing: ChoiceTask | None = None    # the choice head's task (``choice_task``)
     per_epoch: int = 0            # inputs an epoch passes over
     steps_per_epoch: int = 0
     num_epochs: int = 0
@@ -824,6 +935,8 @@ class TrainingData:
         self.per_epoch = len(self.epoch_order()) if self.encoded else 0
         if self.tagging:
             self.per_epoch = max(self.per_epoch, len(self.tagging.inputs))
+        if self.choosing:
+            self.per_epoch = max(self.per_epoch, len(self.choosing.inputs))
         self.steps_per_epoch, self.num_epochs = plan_epochs(self.per_epoch, batch_size, num_epochs, kind, dist)
 
 
@@ -848,11 +961,16 @@ class Finetuning:
         tagging = tagging_task(self.train_examples, tokenizer, o.max_seq_len, self.model_dir, o.tagging_weight,
                                o.seed, DEFAULTS[self.kind]["tagger_pos_weight"])
         uie_examples = [ex for ex in self.train_examples if not tagging or ex["prompt"] not in tagging.classes]
+        choosing = choice_task(self.train_examples, tokenizer, o.max_seq_len, self.model_dir, o.tagging_weight,
+                               o.seed)
+        if choosing:            # the choice head answers these classification prompts, not the UIE
+            uie_examples = [ex for ex in uie_examples if choosing.head.find(ex["prompt"]) is None]
         origins = []
         encoded = encode_examples(uie_examples, tokenizer, o.max_seq_len, origins)
-        if not encoded and not tagging:
+        if not encoded and not tagging and not choosing:
             raise DataError("no training example has any token")
         data = TrainingData(tagging, uie_examples, origins, encoded, random.Random(o.seed), o.max_negatives)
+        data.choosing = choosing
         data.plan(o.batch_size, o.num_epochs, self.kind, self.dist)
         return data
 
@@ -862,17 +980,19 @@ class Finetuning:
         import uie.predictor
 
         o = self.options
+        head = data.choosing.head if data.choosing else None
         optimizer, schedule = make_optimizer(model, data.tagger, o.learning_rate, o.tagger_learning_rate,
-                                             data.total_steps, o.warmup_proportion, o.weight_decay)
+                                             data.total_steps, o.warmup_proportion, o.weight_decay, head)
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self.log_plan(data)
         predictor = uie.predictor.UIEPredictor(model, tokenizer, device=o.device, max_seq_len=o.max_seq_len,
-                                               batch_size=max(o.batch_size, 32), tagger=data.tagger)
+                                               batch_size=max(o.batch_size, 32), tagger=data.tagger,
+                                               choice_head=head)
         trainer = Trainer(model=model, tokenizer=tokenizer, encoded=data.encoded, optimizer=optimizer,
                           schedule=schedule, rng=data.rng, predictor=predictor, dev_examples=self.dev_examples,
-                          save=lambda metrics: self.save(model, data.tagger, metrics), batch_size=o.batch_size,
+                          save=lambda metrics: self.save(model, data.tagger, metrics, head), batch_size=o.batch_size,
                           pos_weight=o.pos_weight, patience=o.patience, max_seconds=o.max_seconds,
-                          tagging=data.tagging, dist=self.dist, epoch_inputs=data.per_epoch)
+                          tagging=data.tagging, choosing=data.choosing, dist=self.dist, epoch_inputs=data.per_epoch)
         if self.dist:
             self.dist.same_start(trainer.parameters())
         return trainer
@@ -886,11 +1006,14 @@ class Finetuning:
                  o.learning_rate, data.num_epochs, data.steps_per_epoch, o.batch_size, o.device,
                  f"{len(tagging.classes)} classes x {len(tagging.inputs)} inputs, lr {o.tagger_learning_rate:g}"
                  if tagging else "off", "all" if o.max_negatives is None else o.max_negatives)
+        if data.choosing:
+            log.info("choice head: %d controls x %d texts, lr %g", len(data.choosing.head.controls),
+                     len(data.choosing.inputs), o.tagger_learning_rate)
 
-    def save(self, model, tagger, metrics):
-        """Save ``model`` (and ``tagger``) as the best so far (``save_best``)."""
+    def save(self, model, tagger, metrics, choice_head=None):
+        """Save ``model`` (and ``tagger``, ``choice_head``) as the best so far (``save_best``)."""
         save_best(model, self.model_dir, self.save_dir,
-                  dict(metrics, max_seq_len=self.options.max_seq_len, kind=self.kind), tagger)
+                  dict(metrics, max_seq_len=self.options.max_seq_len, kind=self.kind), tagger, choice_head)
         log.info("saved new best model (f1 %.4f) to %s", metrics["f1"], self.save_dir / "model_best")
 
     def result(self, trainer: "Trainer", data: TrainingData, epochs_run: int, elapsed: float) -> dict:
@@ -907,6 +1030,7 @@ class Finetuning:
                       learning_rate=o.learning_rate, batch_size=o.batch_size, max_seq_len=o.max_seq_len,
                       tagging_weight=tagging.weight if tagging else 0.0, max_negatives=o.max_negatives,
                       tagger_classes=tagging.classes if tagging else [],
+                      choice_controls=data.choosing.head.controls if data.choosing else [],
                       tagger_learning_rate=o.tagger_learning_rate if tagging else None,
                       model=str(self.model_dir), kind=self.kind, history=trainer.history,
                       world_size=self.dist.world if self.dist else 1)
@@ -945,6 +1069,29 @@ def tagging_task(examples, tokenizer, max_seq_len, model_dir, weight, seed=0, po
         vocab = sorted(tokenizer.vocab, key=tokenizer.vocab.get)
         tagger = uie.tagger.build(vocab, classes, seed=seed)
     return TaggingTask(encoded, classes, tagger, weight, pos_weight)
+
+
+def choice_task(examples, tokenizer, max_seq_len, model_dir, weight, seed=0) -> ChoiceTask | None:
+    """The choice head to train (``uie.choice_head``), beside the span tagger (``None`` with
+    weight 0, a pretrained model's default, or without classification examples): the one
+    ``model_dir`` serves, given the controls of ``examples``, or a new one."""
+    import uie.choice_head
+
+    if weight <= 0:
+        return None
+    controls, chosen = uie.choice_head.controls_of(examples)
+    if not controls:
+        return None
+    inputs = uie.choice_head.encode(examples, tokenizer, max_seq_len, controls, chosen)
+    if not inputs:
+        return None
+    served = uie.choice_head.load(model_dir)
+    if served is not None and served.config["vocab_size"] == len(tokenizer.vocab):
+        head = uie.choice_head.with_controls(served, controls)
+    else:
+        vocab = sorted(tokenizer.vocab, key=tokenizer.vocab.get)
+        head = uie.choice_head.build(vocab, controls, seed=seed)
+    return ChoiceTask(inputs, head)
 
 
 def plan_epochs(n_inputs, batch_size, num_epochs, kind, dist=None) -> tuple[int, int]:

@@ -125,7 +125,7 @@ class UIEBackend:
             regions[0], linkable = self._interactive(marked, where, regions[0])
         if relations:
             self._add_relations(live, relations, where, regions, cost, doubts, linkable, marked)
-        self._add_choices(live, tasks, regions, cost)
+        self._add_choices(live, tasks, regions, cost, doubts)
         return [self._prediction(r, live, d) for r, d in zip(regions, doubts)]
 
     def fit(self, event: str, data: dict | None = None, **kwargs) -> dict:
@@ -205,9 +205,10 @@ class UIEBackend:
         if dropped:
             log.debug("%d relation objects matched no predicted region; dropped", dropped)
 
-    def _add_choices(self, live: LiveModel, tasks, regions, cost):
+    def _add_choices(self, live: LiveModel, tasks, regions, cost, doubts):
         """The choices round (``choices.py``): every task's ``<Choices>`` prompts in one
-        ``extract`` call (or its pieces), counted first; one ``choices`` item per control."""
+        ``extract`` call (or its pieces), counted first; one ``choices`` item per control,
+        and the answers' ``Doubt`` added to their task's."""
         controls = parse_choices(self.label_config)
         where = [(t, c, text) for t, task in enumerate(tasks) for c in controls
                  if (text := self._task_text(task, c)) is not None]
@@ -216,7 +217,10 @@ class UIEBackend:
         queries = choices.build_queries(where)
         prompts = choices.asked(queries)
         cost.add(prompts, "choices")
-        for t, item in choices.items(queries, self._extract(live, prompts, cost)):
+        answers = self._extract(live, prompts, cost)
+        for q, answer in zip(queries, answers):
+            doubts[q.task] = doubts[q.task].add(doubt_of(answer))
+        for t, item in choices.items(queries, answers):
             regions[t].append(item)
 
     def _extract(self, live: LiveModel, queries, cost: "Cost") -> list[dict]:

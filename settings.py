@@ -145,6 +145,7 @@ class Settings:
     max_loaded_models: int = 4
     # inference
     inference_engine: str = "paddle-inference"
+    inference_precision: str = "auto"        # auto | fp32 | int8 (INT8: CPU, ONNX Runtime)
     cpu_threads: int | None = None           # None: the cores divided by WORKERS
     batch_wait_ms: float = 5.0
     answer_cache: int = 4096
@@ -204,6 +205,8 @@ class Settings:
             max_loaded_models=_int(env, "MAX_LOADED_MODELS", cls.max_loaded_models, 1),
             inference_engine=_choice(env, "INFERENCE_ENGINE", cls.inference_engine,
                                      ("paddle-inference", "dygraph")),
+            inference_precision=_choice(env, "INFERENCE_PRECISION", cls.inference_precision,
+                                        ("auto", "fp32", "int8")),
             cpu_threads=cpu_threads(env),
             batch_wait_ms=_nonnegative(env, "BATCH_WAIT_MS", cls.batch_wait_ms),
             answer_cache=_int(env, "ANSWER_CACHE", cls.answer_cache, minimum=0),

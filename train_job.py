@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import files
@@ -59,9 +59,12 @@ class JobSpec:
     num_epochs: int | None = None
     min_dev_tasks: int = 50
     inference_engine: str = "paddle-inference"   # what the server will run the new model on
+    inference_precision: str = "auto"            # INFERENCE_PRECISION: auto | fp32 | int8 (CPU)
     devices: str = ""                            # TRAIN_DEVICES: "" one process; "0,1" / "cpu:2" data-parallel
     threads: int | None = None                   # math threads (None: as the process has them)
     schema_lang: str | None = None               # relation prompts (None: SCHEMA_LANG of the environment)
+    # suggested regions the annotations deleted or relabelled (service.corrections.find_corrections)
+    corrections: list = field(default_factory=list)
 
     def write(self, job_dir: Path):
         files.atomic_write_json(Path(job_dir) / SPEC, asdict(self), ensure_ascii=True)
@@ -191,6 +194,62 @@ def _expand_label_prompts(train, dev, same_text):
     return train, dev
 
 
+def add_corrections(examples: Examples, corrections, tasks, label_config: str) -> int:
+    """Mark the annotators' corrections on the training examples; returns how many were marked.
+
+    A correction (``service.corrections.find_corrections``) is a region ``/predict``
+    suggested that the annotation deleted or relabelled: a known false positive of its label
+    on its text. The training example of that text and each prompt of the label gets its
+    offsets in ``"negatives"`` (``[[start, end], ...]``), which ``finetune`` weighs
+    ``CORRECTION_WEIGHT`` times as a plain absent span; it is already absent from
+    ``result_list``. Only training texts are marked (a held-out text stays unseen); a
+    correction whose text no longer has the region's text at its offsets, or whose
+    label the config no longer has, is dropped."""
+    controls = {c.from_name: c for c in _parsed(parse_label_config, label_config)}
+    texts = {}                          # task id -> the task, as training reads it
+    for task in tasks:
+        if isinstance(task, dict) and task.get("id") is not None:
+            texts[str(task["id"])] = task
+    by_prompt = {(ex["content"], ex["prompt"]): ex for ex in examples.train}
+    contents = {ex["content"] for ex in examples.train}
+    marked = 0
+    for c in corrections:
+        text = _corrected_text(texts.get(str(c["task"])), controls.get(c["from_name"]), c)
+        prompts = dict(controls[c["from_name"]].labels).get(c["label"], ()) if text is not None else ()
+        if text not in contents or not prompts:
+            continue
+        for prompt in prompts:
+            example = by_prompt.get((text, prompt))
+            if example is None:
+                example = by_prompt[(text, prompt)] = {"content": text, "result_list": [], "prompt": prompt}
+                examples.train.append(example)
+            if any(r["start"] == c["start"] and r["end"] == c["end"] for r in example["result_list"]):
+                continue                # annotated with that label after all
+            spans = example.setdefault("negatives", [])
+            if [c["start"], c["end"]] not in spans:
+                spans.append([c["start"], c["end"]])
+                marked += 1
+    if corrections:
+        log.info("%d corrections of suggested regions -> %d negatives marked", len(corrections), marked)
+    return marked
+
+
+def _corrected_text(task, control, correction) -> str | None:
+    """The text of ``task`` the correction is on, if it still holds the region's text there."""
+    from convert import TaskTextError, task_text
+
+    if task is None or control is None:
+        return None
+    try:
+        text = task_text(task, control.data_key)
+    except TaskTextError:
+        return None
+    start, end = correction["start"], correction["end"]
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+        return None
+    return text if text[start:end] == correction["text"] else None
+
+
 def schema_lang_of(spec: JobSpec) -> str:
     """The spec's ``schema_lang``; a spec without one was written by a server that did
     not say, whose environment (``SCHEMA_LANG``) this process inherited."""
@@ -201,16 +260,18 @@ def schema_lang_of(spec: JobSpec) -> str:
     return Settings.from_env().schema_lang
 
 
-def _score(model_path, examples, spec: JobSpec, progress=None) -> dict:
+def _score(model_path, examples, spec: JobSpec, progress=None, precision="fp32", engine=None) -> dict:
     """Span P/R/F1 of the model in ``model_path``, loaded afresh from its files on the
     engine the server runs it with (so the new model's export is checked too), overall
     and per Label Studio label and relation (``"by_label"``, ``label_of_prompt``);
-    ``progress(done, total)`` as examples are scored."""
+    ``progress(done, total)`` as examples are scored. ``precision`` is the served
+    precision to score (``uie.engine.load_engine``); ``engine`` one already loaded."""
     import uie.engine
     import uie.predictor
     from evaluate import evaluate_examples
 
-    engine = uie.engine.load_engine(model_path, spec.inference_engine, spec.device, spec.threads)
+    engine = engine or uie.engine.load_engine(model_path, spec.inference_engine, spec.device, spec.threads,
+                                              precision=precision)
     predictor = uie.predictor.UIEPredictor.from_dir(model_path, device=spec.device, engine=engine,
                                                 max_seq_len=spec.max_seq_len)
     return evaluate_examples(predictor, examples, progress=progress,
@@ -269,6 +330,45 @@ class PromptLabels:
         return None
 
 
+def trained_labels(examples, label_config: str, schema_lang: str) -> dict:
+    """What ``examples`` teach, in the config's terms: ``{"labels": [...], "relations": [...],
+    "choices": {Choices name: [option values]}}``, each label, relation and option with at
+    least one positive example (a span, or the option chosen), sorted. A version's
+    ``meta.json`` keeps it (``trained_labels``): a scratch version predicts nothing else
+    (``service.model_store.labels_without_examples``)."""
+    of, kinds = PromptLabels(label_config, schema_lang), {}
+    choices = _parsed(parse_choices, label_config)
+    labels, relations, chosen = set(), set(), {}
+    for ex in examples:
+        if not ex["result_list"]:
+            continue
+        prompt = ex["prompt"]
+        control = _choice_control(prompt, choices)
+        if control is not None:
+            chosen.setdefault(control.from_name, set()).update(
+                v for r in ex["result_list"] if (v := control.value_of(r["text"])) is not None)
+            continue
+        if prompt not in kinds:
+            kinds[prompt] = of(prompt)
+        for kind, name, _ in kinds[prompt]:
+            if kind == "labels":
+                labels.add(name)
+            elif kind == "relations":
+                relations.add(name)
+    return {"labels": sorted(labels), "relations": sorted(relations),
+            "choices": {name: sorted(values) for name, values in sorted(chosen.items()) if values}}
+
+
+def _choice_control(prompt: str, choices):
+    """The ``<Choices>`` whose classification prompt ``prompt`` is (its options in any
+    order: ``doccano`` trains rotations of them), or None."""
+    at = prompt.rfind("[")
+    if at <= 0 or not prompt.endswith("]"):
+        return None
+    options = set(prompt[at + 1:-1].split(","))
+    return next((c for c in choices if c.prefix == prompt[:at] and set(c.options) == options), None)
+
+
 def _export(candidate: Path, spec: JobSpec):
     """The static model the server will load, made here and not in a request."""
     import uie.engine
@@ -279,6 +379,60 @@ def _export(candidate: Path, spec: JobSpec):
         uie.engine.export_static(candidate)
     except uie.engine.ExportError as exc:
         log.warning("%s; the new model will be served with dygraph", exc)
+
+
+def _int8_wanted(spec: JobSpec) -> str | None:
+    """Why the server could never serve this job's model in INT8 (None: it may)."""
+    if spec.inference_precision == "fp32":
+        return "INFERENCE_PRECISION=fp32"
+    if spec.device == "gpu":
+        return "INT8 runs on the CPU only; DEVICE=gpu serves FP32"
+    if spec.inference_engine != "paddle-inference":
+        return "INT8 needs INFERENCE_ENGINE=paddle-inference"
+    return None
+
+
+def _export_int8(candidate: Path, spec: JobSpec) -> str | None:
+    """The candidate's INT8 model (``uie.engine.export_int8``), made with its static export;
+    why there is none (None: made)."""
+    why_not = _int8_wanted(spec)
+    if why_not:
+        return why_not
+    import uie.engine
+
+    try:
+        uie.engine.export_int8(candidate)
+    except uie.engine.ExportError as exc:
+        log.warning("%s; the new model will be served in FP32", exc)
+        return f"no INT8 model: {exc}"
+    return None
+
+
+def _check_int8(candidate: Path, dev: list, spec: JobSpec, fp32: dict, why_not: str | None = None) -> dict:
+    """Score the candidate's INT8 model on the same dev examples as FP32 (``fp32``, its
+    ``_score``): ``{"f1", "fp32_f1", "served", "reason", "onnx_sha256"}``. ``served``: INT8
+    loses at most ``uie.int8.F1_BUDGET`` F1, which lets ``INFERENCE_PRECISION=auto`` serve it;
+    ``why_not``: why there is no INT8 model to score (``_export_int8``). For a scratch model
+    the span tagger (dygraph) answers its labels in both precisions: INT8 concerns the UIE
+    encoder only. Scored inside the ``evaluating`` phase, after its steps."""
+    record = {"f1": None, "fp32_f1": fp32["f1"], "served": False, "reason": None, "onnx_sha256": None}
+    why_not = why_not or _int8_wanted(spec)
+    if why_not:
+        return dict(record, reason=why_not)
+    import uie.engine
+    import uie.int8
+
+    try:
+        engine = uie.engine.OnnxInt8Engine(candidate, spec.threads)
+    except Exception as exc:   # noqa: BLE001  (no INT8 is no reason to fail the job)
+        why = str(exc) if isinstance(exc, uie.engine.ExportError) else f"{type(exc).__name__}: {exc}"
+        log.warning("INT8: %s; the new model will be served in FP32", why)
+        return dict(record, reason=f"the INT8 model does not load: {why}")
+    scored = _score(candidate, dev, spec, engine=engine)
+    served, reason = uie.int8.judge(scored["f1"], fp32["f1"])
+    log.info("INT8: %s; %s", reason, "INT8 may be served" if served else "served in FP32")
+    return dict(record, f1=scored["f1"], served=served, reason=reason,
+                onnx_sha256=(uie.engine.int8_stamp(candidate) or {}).get(uie.int8.ONNX_FILE))
 
 
 def should_promote(new_f1: float, old_f1: float) -> bool:
@@ -295,7 +449,9 @@ def train(spec: JobSpec, work: Path, progress: "Progress | None" = None) -> dict
     at least as well as the served model on the same annotations (held-out ones
     when there are enough, else the training ones), and above 0 (``should_promote``);
     ``per_label`` and ``previous_per_label`` are the two models' scores per Label Studio
-    label and relation on them (``{"labels": {label: P/R/F1}, "relations": {...}}``).
+    label and relation on them (``{"labels": {label: P/R/F1}, "relations": {...}}``);
+    ``int8`` the INT8 check (``_export_int8`` with the static export, ``_check_int8`` after
+    the FP32 scores): whether ``INFERENCE_PRECISION=auto`` may serve the candidate in INT8.
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -303,21 +459,25 @@ def train(spec: JobSpec, work: Path, progress: "Progress | None" = None) -> dict
     log.info("%d tasks from %s", len(spec.tasks), spec.source)
     progress.phase("converting")
     examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks, schema_lang_of(spec))
+    add_corrections(examples, spec.corrections, spec.tasks, spec.label_config)
     _write_examples(examples, work / "data")
     progress.phase("training")
     trained = _finetune(spec, examples, work / "ckpt", progress.step)
     candidate = work / "ckpt" / "model_best"
     progress.phase("exporting")
     _export(candidate, spec)
+    no_int8 = _export_int8(candidate, spec)
     new, old = _score_both(candidate, examples.dev, spec, progress)
     log.info("f1 %.4f (served model %s: %.4f)", new["f1"], spec.model_version, old["f1"])
+    int8 = _check_int8(candidate, examples.dev, spec, new, no_int8)
     _log_labels(new["by_label"], old["by_label"])
     return {"candidate": str(candidate), "promote": should_promote(new["f1"], old["f1"]),
             "metrics": new, "previous_metrics": old, "held_out": examples.held_out,
             "per_label": new.pop("by_label"), "previous_per_label": old.pop("by_label"),
             "annotated_tasks": examples.records, "source": spec.source,
             "train_seconds": trained.get("train_seconds"), "epochs_run": trained.get("epochs_run"),
-            "kind": trained.get("kind")}
+            "kind": trained.get("kind"), "int8": int8,
+            "trained_labels": trained_labels(examples.train, spec.label_config, schema_lang_of(spec))}
 
 
 def _score_both(candidate: Path, dev: list, spec: JobSpec, progress: "Progress") -> tuple[dict, dict]:

@@ -8,7 +8,13 @@ pick the checkpoint; ``finetune`` with a scratch model's defaults); the last 200
 set, predicted as ``/predict`` predicts them (``choices.py``). A test sentence is right when
 the one choice predicted is its annotation (no choice counts as wrong).
 
-    .venv/bin/python bench/choices_scratch.py [--train 800] [--max_seconds 900] [--pooled]
+    .venv/bin/python bench/choices_scratch.py [--train 800] [--max_seconds 900] [--uie_prompts | --pooled]
+
+By default this measures what a scratch model serves: ``finetune`` with its defaults trains
+the choice head (``uie.choice_head``) beside the UIE, and ``UIEPredictor`` answers the
+classification prompt from it. ``--uie_prompts`` measures the UIE's classification prompts
+instead (``tagging_weight=0``: no tagger, no choice head; the UIE learns the prompts, what
+a scratch model served before the head).
 
 ``--pooled`` measures the alternative instead, on the same split (the job's train and
 held-out sentences, the same 200 test ones): a pooled classifier on a span tagger's
@@ -119,6 +125,8 @@ def main():
     parser.add_argument("--max_seconds", type=float, default=900)
     parser.add_argument("--max_seq_len", type=int, default=128)
     parser.add_argument("--pooled", action="store_true")
+    parser.add_argument("--uie_prompts", action="store_true")
+    parser.add_argument("--seed", type=int, default=1000)
     args = parser.parse_args()
     import finetune
     import train_job
@@ -136,11 +144,14 @@ def main():
         return
     started = time.time()
     metrics = finetune.finetune(examples.train, examples.dev, base, work / "ckpt", max_seq_len=args.max_seq_len,
-                                valid_steps=0, device="cpu", max_seconds=args.max_seconds)
+                                valid_steps=0, device="cpu", max_seconds=args.max_seconds, seed=args.seed,
+                                tagging_weight=0.0 if args.uie_prompts else None)
     seconds = time.time() - started
+    served = (work / "ckpt" / "model_best" / "choice_head.json").exists()
     acc, per_class, none = accuracy(work / "ckpt" / "model_best", test, args.max_seq_len)
     majority = max(sum(lab == c for _, lab in test) for c in ("有", "无")) / len(test)
-    print(json.dumps({"train_tasks": len(train_cases), "train_examples": len(examples.train),
+    print(json.dumps({"classifier": "choice head (served)" if served else "UIE classification prompts",
+                      "seed": args.seed, "train_tasks": len(train_cases), "train_examples": len(examples.train),
                       "dev_examples": len(examples.dev), "test": len(test), "train_seconds": round(seconds, 1),
                       "epochs_run": metrics["epochs_run"], "steps": metrics["steps"], "dev_f1": metrics["f1"],
                       "test_accuracy": round(acc, 3), "per_class_right": per_class, "no_choice": none,

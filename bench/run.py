@@ -3,7 +3,8 @@
 Sections: throughput (1), latency (2), training (3), memory (4), learning (5),
 profile (6), relations (7), scale_out (8), scratch (9: the scratch recipe,
 finetune.py's defaults, and the server's jobs on scratch), agreement, annotator
-(12: interactive latency, hardest tasks first) and, only
+(12: interactive latency, hardest tasks first), precision (INT8 against FP32 on the CPU,
+bench/precision.py) and, only
 when asked for, recipes (short learning runs of several scratch shapes / learning rates).
 Results are merged into ``bench/results.json`` (a section, or a shape of
 sections 1, 2 and 4, that was not run keeps its previous numbers) and written
@@ -23,7 +24,7 @@ import common  # noqa: E402  (sets HOME/PPNLP_HOME before Paddle is imported)
 from serving import NEW, TODAY  # noqa: E402  (the servers compared in sections 1, 2 and 4)
 
 DEFAULT_SECTIONS = ("throughput", "latency", "training", "memory", "profile", "learning", "agreement",
-                    "relations", "scale_out", "scratch", "annotator")
+                    "relations", "scale_out", "scratch", "annotator", "corrections", "precision")
 ALL_SECTIONS = DEFAULT_SECTIONS + ("recipes",)
 RESULTS_JSON = common.BENCH / "results.json"
 RESULTS_MD = common.BENCH / "results.md"
@@ -190,6 +191,19 @@ def main(argv=None):
                                                         added=30 if args.quick else 100,
                                                         pool_sample=200 if args.quick else 2000)
             save("annotator", value)
+
+    if "corrections" in sections:
+        import corrections
+
+        save("corrections", corrections.corrections(seeds=(1,) if args.quick else (1, 2, 3),
+                                                    first=30 if args.quick else 100,
+                                                    corrected=30 if args.quick else 200))
+
+    if "precision" in sections:     # INT8 against FP32 (issue 22): bench/precision.py
+        import precision
+
+        save("precision", precision.run([s.strip() for s in args.shapes.split(",") if s.strip()],
+                                        quick=args.quick))
 
     common.log(f"bench: done in {(time.time() - started) / 60:.1f} min")
     if args.no_write:
@@ -430,6 +444,32 @@ def _scratch_report(sc, previous) -> list[str]:
                   "answers every label of this config, so the job gave the UIE only what the tagger does "
                   "not: relations, of which CLUENER has none). The row is there for the speed.", ""]
     return lines
+
+
+def _corrections_report(cor) -> list[str]:
+    """Section 13: a version trained on the annotator's corrections of its predecessor's
+    pre-annotations, with and without their weight."""
+    if not cor:
+        return []
+    lines = ["## 13. Learning from corrections (issue 20)", "",
+             f"A simulated team on CLUENER through the server's own jobs (`UIE_MODEL=scratch`, default job "
+             f"settings; `bench/corrections.py`): v1 trained on {cor['first']} random tasks pre-annotates "
+             f"{cor['corrected']} more; the annotator fixes each pre-annotation into the gold one (Label Studio "
+             "links it to the prediction: `parent_prediction`), deleting or relabelling v1's false positives; a "
+             f"job then trains on all {cor['first'] + cor['corrected']} tasks, from v1. `corrections`: the "
+             "default `CORRECTION_WEIGHT`; `plain`: `CORRECTION_WEIGHT=1` (the corrected regions count as any "
+             f"absent span, the training before this change). Test split (1,075 sentences), seeds "
+             f"{', '.join(map(str, cor['seeds']))}: mean (min).", "",
+             "| model | F1 | precision | recall | false positives per 100 tasks | corrections trained |",
+             "|---|---|---|---|---|---|"]
+    for arm, row in cor["summary"].items():
+        cells = " | ".join(f"{row[k]['mean']:.3f} ({row[k]['min']:.3f})" for k in ("f1", "precision", "recall"))
+        fp = row["false_positives_per_100"]
+        lines.append(f"| {arm} | {cells} | {fp['mean']:.1f} ({fp['min']:.1f}–{fp['max']:.1f}) | "
+                     f"{', '.join('–' if c is None else str(c) for c in row['corrections'])} |")
+    promoted = {arm: row["promoted"] for arm, row in cor["summary"].items() if arm != "v1"}
+    return lines + ["", "Promoted by the server's rule (per seed; an unpromoted version was scored all the same): "
+                    + "; ".join(f"{arm} {promoted[arm]}" for arm in promoted) + ".", ""]
 
 
 def _annotator_report(an) -> list[str]:
@@ -684,6 +724,11 @@ def report(results) -> str:
 
     lines += _scratch_report(results.get("scratch"), results.get("learning"))
     lines += _annotator_report(results.get("annotator"))
+    lines += _corrections_report(results.get("corrections"))
+    if results.get("precision"):
+        import precision
+
+        lines += precision.report_lines(results["precision"])
 
     for key, title in (("learning", "## 5. Learning: a scratch UIE on CLUENER"), ("recipes", "### Recipes tried")):
         ln = results.get(key)

@@ -9,8 +9,9 @@
 2. ``dispatch`` makes sure someone runs the queued job: ``drain`` (the project's
    jobs one after another, under its train lock) or ``run_queued`` (one job,
    waiting for the train lock);
-3. ``_run``: the job's ``spec.json`` (label config, tasks, served model,
-   settings), then ``train_job`` (which writes ``result.json``), then
+3. ``_run``: the job's ``spec.json`` (label config, tasks, the annotators'
+   corrections of remembered suggestions, served model, settings), then
+   ``train_job`` (which writes ``result.json``), then
    ``ModelStore.promote`` moves the checked model in atomically; a failure leaves
    the served model as it was and its state says why; then old jobs are pruned.
    The runner writes the phases it runs itself (``gathering``, ``promoting``) to the
@@ -48,6 +49,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from label_config import LabelConfigError, parse_label_config
+from service.corrections import find_corrections
 from service.job_records import JobRecords, plain_text
 from train_job import RESULT, JobError, JobSpec, write_progress
 
@@ -209,8 +211,21 @@ class JobRunner:
                        batch_size=s.train_batch_size, max_seq_len=s.train_max_seq_len,
                        learning_rate=s.train_learning_rate, num_epochs=s.train_epochs,
                        min_dev_tasks=s.train_min_dev_tasks, inference_engine=s.inference_engine,
+                       inference_precision=s.inference_precision,
                        threads=self.threads or s.math_threads, devices=s.train_devices,
-                       schema_lang=s.schema_lang)
+                       schema_lang=s.schema_lang, corrections=self._corrections(project, tasks))
+
+    def _corrections(self, project, tasks) -> list[dict]:
+        """The regions of ``/predict``'s remembered suggestions that the annotations of
+        ``tasks`` deleted or relabelled (``find_corrections``): the job trains them as
+        negatives. Trained without them (logged) when they cannot be read."""
+        try:
+            ids = [t["id"] for t in tasks if isinstance(t, dict) and t.get("id") is not None]
+            return find_corrections(tasks, self.annotations.suggestions(project, ids)) if ids else []
+        except Exception:   # noqa: BLE001  corrections are worth less than the job
+            log.warning("project %s: the remembered suggestions could not be read; training without "
+                        "the annotators' corrections", project, exc_info=True)
+            return []
 
     def _label_config(self, project, job_dir: Path) -> str:
         """The trigger's label config, else the project's stored one; it must parse."""
@@ -258,7 +273,7 @@ class JobRunner:
                 "previous_metrics": meta["previous_dev"], "held_out": result["held_out"],
                 "per_label": meta["per_label"], "previous_per_label": meta["previous_per_label"],
                 "annotated_tasks": result["annotated_tasks"], "source": spec.source,
-                "summary": summary}
+                "int8": meta.get("int8"), "summary": summary}
 
     def _done(self, project, job_dir: Path, result: dict, started: float):
         self.records.update(job_dir, state="done", finished=time.time(), **result)
@@ -437,6 +452,12 @@ def _version_meta(project, job_id, spec: JobSpec, result: dict) -> dict:
         "per_label": result.get("per_label"), "previous_per_label": result.get("previous_per_label"),
         "train_seconds": result.get("train_seconds"), "epochs_run": result.get("epochs_run"),
         "kind": result.get("kind"),
+        # the labels, relations and Choices options with a positive training example
+        # (train_job.trained_labels): ModelStore.labels_without_examples
+        "trained_labels": result.get("trained_labels"),
+        # the job's INT8 check (train_job._check_int8): INFERENCE_PRECISION=auto serves INT8
+        # only where "served" is true (uie.int8.checked_reason)
+        "int8": result.get("int8"),
     }
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import files
 import uie.checkpoint
+import uie.choice_head
 import uie.engine
 import uie.tagger
 from projects import is_project_name
@@ -76,8 +77,8 @@ def read_meta(version_dir: Path) -> dict:
 
 def check_weights(version_dir) -> None:
     """``ModelLoadError`` unless the files match what ``meta.json`` records: the sha256 of
-    the weights (a ``meta.json`` without it is refused), and the span tagger: none where it
-    records none, else both of its files with the recorded sha256."""
+    the weights (a ``meta.json`` without it is refused), and the span tagger and the choice
+    head: none where it records none, else both of the head's files with the recorded sha256."""
     meta = read_meta(version_dir)
     expected = meta.get("weights_sha256")
     if not isinstance(expected, str) or not expected:
@@ -85,6 +86,7 @@ def check_weights(version_dir) -> None:
     if weights_checksum(version_dir) != expected:
         raise ModelLoadError("its weights do not match the checksum in meta.json")
     _check_tagger(Path(version_dir), meta)
+    _check_recorded_files(Path(version_dir), meta.get("choice_head"), uie.choice_head.FILES, "choice head")
 
 
 def tagger_record(model_dir) -> dict | None:
@@ -102,6 +104,46 @@ def tagger_record(model_dir) -> dict | None:
     return record
 
 
+def head_record(model_dir) -> dict | None:
+    """What ``meta.json`` records of a model directory's choice head (``uie.choice_head``):
+    the sha256 of each of its files (None: it has none)."""
+    present = [name for name in uie.choice_head.FILES if (Path(model_dir) / name).exists()]
+    if not present:
+        return None
+    return {"sha256": {name: uie.tagger.file_checksum(Path(model_dir) / name) for name in present}}
+
+
+def untrained_labels(label_config: str, trained: dict) -> dict:
+    """The labels, relations and Choices options (values) of ``label_config`` that
+    ``trained`` (``train_job.trained_labels``: what a version has training examples of) does
+    not name: ``{"labels": [...], "relations": [...], "choices": {Choices name: [values]}}``,
+    in the config's order (a Choices without any missing left out)."""
+    from label_config import LabelConfigError, parse_choices, parse_label_config, parse_relations
+
+    def parsed(parse) -> tuple:
+        try:
+            return tuple(parse(label_config))
+        except LabelConfigError:
+            return ()
+
+    def named(key) -> set:
+        value = trained.get(key)
+        return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+
+    chosen = trained.get("choices") if isinstance(trained.get("choices"), dict) else {}
+    labels, relations = named("labels"), named("relations")
+    choices = {}
+    for control in parsed(parse_choices):
+        known = chosen.get(control.from_name)
+        known = set(known) if isinstance(known, list) else set()
+        if missing := [value for value, _ in control.choices if value not in known]:
+            choices[control.from_name] = missing
+    return {"labels": list(dict.fromkeys(label for c in parsed(parse_label_config) for label, _ in c.labels
+                                         if label not in labels)),
+            "relations": list(dict.fromkeys(r.value for r in parsed(parse_relations) if r.value not in relations)),
+            "choices": choices}
+
+
 def _check_tagger(version_dir: Path, meta: dict) -> None:
     """``ModelLoadError`` unless the tagger files are those ``meta.json`` records.
 
@@ -115,20 +157,27 @@ def _check_tagger(version_dir: Path, meta: dict) -> None:
         if not present and _trained_tagger_classes(version_dir):
             raise ModelLoadError(f"its span tagger is missing ({', '.join(uie.tagger.FILES)})")
         return
-    record = meta["tagger"]
+    _check_recorded_files(version_dir, meta["tagger"], uie.tagger.FILES, "span tagger")
+
+
+def _check_recorded_files(version_dir: Path, record, names, what: str) -> None:
+    """``ModelLoadError`` unless the files ``names`` of a head (``what``: the span tagger,
+    the choice head) are those ``record`` (``meta.json``'s) has the sha256 of; with no
+    record (None), none of them may be there."""
+    present = {name for name in names if (version_dir / name).exists()}
     if record is None:
         if present:
-            raise ModelLoadError(f"it holds span tagger files ({', '.join(sorted(present))}) "
+            raise ModelLoadError(f"it holds {what} files ({', '.join(sorted(present))}) "
                                  "that its meta.json does not record")
         return
     sums = record.get("sha256") if isinstance(record, dict) else None
-    if not isinstance(sums, dict) or set(sums) != set(uie.tagger.FILES):
-        raise ModelLoadError("its meta.json records no valid tagger checksums")
-    for name in uie.tagger.FILES:
+    if not isinstance(sums, dict) or set(sums) != set(names):
+        raise ModelLoadError(f"its meta.json records no valid {what} checksums")
+    for name in names:
         if name not in present:
-            raise ModelLoadError(f"its span tagger file {name} is missing")
+            raise ModelLoadError(f"its {what} file {name} is missing")
         if uie.tagger.file_checksum(version_dir / name) != sums[name]:
-            raise ModelLoadError(f"its span tagger file {name} does not match the checksum in meta.json")
+            raise ModelLoadError(f"its {what} file {name} does not match the checksum in meta.json")
 
 
 def _trained_tagger_classes(version_dir: Path) -> list:
@@ -142,7 +191,7 @@ def _trained_tagger_classes(version_dir: Path) -> list:
 def _signature(path) -> tuple:
     """What a model directory's files look like now (to retry a failed load only after a change)."""
     out = []
-    for name in ("meta.json", *uie.checkpoint.MODEL_FILES, *uie.tagger.FILES):
+    for name in ("meta.json", *uie.checkpoint.MODEL_FILES, *uie.tagger.FILES, *uie.choice_head.FILES):
         try:
             st = (Path(path) / name).stat()
             out.append((name, st.st_size, st.st_mtime_ns))
@@ -166,7 +215,8 @@ def _stage_version(tmp: Path, checkpoint: Path, meta: dict) -> None:
     """A copy of ``checkpoint`` with ``meta.json`` (and its weights' checksum) at ``tmp``."""
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp)    # with its static export, if the job made one
-    meta = dict(meta, weights_sha256=weights_checksum(tmp), tagger=tagger_record(tmp))
+    meta = dict(meta, weights_sha256=weights_checksum(tmp), tagger=tagger_record(tmp),
+                choice_head=head_record(tmp))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
@@ -251,28 +301,33 @@ class ModelStore:
         except Exception as exc:   # damaged files surface as many exception types
             raise ModelLoadError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from exc
         engine = predictor.engine
-        log.info("loaded model %s on %s: %s, %d math threads, max_seq_len %d%s", path, self.device,
-                 engine.name, self.settings.math_threads, predictor.max_seq_len,
-                 f" ({engine.reason})" if engine.reason else "")
+        log.info("loaded model %s on %s: %s, %s, %d math threads, max_seq_len %d%s%s", path, self.device,
+                 engine.name, getattr(engine, "precision", "fp32"), self.settings.math_threads,
+                 predictor.max_seq_len, f" ({engine.reason})" if engine.reason else "",
+                 f" ({engine.precision_reason})" if getattr(engine, "precision_reason", "") else "")
         return predictor
 
     def _build(self, path: str, export: bool) -> UIEPredictor:
         s = self.settings
         engine = uie.engine.load_engine(path, s.inference_engine, self.device, s.math_threads,
-                                        export=export)
+                                        export=export, precision=s.inference_precision)
         return UIEPredictor.from_dir(path, device=self.device, engine=engine,
                                      max_seq_len=self.serving_seq_len(path), batch_size=s.batch_size,
                                      threshold=s.score_threshold, batch_wait_ms=s.batch_wait_ms)
 
     def engines(self) -> dict[str, dict]:
-        """How each loaded model runs: engine, threads, why not Paddle Inference if so,
+        """How each loaded model runs: engine, threads, precision (``fp32``/``int8``) and why,
+        why not Paddle Inference if so,
         and the labels its span tagger answers (scratch models)."""
         with self._lock:
             loaded = dict(self._predictors)
         return {path: self._engine_info(p) for path, p in loaded.items()}
 
     def _engine_info(self, p: UIEPredictor) -> dict:
-        info = {"engine": p.engine.name, "threads": self.settings.math_threads, "device": self.device}
+        info = {"engine": p.engine.name, "threads": self.settings.math_threads, "device": self.device,
+                "precision": getattr(p.engine, "precision", "fp32")}
+        if getattr(p.engine, "precision_reason", ""):   # why INT8 or why not (INFERENCE_PRECISION)
+            info["precision_reason"] = p.engine.precision_reason
         if p.engine.reason:
             info["engine_fallback_reason"] = p.engine.reason
         if p.tagger is not None:
@@ -569,6 +624,35 @@ class ModelStore:
         except ModelLoadError as exc:
             log.warning("project %s: version %s left out: %s", project, child.name, exc)
             return None
+
+    def labels_without_examples(self, project: str, label_config: str | None) -> dict | None:
+        """The labels, relations and Choices options of the project's ``label_config`` that
+        the version serving it (``served_version``: no model is loaded) has no training
+        example for (``untrained_labels``): a scratch version never predicts them until a
+        job trains them. Nothing for a model that answers any prompt (a pretrained UIE, and
+        the versions trained from one); everything for the untrained scratch base; None
+        where it is not known: no label config, a scratch checkpoint trained elsewhere
+        (``UIE_MODEL=/path``), a version made before versions recorded ``trained_labels``."""
+        if not label_config:
+            return None
+        path = self.project_dir(project) / self.served_version(project)
+        trained = self._trained_labels(path, self._version_meta(project, path))
+        if trained is True:
+            return {"labels": [], "relations": [], "choices": {}}
+        return untrained_labels(label_config, trained) if isinstance(trained, dict) else None
+
+    def _trained_labels(self, path: Path, meta: dict | None) -> dict | bool | None:
+        """What the version in ``path`` (its ``meta``; None: the base model) has training
+        examples of (``train_job.trained_labels``); True: it answers any prompt; None: not known."""
+        if meta is None:
+            if not uie.checkpoint.is_scratch_model(self.base.path):
+                return True
+            return None if (Path(self.base.path) / "training_metrics.json").exists() else {}
+        kind = meta.get("kind") or ("scratch" if uie.checkpoint.is_scratch_model(path) else "pretrained")
+        if kind != "scratch":
+            return True
+        trained = meta.get("trained_labels")
+        return trained if isinstance(trained, dict) else None
 
     def _promoted_newest_first(self, project: str) -> list[str]:
         """Versions that were served once (not those kept unserved), newest first."""

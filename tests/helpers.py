@@ -284,3 +284,12 @@ def show_logs_on_failure(request, servers: list):
     """Have a failed test's report end with the logs of ``servers`` (a list the fixture fills;
     anything with a ``log_path``): see ``pytest_runtest_makereport`` in conftest.py."""
     request.node.__dict__.setdefault("_servers_to_show", []).append(servers)
+
+
+def span_f1(found, gold) -> float:
+    """F1 of the set ``found`` against the set ``gold`` (1.0 when both are empty)."""
+    found, gold = set(found), set(gold)
+    if not found and not gold:
+        return 1.0
+    hits = len(found & gold)
+    return 2 * hits / (len(found) + len(gold))

@@ -208,3 +208,187 @@ def test_labels_relations_and_choices_train_in_one_job(make_app, scratch_small):
     assert predicted_choices(predictions, "facts") == [mixed_facts(t["data"]["text"]) for t in tasks]
     kinds = {r["type"] for p in predictions for r in p["result"]}
     assert {"labels", "choices"} <= kinds
+
+
+# -- the choice head: what a scratch model serves for <Choices> ------------------------
+HEAD_TAGS = ("国内", "国外", "人物")
+HEAD_CONFIG = ('<View><Text name="text" value="$text"/>'
+               '<Choices name="topic" toName="text" predicted_values="主题">'
+               + "".join(f'<Choice value="{t}"/>' for t in TOPICS) + '</Choices>'
+               '<Choices name="tags" toName="text" choice="multiple" predicted_values="标签">'
+               + "".join(f'<Choice value="{t}"/>' for t in HEAD_TAGS) + '</Choices></View>')
+# several tags on some texts: a multiple control, answered by independent sigmoids
+HEAD_CASE_TAGS = [("国内", "人物"), ("国内",), ("国内",), ("国内", "国外"), ("国内",), ("国内",),
+                  ("国外", "人物"), ("国外",), ("国内",)]
+
+
+def head_tasks():
+    return [{"id": i + 1, "data": {"text": text}, "annotations": [{"id": 700 + i, "was_cancelled": False, "result": [
+        choice_result("topic", [topic]), choice_result("tags", list(tags))]}]}
+            for i, ((text, topic), tags) in enumerate(zip(TOPIC_CASES, HEAD_CASE_TAGS))]
+
+
+@pytest.fixture(scope="module")
+def head_model(tmp_path_factory, scratch_small):
+    """A tiny scratch model trained for real, as a job trains it, on HEAD_CONFIG's choices."""
+    import finetune
+    from train_job import build_examples
+
+    examples = build_examples(head_tasks(), HEAD_CONFIG, min_dev_tasks=50)
+    save = tmp_path_factory.mktemp("choice-head")
+    metrics = finetune.finetune(examples.train, examples.dev or None, scratch_small, save, max_seq_len=64,
+                                valid_steps=0, device="cpu")
+    return save / "model_best", metrics
+
+
+def head_choices(predictor, config=HEAD_CONFIG, cases=TOPIC_CASES, run=None):
+    """``{control name: [chosen values or None per case]}`` and the items, as ``/predict`` builds them."""
+    import choices
+    from label_config import parse_choices
+
+    controls = parse_choices(config)
+    queries = choices.build_queries([(k, c, text) for k, (text, _) in enumerate(cases) for c in controls])
+    found = choices.items(queries, (run or predictor.extract)(choices.asked(queries)))
+    out = {c.from_name: [None] * len(cases) for c in controls}
+    for t, item in found:
+        out[item["from_name"]][t] = item["value"]["choices"]
+    return out, found
+
+
+def test_a_scratch_model_trained_on_choices_saves_a_choice_head_with_its_controls(head_model):
+    import uie.choice_head
+
+    model_dir, metrics = head_model
+    assert {"choice_head.json", "choice_head.pdparams"} <= {p.name for p in model_dir.iterdir()}
+    head = uie.choice_head.load(model_dir)
+    # the options in the order of a first training example (any order of them is the same control)
+    assert [(c["prefix"], set(c["options"]), c["multiple"]) for c in head.controls] == [
+        ("主题", set(TOPICS), False), ("标签", set(HEAD_TAGS), True)]
+    assert metrics["choice_controls"] == head.controls
+    assert not (model_dir / "tagger.json").exists()       # no span label: no span tagger
+
+
+def test_a_scratch_model_serves_its_choices_from_the_head_single_and_multiple(head_model):
+    import numpy as np
+
+    import choices
+    from label_config import parse_choices
+    from uie import answer_cache
+    from uie.predictor import UIEPredictor
+    from uie.tokenizer import encode_windows
+
+    model_dir, _ = head_model
+    predictor = UIEPredictor.from_dir(model_dir, max_seq_len=64)
+    assert predictor.choice_head is not None
+
+    def no_uie(arrays):
+        raise AssertionError("a classification prompt of the head went to the UIE")
+
+    predictor.engine = no_uie
+    chosen, found = head_choices(predictor)
+    assert chosen["topic"] == [[topic] for _, topic in TOPIC_CASES]              # single: the argmax
+    assert chosen["tags"] == [[t for t in HEAD_TAGS if t in tags] for tags in HEAD_CASE_TAGS]   # sigmoids > 0.5
+    # scores are the head's probabilities: a softmax over the topics, the least sure tag's sigmoid
+    runner = predictor.choice_head
+    for t, item in found:
+        text = TOPIC_CASES[t][0]
+        ids = predictor.tokenizer.tokenize(text)[0]
+        logits = runner.logits(runner.features(encode_windows(predictor.tokenizer, [], ids, 64),
+                                               predictor.tokenizer.pad_id))
+        probs = runner.head.probabilities(logits, 0 if item["from_name"] == "topic" else 1)
+        if item["from_name"] == "topic":
+            assert abs(probs.sum() - 1) < 1e-6 and item["score"] == round(float(probs.max()), 6) > 1 / 3
+        else:
+            assert item["score"] == round(float(min(p for p in probs if p > 0.5)), 6)
+    # counted as the head's prompt-free windows: one per (text, Choices), as the UIE's prompts were
+    long = "北京" * 100
+    queries = choices.build_queries([(0, c, text) for c in parse_choices(HEAD_CONFIG)
+                                     for text in (TOPIC_CASES[0][0], long)])
+    assert predictor.count_inputs(choices.asked(queries)) == 2 * (1 + predictor._n_windows(200, 0)) > 2 * 2
+    # the answer cache keeps the head's answers like the UIE's
+    cache = answer_cache.AnswerCache()
+    first, _ = head_choices(predictor, run=lambda qs: cache.extract(predictor.extract, qs))
+    again, _ = head_choices(predictor, run=lambda qs: cache.extract(predictor.extract, qs))
+    assert first == again == chosen and cache.hits == 2 * len(TOPIC_CASES)
+    assert np.isfinite([i["score"] for _, i in found]).all()
+
+
+def test_a_prompt_the_head_did_not_learn_goes_to_the_uie(head_model):
+    from uie.predictor import UIEPredictor
+
+    model_dir, _ = head_model
+    predictor = UIEPredictor.from_dir(model_dir, max_seq_len=64)
+    calls = []
+    engine = predictor.engine
+    predictor.engine = lambda arrays: calls.append(len(arrays["input_ids"])) or engine(arrays)
+    other = HEAD_CONFIG.replace('<Choice value="天气"/>', '<Choice value="天气"/><Choice value="科技"/>')
+    head_choices(predictor, other, TOPIC_CASES[:2])
+    assert sum(calls) == 2              # 主题[体育,财经,天气,科技]: a new option, the UIE's prompt
+
+
+def test_a_damaged_choice_head_is_refused_at_load(head_model, tmp_path):
+    import shutil
+
+    from uie.checkpoint import ModelLoadError
+    from uie.predictor import UIEPredictor
+
+    model_dir, _ = head_model
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    (copy / "choice_head.pdparams").write_bytes(b"not weights")
+    with pytest.raises(ModelLoadError, match="choice_head.pdparams"):
+        UIEPredictor.from_dir(copy, max_seq_len=64)
+
+
+def test_a_pretrained_shaped_model_keeps_answering_choices_from_prompts(scratch_small, tmp_path):
+    """No span tagger (``tagging_weight=0``, a pretrained UIE's default): no choice head is
+    trained or saved, and the classification prompt goes to the UIE, as Taskflow asks it."""
+    import finetune
+    from train_job import build_examples
+    from uie.predictor import UIEPredictor
+
+    examples = build_examples(head_tasks(), HEAD_CONFIG, min_dev_tasks=50)
+    metrics = finetune.finetune(examples.train, None, scratch_small, tmp_path, max_seq_len=64, num_epochs=1,
+                                valid_steps=0, device="cpu", tagging_weight=0.0)
+    model_dir = tmp_path / "model_best"
+    assert metrics["choice_controls"] == [] and not (model_dir / "choice_head.json").exists()
+    for path in (model_dir, scratch_small):
+        predictor = UIEPredictor.from_dir(path, max_seq_len=64)
+        assert predictor.choice_head is None
+        calls = []
+        engine = predictor.engine
+        predictor.engine = lambda arrays: calls.append(len(arrays["input_ids"])) or engine(arrays)
+        head_choices(predictor, cases=TOPIC_CASES[:3])
+        assert sum(calls) == 2 * 3                         # every (text, Choices) prompt ran on the UIE
+
+
+def test_a_served_head_trained_again_keeps_what_it_knows(head_model):
+    """A version trained again starts from its head: the encoder, and the outputs of the options
+    it knows; a new option (or control) gets fresh ones."""
+    import numpy as np
+
+    import uie.choice_head
+
+    model_dir, _ = head_model
+    served = uie.choice_head.load(model_dir)
+    topic, tags = served.controls
+    controls = [dict(topic, options=topic["options"] + ["科技"]), tags]
+    head = uie.choice_head.with_controls(served, controls)
+    assert head.controls == controls
+    assert head.find(f"主题[{','.join(controls[0]['options'])}]") == (0, [0, 1, 2, 3])
+    assert head.find("主题[科技,体育,财经,天气]")[1][0] == 3                # any order of them
+    assert head.find("主题[体育,财经,天气]") is None                      # another control: the UIE's
+    assert np.array_equal(head.embedding.weight.numpy(), served.embedding.weight.numpy())
+    old_w, new_w = served.out.weight.numpy(), head.out.weight.numpy()
+    for k, option in enumerate(topic["options"]):
+        assert np.array_equal(new_w[:, k], old_w[:, k]), option
+    assert np.array_equal(new_w[:, 4:], old_w[:, 3:])                    # the tags, shifted
+
+
+def test_the_choices_round_counts_in_the_task_score(make_app, scratch_small):
+    """Under ``TASK_SCORE=entropy`` a Choices-only task's score comes from the choice decisions
+    (on the prompt tokens, where UIE decides an option), as a Labels task's does from its spans:
+    not a sure 1.0 for every task."""
+    client = make_app(uie_model=str(scratch_small), task_score="entropy").test_client()
+    predictions = predict(client, topic_tasks(), CHOICES_CONFIG, 34)
+    assert all(0 < p["score"] < 1 for p in predictions), [p["score"] for p in predictions]

@@ -156,7 +156,9 @@ def test_a_trained_version_carries_its_export_and_a_missing_one_is_not_made_in_a
         make_app, scratch_small, tmp_path, caplog):
     from helpers import LABEL_CONFIG, annotated_tasks, wait_job
 
-    app = make_app(uie_model=str(scratch_small), train_epochs=20, train_max_seq_len=SEQ_LEN)
+    # the FP32 static export is what this is about (auto would serve a checked INT8 export)
+    app = make_app(uie_model=str(scratch_small), train_epochs=20, train_max_seq_len=SEQ_LEN,
+                   inference_precision="fp32")
     client = app.test_client()
     job = client.post("/train", json={"annotations": annotated_tasks(EDGE_CASES), "project": "3.1",
                                       "label_config": LABEL_CONFIG}).json["job"]
@@ -173,7 +175,8 @@ def test_a_trained_version_carries_its_export_and_a_missing_one_is_not_made_in_a
     # the same version in a new process, its export deleted: the request is answered by dygraph
     # at once; the export is rebuilt beside it (a child process), then served
     shutil.rmtree(version_dir / "static")
-    fresh = make_app(uie_model=str(scratch_small), model_dir=str(store.root)).test_client()
+    fresh = make_app(uie_model=str(scratch_small), model_dir=str(store.root),
+                     inference_precision="fp32").test_client()
     predict(fresh, "3.1")
     loaded = fresh.get("/health").json["loaded_models"][str(version_dir)]
     assert loaded["engine"] == "dygraph" and "no static model" in loaded["engine_fallback_reason"]

@@ -141,6 +141,46 @@ def test_a_version_whose_tagger_or_meta_does_not_match_falls_back(store_for, tra
     assert ("weights_sha256" if damage == "no-weights-checksum" else "tagger") in problem["errors"][0]
 
 
+def add_choice_head(model_dir: Path, seed=0):
+    """Give ``model_dir`` a (small, untrained) choice head for one single-choice control."""
+    import uie.choice_head
+
+    vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    head = uie.choice_head.build(vocab, [{"prefix": "主题", "options": ["体育", "财经"], "multiple": False}],
+                                 seed=seed, embedding_size=16, hidden_size=16, num_layers=1)
+    uie.choice_head.save(head, model_dir)
+
+
+@pytest.mark.parametrize("damage", ["deleted-weights", "foreign-weights", "head-added"])
+def test_a_version_whose_choice_head_does_not_match_falls_back(store_for, trained_model, tmp_path, damage):
+    import uie.choice_head
+
+    headed = tmp_path / "headed"
+    shutil.copytree(trained_model, headed)
+    add_choice_head(headed)
+    store = store_for()
+    v1 = store.promote("1", trained_model, {})
+    v2 = broken = store.promote("1", headed, {})
+    vdir = store.project_dir("1") / v2
+    meta = json.loads((vdir / "meta.json").read_text())
+    assert set(meta["choice_head"]["sha256"]) == set(uie.choice_head.FILES)
+    assert fresh(store).live("1").predictor.choice_head is not None
+    if damage == "deleted-weights":
+        (vdir / "choice_head.pdparams").unlink()
+    elif damage == "foreign-weights":       # another head's weights, of the same shapes
+        other = tmp_path / "other"
+        shutil.copytree(headed, other)
+        add_choice_head(other, seed=7)
+        shutil.copyfile(other / "choice_head.pdparams", vdir / "choice_head.pdparams")
+    else:                                   # a version trained without one gets a foreign head
+        v1, broken = v2, store.promote("1", trained_model, {})
+        for name in uie.choice_head.FILES:
+            shutil.copyfile(headed / name, store.project_dir("1") / broken / name)
+    store = fresh(store)
+    assert store.live("1").version == v1
+    assert "choice head" in store.problems()["1"]["errors"][0] and broken in store.problems()["1"]["errors"][0]
+
+
 def test_health_shows_a_deleted_tagger(make_app, store_for, scratch_small, trained_model, tagged_model):
     store = store_for()
     v1 = store.promote("1", trained_model, {})

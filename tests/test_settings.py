@@ -21,6 +21,7 @@ VARIABLES = [
     ("HOST", "0.0.0.0", "host", "0.0.0.0"),
     ("PORT", "8081", "port", 8081),
     ("UIE_MODEL", " uie-nano ", "uie_model", "uie-nano"),
+    ("INFERENCE_PRECISION", "INT8", "inference_precision", "int8"),
     ("MODEL_DIR", "/data/models", "model_dir", "/data/models"),
     ("DEVICE", "GPU", "device", "gpu"),
     ("MAX_SEQ_LEN", "128", "max_seq_len", 128),

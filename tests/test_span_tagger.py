@@ -151,3 +151,30 @@ def test_relation_prompts_are_no_tagger_class():
                 {"content": text, "prompt": "张三的出生地", "result_list": [{"text": "北京", "start": 5, "end": 7}]},
                 {"content": text, "prompt": "birthplace of 张三", "result_list": []}]
     assert finetune.relation_prompts(examples) == {"张三的出生地", "birthplace of 张三"}
+
+
+def test_other_entity_relation_negatives_are_no_tagger_class():
+    """PaddleNLP's "other entity" relation negatives ask a relation of an entity of another
+    text: with ``subject_labels`` (organisations), a person in no relation (张三, 李四, ...) is
+    asked so only on other texts, where it is no span; still no tagger class."""
+    import finetune
+    from helpers import FOUNDER, ORG, RELATION_CASES, RELATION_CONFIG, relation_tasks
+    from train_job import build_examples
+
+    config = RELATION_CONFIG.replace(f'<Relation value="{FOUNDER}"/>',
+                                     f'<Relation value="{FOUNDER}" subject_labels="{ORG}"/>')
+    train = build_examples(relation_tasks(RELATION_CASES), config, min_dev_tasks=50).train
+    foreign = {ex["prompt"] for ex in train if ex["prompt"].endswith("的" + FOUNDER)
+               and ex["prompt"][:-len(FOUNDER) - 1] not in ex["content"]}
+    assert {"张三的" + FOUNDER, "李四的" + FOUNDER} <= foreign     # the case: such negatives exist
+    assert foreign <= finetune.relation_prompts(train)
+    assert finetune.tagger_classes(train, 64) == [PERSON, ORG]
+    # the English form, an entity of another text only
+    text, other = "Alice founded Acme.", "Bob lives in Paris."
+    examples = [{"content": text, "prompt": "person", "result_list": [{"text": "Alice", "start": 0, "end": 5}]},
+                {"content": other, "prompt": "person", "result_list": [{"text": "Bob", "start": 0, "end": 3}]},
+                {"content": text, "prompt": "company", "result_list": [{"text": "Acme", "start": 14, "end": 18}]},
+                {"content": text, "prompt": "founder of Acme", "result_list": [{"text": "Alice", "start": 0, "end": 5}]},
+                {"content": text, "prompt": "founder of Bob", "result_list": []}]
+    assert finetune.relation_prompts(examples) == {"founder of Acme", "founder of Bob"}
+    assert finetune.tagger_classes(examples, 64) == ["person", "company"]

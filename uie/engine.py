@@ -7,6 +7,9 @@
   of both files. It writes a temporary directory and renames it into place,
   so an export is whole or absent, and writes the ``.cache_info`` with which
   Taskflow takes the export as it is.
+- ``OnnxInt8Engine`` runs a model's INT8 export (``uie.int8``) with ONNX Runtime on the
+  CPU; ``load_engine`` serves it when ``INFERENCE_PRECISION`` (``choose_precision``) says
+  so and the export is valid, FP32 otherwise (the reason kept in ``precision_reason``).
 - ``load_engine`` gives the forward pass of a model directory: Paddle
   Inference (oneDNN on CPU, CUDA on GPU) over a checked export, or the dygraph
   UIE when ``INFERENCE_ENGINE=dygraph`` or when the export is missing,
@@ -39,6 +42,7 @@ import paddle
 
 import files
 import settings
+from uie import int8
 from uie.checkpoint import ModelLoadError, load_uie
 
 log = logging.getLogger(__name__)
@@ -151,13 +155,80 @@ def _mark_for_taskflow(model_dir: Path):
     (model_dir / ".cache_info").write_text(md5.hexdigest() + "taskflow", encoding="utf-8")
 
 
-def _replace_dir(new: Path, target: Path):
-    """``files.replace_dir``, except that a good export another process put there first wins."""
+def _replace_dir(new: Path, target: Path, check=None):
+    """``files.replace_dir``, except that a good export another process put there first wins
+    (``check(model_dir)``, default ``check_static``, says whether it is good)."""
     try:
         files.replace_dir(new, target)
     except OSError:
-        if check_static(target.parent) is not None:
+        if (check or check_static)(target.parent) is not None:
             raise
+
+
+# --------------------------------------------------------------------------
+# INT8 export (the ONNX conversion and quantization: uie.int8)
+
+def int8_file(model_dir) -> Path:
+    """The ``model.onnx`` of ``model_dir``'s INT8 export."""
+    return Path(model_dir) / int8.INT8_DIR / int8.ONNX_FILE
+
+
+def int8_stamp(model_dir) -> dict | None:
+    """``int8/export.json`` as written (None: missing or unreadable)."""
+    try:
+        return files.read_json_object(Path(model_dir) / int8.INT8_DIR / int8.STAMP)
+    except ValueError:
+        return None
+
+
+def check_int8(model_dir) -> str | None:
+    """Why the INT8 export of ``model_dir`` cannot be used (``None`` if it can)."""
+    model_dir = Path(model_dir)
+    stamp_path = model_dir / int8.INT8_DIR / int8.STAMP
+    try:
+        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no INT8 model has been exported"
+    except (OSError, ValueError) as exc:
+        return f"{stamp_path} is unreadable ({exc})"
+    if not isinstance(stamp, dict):
+        return f"{stamp_path} is not a JSON object"
+    try:
+        if stamp.get("weights_sha256") != _sha256(model_dir / "model_state.pdparams"):
+            return "the INT8 model was exported from other weights"
+        if stamp.get(int8.ONNX_FILE) != _sha256(int8_file(model_dir)):
+            return f"{int8.INT8_DIR}/{int8.ONNX_FILE} is damaged"
+    except FileNotFoundError:
+        return f"{int8.INT8_DIR}/{int8.ONNX_FILE} is missing"
+    except OSError as exc:
+        return f"the INT8 model cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def export_int8(model_dir, force: bool = False) -> Path:
+    """Export ``model_dir``'s UIE to ``model_dir/int8/model.onnx`` (unless a good export is
+    there), from its static export (made first if need be), with ``int8/export.json``
+    recording the sha256 of the weights and of ``model.onnx``. Written into a temporary
+    directory and renamed into place: whole or absent. Start-up and jobs, never a request."""
+    model_dir = Path(model_dir)
+    target = model_dir / int8.INT8_DIR
+    if not force and check_int8(model_dir) is None:
+        return target
+    export_static(model_dir)      # a no-op when it is there and good
+    tmp = Path(tempfile.mkdtemp(prefix=f".{int8.INT8_DIR}-", dir=model_dir))
+    try:
+        onnx_path, info = int8.to_onnx_int8(*static_files(model_dir), tmp)
+        stamp = {"weights_sha256": _sha256(model_dir / "model_state.pdparams"),
+                 int8.ONNX_FILE: _sha256(onnx_path), **info}
+        files.atomic_write_json(tmp / int8.STAMP, stamp)
+        _replace_dir(tmp, target, check=check_int8)
+    except Exception as exc:   # paddle2onnx, onnx and onnxruntime raise many kinds
+        raise ExportError(f"{model_dir}: cannot export an INT8 model: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        gc.collect()
+    log.info("exported the INT8 model of %s", model_dir)
+    return target
 
 
 # --------------------------------------------------------------------------
@@ -190,6 +261,8 @@ class DygraphEngine:
     """
 
     name = "dygraph"
+    precision = "fp32"
+    precision_reason = ""       # why not INT8, when it was asked for (set by load_engine)
     max_batch_tokens = None     # it frees each tensor as soon as it is used
 
     def __init__(self, model, device="cpu", threads=None, reason=""):
@@ -228,6 +301,8 @@ class PaddleInferenceEngine:
 
     name = "paddle-inference"
     reason = ""
+    precision = "fp32"
+    precision_reason = ""       # why not INT8, when it was asked for (set by load_engine)
     CPU_BATCH_TOKENS = 1024
 
     def __init__(self, model_dir, device="cpu", threads=1):
@@ -272,14 +347,122 @@ class PaddleInferenceEngine:
             return start, end
 
 
-def load_engine(model_dir, engine="paddle-inference", device="cpu", threads=1, export=False):
+class OnnxInt8Engine:
+    """ONNX Runtime over the checked INT8 export of a model directory (``export_int8``), CPU only.
+
+    Dynamic quantization: INT8 weights (per channel), activations quantized per pass. No
+    per-shape kernel cache, so inputs are not padded to few widths; a batch still holds at
+    most ``CPU_BATCH_TOKENS`` tokens (a whole pass's activations are held at once).
+    """
+
+    name = "onnx-int8"
+    reason = ""
+    precision = "int8"
+    max_batch_tokens = PaddleInferenceEngine.CPU_BATCH_TOKENS
+
+    def __init__(self, model_dir, threads=1, precision_reason=""):
+        problem = check_int8(model_dir)
+        if problem:
+            raise ExportError(problem)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(0, int(threads or 0))    # 0: ONNX Runtime's default
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(int8_file(model_dir)), options,
+                                            providers=["CPUExecutionProvider"])
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(INPUT_NAMES):
+            raise ExportError(f"the INT8 model takes {names}, not {list(INPUT_NAMES)}")
+        if len(self.session.get_outputs()) != 2:
+            raise ExportError(f"the INT8 model has {len(self.session.get_outputs())} outputs, not 2")
+        self._names = names
+        self.device = "cpu"
+        self.threads = threads
+        self.precision_reason = precision_reason
+        self._lock = threading.Lock()
+
+    def __call__(self, arrays: dict[str, np.ndarray]):
+        feed = {n: np.ascontiguousarray(arrays[n], dtype=np.int64) for n in self._names}
+        with self._lock:
+            start, end = self.session.run(None, feed)
+        return start, end
+
+
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def choose_precision(model_dir, precision="fp32", engine="paddle-inference", device="cpu") -> tuple[bool, str]:
+    """``(serve INT8?, why)`` for ``INFERENCE_PRECISION=precision``; reads no model.
+
+    INT8 only on the CPU with Paddle Inference asked: ``int8`` serves a valid INT8 export;
+    ``auto`` one that the model's training job checked within ``uie.int8.F1_BUDGET``
+    (``meta.json``); ``fp32`` never. ``DEVICE=gpu`` never touches the INT8 path.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"INFERENCE_PRECISION={precision!r} must be one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return False, ""
+    if device == "gpu":
+        return False, f"INFERENCE_PRECISION={precision}: INT8 runs on the CPU only; DEVICE=gpu serves FP32"
+    if engine != "paddle-inference":
+        return False, f"INFERENCE_PRECISION={precision}: INT8 needs INFERENCE_ENGINE=paddle-inference"
+    if precision == "auto":
+        stamp = int8_stamp(model_dir)
+        if stamp is None:       # read first: a model without an INT8 export reads no meta.json
+            return False, f"INFERENCE_PRECISION=auto: {check_int8(model_dir)}"
+        why = int8.checked_reason(model_dir, stamp.get(int8.ONNX_FILE))
+        if why:
+            return False, f"INFERENCE_PRECISION=auto: {why}"
+        problem = check_int8(model_dir)
+        if problem:
+            return False, f"INFERENCE_PRECISION=auto: the checked INT8 export cannot be used ({problem})"
+        record = int8.job_check(model_dir) or {}
+        return True, f"INFERENCE_PRECISION=auto: {record.get('reason') or 'checked by its training job'}"
+    problem = check_int8(model_dir)
+    if problem:
+        return False, f"INFERENCE_PRECISION=int8 but {problem}"
+    return True, "INFERENCE_PRECISION=int8"
+
+
+def load_engine(model_dir, engine="paddle-inference", device="cpu", threads=1, export=False,
+                precision="fp32"):
     """The forward pass of ``model_dir`` with ``engine``; falls back to dygraph, saying why.
 
     With ``export=True`` a missing or damaged export is made first (start-up,
-    training jobs); otherwise it is served by dygraph.
+    training jobs); otherwise it is served by dygraph. ``precision``
+    (``INFERENCE_PRECISION``, ``choose_precision``) may serve the INT8 export with ONNX
+    Runtime instead; an INT8 model that cannot be served falls back to FP32, with a
+    warning and the reason in the engine's ``precision_reason`` (``/health``).
+    With ``export=True`` and ``precision="int8"`` a missing INT8 export is made too.
     """
     if engine not in ENGINES:
         raise ValueError(f"INFERENCE_ENGINE={engine!r} must be one of {', '.join(ENGINES)}")
+    if precision == "int8" and export and engine == "paddle-inference" and device != "gpu":
+        try:
+            export_int8(model_dir)
+        except ExportError as exc:
+            log.warning("%s", exc)
+    use_int8, why = choose_precision(model_dir, precision, engine, device)
+    loud = use_int8 or (precision == "int8" and engine == "paddle-inference" and device != "gpu")
+    if use_int8:
+        try:
+            return OnnxInt8Engine(model_dir, threads, precision_reason=why)
+        except Exception as exc:   # noqa: BLE001  (any failure: serve FP32, say why)
+            problem = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+            why = f"INFERENCE_PRECISION={precision} but the INT8 model does not load ({problem})"
+    elif precision == "auto" and "cannot be used" in why:
+        loud = True         # its job allowed INT8, but the export is missing or damaged
+    if why and loud:
+        log.warning("%s: INT8 not served, serving FP32: %s", model_dir, why)
+    served = _load_fp32(model_dir, engine, device, threads, export)
+    served.precision_reason = why
+    return served
+
+
+def _load_fp32(model_dir, engine, device, threads, export):
     if engine == "dygraph":
         return DygraphEngine.from_dir(model_dir, device, threads)
     try:
@@ -293,16 +476,20 @@ def load_engine(model_dir, engine="paddle-inference", device="cpu", threads=1, e
 
 
 def main(argv=None) -> int:
-    """``python -m uie.engine export MODEL_DIR``: (re)make the static export of a model directory."""
+    """``python -m uie.engine export MODEL_DIR``: (re)make the static export of a model directory;
+    ``export-int8 MODEL_DIR``: its INT8 export (``uie.int8``)."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "export":
-        print("usage: python -m uie.engine export MODEL_DIR", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("export", "export-int8"):
+        print("usage: python -m uie.engine export|export-int8 MODEL_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_math_threads(1)     # beside a serving process: tracing needs little math
     try:
+        if argv[0] == "export-int8":
+            export_int8(argv[1], force=True)
+            return 0
         export_static(argv[1], force=True)
     except ExportError as exc:
         print(exc, file=sys.stderr)

@@ -10,7 +10,11 @@ A classification prompt (PaddleNLP's ``prefix[option1,option2]``,
 ``uie.tokenizer.prompt_options``) is answered on its own tokens: UIE marks the
 chosen option's span in the prompt. Such spans are reported with the offsets
 PaddleNLP's ``doccano.py`` writes for them: the offsets into the prompt less
-``len(prompt) + 1`` (negative), the best score over the text's windows.
+``len(prompt) + 1`` (negative), the best score over the text's windows. A model
+with a choice head (``uie.choice_head``, scratch models trained on ``<Choices>``)
+answers the classification prompts of the controls it learned from it instead,
+one prompt-free pass per window, with the same offsets; its score is the
+option's softmax (single choice) or sigmoid (``multiple``) probability.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
+from uie import choice_head as choice_heads
 from uie import engine as engines
 from uie import tagger as span_tagger
 from uie.batcher import Batcher
@@ -111,14 +116,20 @@ class UIEPredictor:
     the forward passes of concurrent ``extract`` calls are batched together
     (``uie.batcher.Batcher``); otherwise each call runs its own batches.
     ``tagger`` (a ``span_tagger.SpanTagger`` or ``TaggerRunner``) answers the
-    prompts that are its classes, one pass per window for all of them.
+    prompts that are its classes, one pass per window for all of them;
+    ``choice_head`` (a ``choice_heads.ChoiceHead`` or ``HeadRunner``) the
+    classification prompts of the controls it knows (always in dygraph).
     """
 
     def __init__(self, engine, tokenizer: OffsetTokenizer, device="cpu", max_seq_len=512,
-                 batch_size=16, threshold=0.5, max_position=None, batch_wait_ms=None, tagger=None):
+                 batch_size=16, threshold=0.5, max_position=None, batch_wait_ms=None, tagger=None,
+                 choice_head=None):
         if isinstance(tagger, span_tagger.SpanTagger):
             tagger = span_tagger.TaggerRunner(tagger)
         self.tagger = tagger
+        if isinstance(choice_head, choice_heads.ChoiceHead):
+            choice_head = choice_heads.HeadRunner(choice_head)
+        self.choice_head = choice_head
 
         if isinstance(engine, paddle.nn.Layer):
             max_position = max_position or engine.config.max_position_embeddings
@@ -146,9 +157,16 @@ class UIEPredictor:
         if tagger is not None and tagger.config["vocab_size"] < len(tokenizer.vocab):
             raise ModelLoadError(f"{path}: the tagger embeds {tagger.config['vocab_size']} tokens, "
                                  f"vocab.txt has {len(tokenizer.vocab)}")
+        try:
+            head = choice_heads.load(path)
+        except choice_heads.ChoiceHeadError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if head is not None and head.config["vocab_size"] < len(tokenizer.vocab):
+            raise ModelLoadError(f"{path}: the choice head embeds {head.config['vocab_size']} tokens, "
+                                 f"vocab.txt has {len(tokenizer.vocab)}")
         engine = engine or engines.DygraphEngine.from_dir(path, device)
         return cls(engine, tokenizer, device=device, max_position=max_position_of(path),
-                   tagger=tagger, **kwargs)
+                   tagger=tagger, choice_head=head, **kwargs)
 
     def close(self):
         """Stop the batching thread (the model is being unloaded)."""
@@ -224,7 +242,8 @@ class UIEPredictor:
         """
         queries = [(text, list(dict.fromkeys(prompts))) for text, prompts in queries]
         tagged = self.tagger.classes if self.tagger is not None else ()
-        asked = [(text, [p for p in prompts if p not in tagged]) for text, prompts in queries]
+        headed = self._headed(queries)
+        asked = [(text, [p for p in prompts if p not in tagged and p not in headed]) for text, prompts in queries]
         inputs, tokens = self.build_inputs(asked)
         results = [{p: {} for p in prompts} for _, prompts in queries]
         doubts = [{p: Doubt() for p in prompts} for _, prompts in queries]
@@ -236,9 +255,11 @@ class UIEPredictor:
                 self._collect_prompt(x, start, end, classifying[prompt], len(prompt), results[q][prompt])
             else:
                 self._collect(x, start, end, tokens[q], results[q][prompt])
-            self._note_doubt(x, start, end, doubts[q], prompt)
+            self._note_doubt(x, start, end, doubts[q], prompt, on_prompt=prompt in classifying)
         if tagged:
             self._tag(queries, tokens, results, doubts)
+        if headed:
+            self._classify(queries, tokens, results, doubts, headed)
         return [Answer({p: [Span(s, e, sc) for (s, e), sc in sorted(spans.items())]
                         for p, spans in res.items()}, doubt)
                 for res, doubt in zip(results, doubts)]
@@ -278,15 +299,27 @@ class UIEPredictor:
 
     def _units(self, text, prompts, n_tokens) -> list[tuple[list[str], int]]:
         """The prompts of one query that can run apart, with their model inputs: each prompt
-        the UIE answers, one window at a time; those the tagger answers, together."""
+        the UIE answers, one window at a time; those the tagger answers, together; those the
+        choice head answers, together."""
         tagged = self.tagger.classes if self.tagger is not None else ()
         prompts = list(dict.fromkeys(prompts))
+        headed = self._headed([(None, prompts)])
         units = [([p], self._n_windows(n_tokens, len(self.tokenizer.encode(p))))
-                 for p in prompts if p not in tagged]
+                 for p in prompts if p not in tagged and p not in headed]
         by_tagger = [p for p in prompts if p in tagged]
         if by_tagger:
             units.append((by_tagger, self._n_windows(n_tokens, 0)))
+        if headed:
+            units.append((list(headed), self._n_windows(n_tokens, 0)))
         return units
+
+    def _headed(self, queries) -> set[str]:
+        """The prompts of ``queries`` the choice head answers (classification prompts of
+        the controls it learned)."""
+        if self.choice_head is None:
+            return set()
+        return {p for _, prompts in queries for p in prompts
+                if prompt_options(p) and self.choice_head.find(p) is not None}
 
     def _n_windows(self, n_tokens: int, n_prompt: int) -> int:
         return len(windows(n_tokens, window_budget(n_prompt, self.max_seq_len))) if n_tokens else 0
@@ -303,11 +336,15 @@ class UIEPredictor:
             if score > found.get(key, -1.0):
                 found[key] = score
 
-    def _note_doubt(self, x, start, end, doubts: dict, prompt: str):
-        """Add the decisions on the content tokens that input ``x``'s window owns to
-        ``doubts[prompt]`` (a ``Doubt``)."""
-        c0 = x.content_start + x.own_lo - x.lo
-        c1 = x.content_start + x.own_hi - x.lo
+    def _note_doubt(self, x, start, end, doubts: dict, prompt: str, on_prompt=False):
+        """Add the decisions on the content tokens that input ``x``'s window owns (with
+        ``on_prompt``, a classification prompt's: on its prompt tokens, where it decides)
+        to ``doubts[prompt]`` (a ``Doubt``)."""
+        if on_prompt:
+            c0, c1 = 1, x.content_start - 1         # [CLS] prompt [SEP] content
+        else:
+            c0 = x.content_start + x.own_lo - x.lo
+            c1 = x.content_start + x.own_hi - x.lo
         if c1 > c0:
             s, e = start[c0:c1], end[c0:c1]
             lowest = min(decision_margins(s, self.threshold).min(), decision_margins(e, self.threshold).min())
@@ -348,6 +385,31 @@ class UIEPredictor:
                         k = classes[p]
                         self._collect(x, start[:, k], end[:, k], tokens[q], results[q][p])
                         self._note_doubt(x, start[:, k], end[:, k], doubts[q], p)
+
+    def _classify(self, queries, tokens, results, doubts, headed):
+        """The choice head's answers to the ``headed`` prompts of ``queries``: one
+        prompt-free input per window of each distinct text, its windows pooled together."""
+        windows_of, inputs = {}, []
+        for q, (text, prompts) in enumerate(queries):
+            if text not in windows_of and any(p in headed for p in prompts):
+                windows_of[text] = encode_windows(self.tokenizer, [], tokens[q][0], self.max_seq_len)
+                inputs += windows_of[text]
+        order = sorted(range(len(inputs)), key=lambda k: len(inputs[k].ids))
+        features = [None] * len(inputs)
+        for batch in self._batches(order, inputs):
+            rows = self.choice_head.features([inputs[k] for k in batch], self.tokenizer.pad_id)
+            for r, k in enumerate(batch):
+                features[k] = rows[r]
+        row_of = {id(x): f for x, f in zip(inputs, features)}
+        logits = {text: self.choice_head.logits(np.stack([row_of[id(x)] for x in ws]))
+                  for text, ws in windows_of.items() if ws}
+        for q, (text, prompts) in enumerate(queries):
+            for p in prompts:
+                if p in headed and text in logits:
+                    for s, e, score in self.choice_head.answer(p, logits[text], self.threshold):
+                        results[q][p][(s, e)] = score
+                    margin, entropy = self.choice_head.doubt(p, logits[text], self.threshold)
+                    doubts[q][p] = doubts[q][p].add(Doubt(margin, entropy))
 
 
 def _pieces(units, size: int):
