@@ -131,3 +131,26 @@ def relation_model(tmp_path_factory, scratch_small):
                                 patience=1000, device="cpu")
     assert metrics["f1"] == 1.0, f"the fixture model did not learn its examples: {metrics}"
     return save / "model_best"
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server for the module's tests (``harness.redis_server``)."""
+    from harness.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path, redis_server):
+    """An annotation store, each test run on both: the SQLite one of one machine and the Redis one."""
+    from service.annotation_store import AnnotationStore
+    from service.redis_annotation_store import RedisAnnotationStore
+
+    if request.param == "sqlite":
+        return AnnotationStore(tmp_path / "a.sqlite3")
+    conn = redis_server.client()
+    conn.flushall()
+    return RedisAnnotationStore(conn)

@@ -16,10 +16,7 @@ import pytest
 import finetune
 import service.annotation_store
 import service.redis_annotation_store
-from harness.redis_server import RedisServer
-from service.annotation_store import AnnotationStore
 from service.corrections import find_corrections, suggested_items
-from service.redis_annotation_store import RedisAnnotationStore
 from train_job import add_corrections, build_examples
 
 from helpers import LABEL_CONFIG, PERSON, PLACE, annotated_tasks, spans_in, spans_of, wait_job, webhook_body
@@ -62,22 +59,6 @@ def beijing_model(tmp_path_factory, scratch_small):
 
 
 # -- (a) the stores remember what /predict suggested -------------------------------------------
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path, redis_server):
-    if request.param == "sqlite":
-        return AnnotationStore(tmp_path / "a.sqlite3")
-    conn = redis_server.client()
-    conn.flushall()
-    return RedisAnnotationStore(conn)
-
-
 def test_the_stores_keep_the_latest_suggestion_per_task_and_version(store):
     text = "张三在北京工作。"
     first = suggested_items([region(text, "张三", PERSON), region(text, "北京", PLACE),

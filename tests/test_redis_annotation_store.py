@@ -6,30 +6,10 @@ import threading
 
 import pytest
 
-from service.annotation_store import AnnotationStore
 from helpers import load_request
-from service.redis_annotation_store import RedisAnnotationStore
-from harness.redis_server import RedisServer
 
 CREATED = load_request("post_webhook_annotation_created.json")["body"]
 UPDATED = load_request("post_webhook_annotation_updated.json")["body"]
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path, redis_server):
-    """The same tests on both stores: the SQLite one of one machine and the Redis one."""
-    if request.param == "sqlite":
-        return AnnotationStore(tmp_path / "a.sqlite3")
-    conn = redis_server.client()
-    conn.flushall()
-    return RedisAnnotationStore(conn)
 
 
 def texts(store, project="1"):

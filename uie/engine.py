@@ -90,18 +90,26 @@ def static_files(model_dir) -> tuple[Path, Path]:
     return _files_in(Path(model_dir) / STATIC_DIR)
 
 
-def check_static(model_dir) -> str | None:
-    """Why the export of ``model_dir`` cannot be used (``None`` if it can)."""
-    model_dir = Path(model_dir)
-    stamp_path = model_dir / STATIC_DIR / STAMP
+def _read_stamp(stamp_path: Path, missing: str) -> tuple[dict | None, str | None]:
+    """``(stamp, None)``: an export's stamp (the sha256 of what it came from and of its files),
+    or ``(None, why it cannot be used)``; ``missing`` says it when there is none."""
     try:
         stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return "no static model has been exported"
+        return None, missing
     except (OSError, ValueError) as exc:
-        return f"{stamp_path} is unreadable ({exc})"
+        return None, f"{stamp_path} is unreadable ({exc})"
     if not isinstance(stamp, dict):
-        return f"{stamp_path} is not a JSON object"
+        return None, f"{stamp_path} is not a JSON object"
+    return stamp, None
+
+
+def check_static(model_dir) -> str | None:
+    """Why the export of ``model_dir`` cannot be used (``None`` if it can)."""
+    model_dir = Path(model_dir)
+    stamp, problem = _read_stamp(model_dir / STATIC_DIR / STAMP, "no static model has been exported")
+    if problem:
+        return problem
     try:
         if stamp.get("weights_sha256") != _sha256(model_dir / "model_state.pdparams"):
             return "the static model was exported from other weights"
@@ -184,15 +192,9 @@ def int8_stamp(model_dir) -> dict | None:
 def check_int8(model_dir) -> str | None:
     """Why the INT8 export of ``model_dir`` cannot be used (``None`` if it can)."""
     model_dir = Path(model_dir)
-    stamp_path = model_dir / int8.INT8_DIR / int8.STAMP
-    try:
-        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "no INT8 model has been exported"
-    except (OSError, ValueError) as exc:
-        return f"{stamp_path} is unreadable ({exc})"
-    if not isinstance(stamp, dict):
-        return f"{stamp_path} is not a JSON object"
+    stamp, problem = _read_stamp(model_dir / int8.INT8_DIR / int8.STAMP, "no INT8 model has been exported")
+    if problem:
+        return problem
     try:
         if stamp.get("weights_sha256") != _sha256(model_dir / "model_state.pdparams"):
             return "the INT8 model was exported from other weights"
