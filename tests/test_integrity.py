@@ -302,6 +302,7 @@ def test_promotion_needs_at_least_the_served_score_and_more_than_zero(monkeypatc
     monkeypatch.setattr(train_job, "_write_examples", lambda *a: None)
     monkeypatch.setattr(train_job, "_finetune", lambda *a: {})
     monkeypatch.setattr(train_job, "_export", lambda *a: None)
+    monkeypatch.setattr(train_job, "_export_int8", lambda *a: "no INT8 in this test")
     monkeypatch.setattr(train_job, "_score", lambda path, examples, spec, progress=None: {
         "f1": old if path == "served" else new, "by_label": {}})
     assert train_job.train(spec, tmp_path / "work")["promote"] is promote
