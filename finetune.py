@@ -488,6 +488,7 @@ class TrainingOptions:
     tagging_weight: float | None
     max_negatives: int | None
     tagger_learning_rate: float | None
+    multiple_choice: tuple[str, ...] = ()   # prompts of choice="multiple" controls
 
     def with_defaults(self, kind) -> "TrainingOptions":
         """These options with ``DEFAULTS[kind]`` for the learning rates, loss weights and
@@ -507,7 +508,8 @@ LAUNCH_FLAGS = {"learning_rate": "--learning_rate", "num_epochs": "--num_epochs"
                 "patience": "--early_stopping_patience", "weight_decay": "--weight_decay",
                 "warmup_proportion": "--warmup_proportion", "init_from_ckpt": "--init_from_ckpt",
                 "max_seconds": "--max_seconds", "tagging_weight": "--tagging_weight",
-                "max_negatives": "--max_negatives", "tagger_learning_rate": "--tagger_learning_rate"}
+                "max_negatives": "--max_negatives", "tagger_learning_rate": "--tagger_learning_rate",
+                "multiple_choice": "--multiple_choice"}
 
 
 def launch(devices, train_examples, dev_examples, model_dir, save_dir, options: TrainingOptions) -> dict:
@@ -548,12 +550,13 @@ def launch_data(train_examples, dev_examples, model_dir, save_dir: Path) -> list
 
 
 def launch_flags(options: TrainingOptions) -> list[str]:
-    """``LAUNCH_FLAGS`` of the options given (not None), in that order."""
+    """``LAUNCH_FLAGS`` of the options given (not None), in that order; a tuple's
+    flag once per value."""
     args = []
     for name, flag in LAUNCH_FLAGS.items():
         value = getattr(options, name)
-        if value is not None:
-            args += [flag, str(value)]
+        for one in value if isinstance(value, tuple) else () if value is None else (value,):
+            args += [flag, str(one)]
     return args
 
 
@@ -826,12 +829,14 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
              valid_steps=100, device="cpu", patience=None, weight_decay=0.01,
              warmup_proportion=0.06, init_from_ckpt=None, max_seconds=None,
              pos_weight=None, tagging_weight=None, max_negatives=None, tagger_learning_rate=None,
-             devices=None, progress=None) -> dict:
+             devices=None, progress=None, multiple_choice=()) -> dict:
     """Train the UIE in ``model_dir`` and save the best one to ``save_dir/model_best``.
 
     With a tagging weight (scratch models' default) a span tagger learns the
     prompts of the examples and is saved with the model, which then answers
-    them with it; the UIE learns the other examples.
+    them with it; the UIE learns the other examples. Its choice head learns the
+    classification prompts; ``multiple_choice`` names the prompts of controls where
+    several options may be chosen (Label Studio's ``choice="multiple"``).
 
     Returns the metrics of the saved model (also written to ``save_dir/metrics.json``).
     With ``devices`` (GPU ids ``"0,1"`` or ``"cpu:N"``), trains data-parallel in
@@ -848,7 +853,8 @@ def finetune(train_examples, dev_examples, model_dir, save_dir, *, learning_rate
         seed=seed, logging_steps=logging_steps, valid_steps=valid_steps, device=device, patience=patience,
         weight_decay=weight_decay, warmup_proportion=warmup_proportion, init_from_ckpt=init_from_ckpt,
         max_seconds=max_seconds, pos_weight=pos_weight, tagging_weight=tagging_weight,
-        max_negatives=max_negatives, tagger_learning_rate=tagger_learning_rate)
+        max_negatives=max_negatives, tagger_learning_rate=tagger_learning_rate,
+        multiple_choice=tuple(multiple_choice or ()))
     dist = Distributed.from_env()
     if devices and dist is None and "PADDLE_TRAINERS_NUM" not in os.environ:
         return launch(devices, train_examples, dev_examples, model_dir, save_dir, options)
@@ -962,7 +968,7 @@ class Finetuning:
                                o.seed, DEFAULTS[self.kind]["tagger_pos_weight"])
         uie_examples = [ex for ex in self.train_examples if not tagging or ex["prompt"] not in tagging.classes]
         choosing = choice_task(self.train_examples, tokenizer, o.max_seq_len, self.model_dir, o.tagging_weight,
-                               o.seed)
+                               o.seed, o.multiple_choice)
         if choosing:            # the choice head answers these classification prompts, not the UIE
             uie_examples = [ex for ex in uie_examples if choosing.head.find(ex["prompt"]) is None]
         origins = []
@@ -1071,15 +1077,17 @@ def tagging_task(examples, tokenizer, max_seq_len, model_dir, weight, seed=0, po
     return TaggingTask(encoded, classes, tagger, weight, pos_weight)
 
 
-def choice_task(examples, tokenizer, max_seq_len, model_dir, weight, seed=0) -> ChoiceTask | None:
+def choice_task(examples, tokenizer, max_seq_len, model_dir, weight, seed=0,
+                multiple_choice=()) -> ChoiceTask | None:
     """The choice head to train (``uie.choice_head``), beside the span tagger (``None`` with
     weight 0, a pretrained model's default, or without classification examples): the one
-    ``model_dir`` serves, given the controls of ``examples``, or a new one."""
+    ``model_dir`` serves, given the controls of ``examples`` (those prompted by
+    ``multiple_choice`` take several options), or a new one."""
     import uie.choice_head
 
     if weight <= 0:
         return None
-    controls, chosen = uie.choice_head.controls_of(examples)
+    controls, chosen = uie.choice_head.controls_of(examples, multiple_choice)
     if not controls:
         return None
     inputs = uie.choice_head.encode(examples, tokenizer, max_seq_len, controls, chosen)
@@ -1160,6 +1168,10 @@ def _add_task_flags(parser):
                              "learned (default: 1 for scratch, 0 for pretrained: 0 keeps a model Taskflow's)")
     parser.add_argument("--tagger_learning_rate", type=float, default=None,
                         help="learning rate of the span tagger (default: 2e-3)")
+    parser.add_argument("--multiple_choice", action="append", default=[], metavar="PROMPT",
+                        help="a classification prompt (prefix[opt1,opt2,...]) whose options may be chosen "
+                             "together, as Label Studio's <Choices choice=\"multiple\">; repeat per control "
+                             "(default: a control is multiple when some example chooses several options)")
 
 
 def main(argv=None):
@@ -1208,7 +1220,7 @@ def run_finetune(args, train, dev, source, device, progress) -> dict:
         warmup_proportion=args.warmup_proportion, init_from_ckpt=args.init_from_ckpt,
         max_seconds=args.max_seconds, max_negatives=args.max_negatives,
         tagging_weight=args.tagging_weight, tagger_learning_rate=args.tagger_learning_rate,
-        progress=progress)
+        progress=progress, multiple_choice=args.multiple_choice)
 
 
 @contextmanager

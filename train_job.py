@@ -576,7 +576,8 @@ def _finetune(spec: JobSpec, examples: Examples, save_dir: Path, progress=None) 
         examples.train, examples.dev, spec.model_path, save_dir,
         learning_rate=spec.learning_rate, num_epochs=spec.num_epochs,
         batch_size=spec.batch_size, max_seq_len=spec.max_seq_len, device=spec.device,
-        logging_steps=20, valid_steps=0, devices=spec.devices or None, progress=progress)
+        logging_steps=20, valid_steps=0, devices=spec.devices or None, progress=progress,
+        multiple_choice=[c.prompt for c in _parsed(parse_choices, spec.label_config) if c.multiple])
 
 
 def run(job_dir) -> int:

@@ -8,6 +8,8 @@ reproduces the annotated choices through ``/predict``, alone and beside labels a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from helpers import (FOUNDER, ORG, PERSON, RELATION_CASES, TOPIC_CASES, TOPICS, annotation_result, wait_job)
@@ -392,3 +394,31 @@ def test_the_choices_round_counts_in_the_task_score(make_app, scratch_small):
     client = make_app(uie_model=str(scratch_small), task_score="entropy").test_client()
     predictions = predict(client, topic_tasks(), CHOICES_CONFIG, 34)
     assert all(0 < p["score"] < 1 for p in predictions), [p["score"] for p in predictions]
+
+
+def test_a_control_declared_multiple_is_multiple_before_any_task_chooses_two(monkeypatch):
+    """``choice="multiple"`` in the config makes the head's control multiple (sigmoids) even
+    when every annotation so far picked one option; the job passes the config's prompts."""
+    import finetune
+    import train_job
+    import uie.choice_head
+    from label_config import parse_choices
+
+    tasks = head_tasks()
+    for task in tasks:      # one tag per text
+        result = task["annotations"][0]["result"]
+        result[1]["value"]["choices"] = result[1]["value"]["choices"][:1]
+    examples = train_job.build_examples(tasks, HEAD_CONFIG, min_dev_tasks=50)
+    declared = [c.prompt for c in parse_choices(HEAD_CONFIG) if c.multiple]
+    assert [c["multiple"] for c in uie.choice_head.controls_of(examples.train)[0]] == [False, False]
+    assert [c["multiple"] for c in uie.choice_head.controls_of(examples.train, declared)[0]] == [False, True]
+
+    passed = {}
+    monkeypatch.setattr(finetune, "finetune", lambda *a, **k: passed.update(k) or {})
+    spec = train_job.JobSpec(project="1", label_config=HEAD_CONFIG, tasks=tasks, source="test",
+                             model_path="unused", model_version="v1")
+    train_job._finetune(spec, examples, Path("unused"))
+    assert passed["multiple_choice"] == declared == ["标签[国内,国外,人物]"]
+    assert finetune.launch_flags(finetune.TrainingOptions(
+        None, None, 16, 64, 1, 10, 0, "cpu", None, 0.01, 0.06, None, None, None, None, None, None,
+        multiple_choice=tuple(declared)))[-2:] == ["--multiple_choice", declared[0]]

@@ -148,10 +148,11 @@ class ChoiceInput:
         return max(self.windows, key=lambda x: len(x.ids))
 
 
-def controls_of(examples) -> tuple[list[dict], dict]:
+def controls_of(examples, multiple_choice=()) -> tuple[list[dict], dict]:
     """The controls of the classification examples (in first-seen order, options in the
     order of the first example of each) and ``{content: {control: set of chosen options}}``.
-    A control is ``multiple`` when some content has several options chosen."""
+    A control is ``multiple`` when its prompt is one of ``multiple_choice`` (any order of
+    its options), or when some content has several options chosen."""
     controls, index, chosen = [], {}, {}
     for ex in examples:
         parsed = parse_prompt(ex["prompt"])
@@ -168,10 +169,10 @@ def controls_of(examples) -> tuple[list[dict], dict]:
         offsets = dict(zip(option_offsets(ex["prompt"]), options))
         picked = chosen.setdefault(ex["content"], {}).setdefault(k, set())
         picked.update(o for r in ex["result_list"] if (o := offsets.get((r["start"], r["end"]))) is not None)
-    for by_control in chosen.values():
-        for k, picked in by_control.items():
-            if len(picked) > 1:
-                controls[k]["multiple"] = True
+    declared = {_key(*parsed) for p in multiple_choice if (parsed := parse_prompt(p))}
+    for k, control in enumerate(controls):
+        control["multiple"] = _key(control["prefix"], control["options"]) in declared or any(
+            len(by_control.get(k, ())) > 1 for by_control in chosen.values())
     return controls, chosen
 
 
