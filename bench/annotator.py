@@ -141,16 +141,31 @@ def _summary(runs) -> dict:
     return out
 
 
-def interactive_latency(n_texts=100, length=200, marks=3) -> dict:
+def interactive_latency(n_texts=100, length=200, marks=3, precisions=("fp32", "int8")) -> dict:
     """One-task ``/predict`` latency (ms) on a nano model, as an annotator works: the task
     is opened (no context: the model's first sight of the text), then ``marks`` interactive
     requests, each with one more region marked. Also one interactive request on a text the
-    model has never seen (no task opened before)."""
+    model has never seen (no task opened before). Per ``INFERENCE_PRECISION`` (a server
+    each, one after the other, the same texts): ``fp32`` is what ``auto`` serves a model no
+    job has checked, ``int8`` what it serves a version whose job passed the INT8 check."""
     model = common.model_dir("nano", **common.SHAPES["nano"])
     texts = common.texts_of_length(2 * n_texts + 20, length)
     out = {"model": "nano", "text_chars": length, "texts": n_texts, "marks": marks}
-    with Gunicorn({"UIE_MODEL": str(model)}, common.WORK / "logs" / "gunicorn-interactive.log") as server:
+    for precision in precisions:
+        out[precision] = _interactive_run(model, texts, n_texts, marks, precision)
+    log(f"interactive latency: {out}")
+    return out
+
+
+def _interactive_run(model, texts, n_texts, marks, precision) -> dict:
+    """``interactive_latency`` on one server (``INFERENCE_PRECISION=precision``)."""
+    out = {}
+    env = {"UIE_MODEL": str(model), "INFERENCE_PRECISION": precision}
+    with Gunicorn(env, common.WORK / "logs" / f"gunicorn-interactive-{precision}.log") as server:
         server.wait()
+        out["served"] = requests.get(server.url + "/health", timeout=30).json()["model"]["precision"]
+        if out["served"] != precision:
+            raise RuntimeError(f"INFERENCE_PRECISION={precision}: the server serves {out['served']}")
         for text in texts[-20:]:                                  # warm-up
             _timed(server, text, 0)
         opened, marked, unseen = [], [], []
@@ -162,8 +177,8 @@ def interactive_latency(n_texts=100, length=200, marks=3) -> dict:
     for name, times in (("opened", opened), ("interactive", marked), ("interactive_unseen", unseen)):
         out[name] = {"p50_ms": round(common.percentile(times, 50), 1),
                      "p95_ms": round(common.percentile(times, 95), 1), "requests": len(times)}
-    log(f"interactive latency: {out}")
     return out
+
 
 
 def _timed(server, text: str, n_marked: int) -> float:

@@ -7,15 +7,24 @@
   alike), all cores' math threads each; the INT8 export's time and size.
 - **latency** (nano): one-task ``extract`` latency p50/p95 over mixed-length CLUENER sentences,
   alone, and each right after a 64-task batch.
+- **served** (nano): the same through gunicorn (``make run``'s defaults), an FP32 and an INT8
+  server side by side (``INFERENCE_PRECISION``, each checked by its ``/health``), alternating
+  round by round: one-task ``POST /predict`` p50/p95 with 1 client, with 4 clients at once, and
+  each right after a 64-task ``/predict``; issue 22's goals beside them.
+- **memory** (base; ``--quick`` nano): a gunicorn worker's resident memory, idle (model loaded)
+  and its peak after four concurrent 64-task requests, for dygraph (the reference), FP32 and
+  INT8, one server after the other.
 - **f1**: a training job (``train_job.py``, as the server runs it) fine-tunes the nano shape on
   CLUENER tasks; its own INT8 check (its held-out dev split) and both precisions scored again
   on CLUENER sentences no job saw.
 
-All in-process, predictors without the server's batcher (the forward passes ``/predict`` runs).
+speed, latency and f1 are in-process, predictors without the server's batcher (the forward
+passes ``/predict`` runs); served and memory go through the server, batcher and all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,13 +32,27 @@ import time
 from pathlib import Path
 
 import common
-from common import LABELS, log, median, percentile
+import serving
+from common import LABELS, Gunicorn, log, median, percentile
+from serving import predict
 
 SPEED_TEXTS = {"nano": 128, "base": 32}
 SPEED_ROUNDS = {"nano": 3, "base": 2}
 LATENCY_ALONE, LATENCY_AFTER = 40, 20
 JOB_TASKS, JOB_EPOCHS, JOB_LR, TEST_SENTENCES = 600, 3, 2e-4, 300
 QUICK = {"job_tasks": 120, "job_epochs": 1, "test": 60, "rounds": 1, "texts": 32, "latency": 10}
+PARTS = ("speed", "latency", "served", "memory", "f1")
+
+# served: one-task requests per round and server, alone, from 4 clients, each after a batch
+SERVED_PLAN = {"rounds": 4, "alone": 10, "clients_4": 12, "after_batch": 5}
+SERVED_QUICK = {"rounds": 2, "alone": 3, "clients_4": 4, "after_batch": 2}
+BATCH, CLIENTS = 64, 4
+KINDS = ("alone", "clients_4", "after_batch")
+GOALS = {"p95_ms": 30, "clients_4_over_alone_p95": 2}     # issue 22, nano on 2 cores
+# the gunicorns compared, as what each adds to ``make run``'s environment; what /health must say
+SERVED = {"fp32": {"INFERENCE_PRECISION": "fp32"}, "int8": {"INFERENCE_PRECISION": "int8"}}
+MEMORY = {"dygraph": {"INFERENCE_ENGINE": "dygraph"}, **SERVED}
+WANTED = {"dygraph": ("dygraph", "fp32"), "fp32": ("paddle-inference", "fp32"), "int8": ("onnx-int8", "int8")}
 
 
 def _predictor(model, precision, threads, max_seq_len=128):
@@ -115,6 +138,105 @@ def latency(shape="nano", quick=False) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _gunicorns(model, configs, tag):
+    """A gunicorn (WORKERS=1, ``make run``'s defaults but ``configs[name]``) per configuration
+    on ``model``, started together; ``(servers, what each /health says it serves)``. Stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, extra in configs.items():
+            servers[name] = Gunicorn(dict(extra, UIE_MODEL=str(model), WORKERS="1"),
+                                     common.WORK / "logs" / f"gunicorn-precision-{tag}-{name}.log")
+            stack.callback(servers[name].stop)
+        for server in servers.values():
+            server.wait()
+        yield servers, {name: _served(server, name) for name, server in servers.items()}
+
+
+def _served(server, name) -> dict:
+    """Engine, threads and precision (and why) by ``server``'s ``/health``; an error unless
+    they are configuration ``name``'s (``WANTED``): an INT8 server that serves FP32 measures nothing."""
+    model = server.get("/health")["model"]
+    out = {k: model[k] for k in ("engine", "threads", "precision", "precision_reason", "engine_fallback_reason")
+           if k in model}
+    if (out.get("engine"), out.get("precision")) != WANTED[name]:
+        raise RuntimeError(f"{name}: {WANTED[name]} asked, /health says {out} ({server.log_path})")
+    return out
+
+
+def _ms(seconds) -> dict:
+    ms = [x * 1000 for x in seconds]
+    return {"requests": len(ms), "p50": round(percentile(ms, 50), 1), "p95": round(percentile(ms, 95), 1)}
+
+
+def _served_round(server, probes, batches) -> dict:
+    """One round on one server: one-task seconds alone, from ``CLIENTS`` clients at once, and
+    each right after a ``BATCH``-task ``/predict`` (not timed)."""
+    after = []
+    for text, batch in zip(probes["after_batch"], batches):
+        predict(server, batch)
+        after += serving.latency_times(server.url, [text], 1)
+    return {"alone": serving.latency_times(server.url, probes["alone"], 1),
+            "clients_4": serving.latency_times(server.url, probes["clients_4"], CLIENTS),
+            "after_batch": after}
+
+
+def served_latency(quick=False) -> dict:
+    """One-task ``POST /predict`` latency (ms) through gunicorn, nano shape: an FP32 and an INT8
+    server side by side, alternating round by round (which goes first, too), on ``latency``'s
+    mixed-length CLUENER sentences, every text new to the server (its answer cache)."""
+    model = common.model_dir("nano", **common.SHAPES["nano"])
+    _export(model)              # made here, not at a server's start-up
+    plan = SERVED_QUICK if quick else SERVED_PLAN
+    sentences = [s["text"] for s in common.cluener()]
+    per_round = plan["alone"] + plan["clients_4"] + plan["after_batch"]
+    times = {p: {kind: [] for kind in KINDS} for p in SERVED}
+    with _gunicorns(model, SERVED, "latency") as (servers, served):
+        for server in servers.values():         # one-time costs, on texts not measured
+            predict(server, sentences[4000:4000 + BATCH])
+            for text in sentences[4100:4104]:
+                predict(server, [text])
+        for r in range(plan["rounds"]):
+            texts = iter(sentences[5000 + r * per_round: 5000 + (r + 1) * per_round])
+            probes = {kind: [next(texts) for _ in range(plan[kind])] for kind in KINDS}
+            first = 6000 + r * plan["after_batch"] * BATCH
+            batches = [sentences[first + k * BATCH: first + (k + 1) * BATCH] for k in range(plan["after_batch"])]
+            for p in (list(SERVED) if r % 2 == 0 else list(SERVED)[::-1]):
+                for kind, seconds in _served_round(servers[p], probes, batches).items():
+                    times[p][kind] += seconds
+            log(f"precision served: round {r + 1} of {plan['rounds']} (load {os.getloadavg()[0]:.1f})")
+    out = {"shape": "nano", "rounds": plan["rounds"], "batch_tasks": BATCH, "clients": CLIENTS,
+           "prompts": len(LABELS), "goals": GOALS}
+    for p, kinds in times.items():
+        out[p] = dict({f"{kind}_ms": _ms(seconds) for kind, seconds in kinds.items()}, served=served[p])
+        out[p]["clients_4_over_alone_p95"] = round(out[p]["clients_4_ms"]["p95"] / out[p]["alone_ms"]["p95"], 2)
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    log(f"precision served: {out}")
+    return out
+
+
+def served_memory(quick=False) -> dict:
+    """A gunicorn worker's memory (MiB) per configuration of ``MEMORY`` (dygraph, FP32, INT8), one
+    server after the other, base shape (``quick``: nano): resident idle, after start-up and the
+    model's load, and the peak (VmHWM) after ``serving.fill_workers``'s concurrent ``BATCH``-task
+    requests. Exports are made first, so that no worker's peak holds one."""
+    shape = "nano" if quick else "base"
+    model = common.model_dir(shape, **common.SHAPES[shape])
+    _export(model)
+    texts = [s["text"] for s in common.cluener()][8000:8000 + BATCH]
+    out = {"shape": shape, "tasks_per_request": BATCH, "prompts": len(LABELS)}
+    for name, extra in MEMORY.items():
+        with _gunicorns(model, {name: extra}, f"memory-{shape}") as (servers, served):
+            reading = serving.fill_workers(servers[name], texts)
+        idle, after = reading["idle"], reading["after_requests"]
+        out[name] = {"served": served[name], "idle_rss_mib": idle["worker_rss_mib"][0],
+                     "idle_peak_mib": idle["worker_peak_mib"][0], "peak_mib": after["worker_peak_mib"][0],
+                     "rss_after_mib": after["worker_rss_mib"][0], "requests": 4 * after["waves_of_4_requests"]}
+        log(f"precision memory {shape} {name}: {out[name]}")
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
 def f1_of_a_job(quick=False) -> dict:
     """A job fine-tunes a nano UIE that finds CLUENER's regions (``trained_tutorial_model``: a
     few minutes on CLUENER mapped to the tutorial's labels, from random weights; no pretrained
@@ -173,12 +295,22 @@ def f1_of_a_job(quick=False) -> dict:
     return out
 
 
-def run(shapes=("nano", "base"), quick=False) -> dict:
-    out = {"speed": {}}
-    for shape in shapes:
-        out["speed"][shape] = speed(shape, quick)
-    out["latency"] = latency("nano", quick)
-    out["f1"] = f1_of_a_job(quick)
+def run(shapes=("nano", "base"), quick=False, parts=PARTS) -> dict:
+    """The ``parts`` of ``PARTS`` asked for (speed per shape of ``shapes``; the others have theirs)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown precision parts: {', '.join(sorted(unknown))} (of {', '.join(PARTS)})")
+    out = {}
+    if "speed" in parts:
+        out["speed"] = {shape: speed(shape, quick) for shape in shapes}
+    if "latency" in parts:
+        out["latency"] = latency("nano", quick)
+    if "served" in parts:
+        out["served"] = served_latency(quick)
+    if "memory" in parts:
+        out["memory"] = served_memory(quick)
+    if "f1" in parts:
+        out["f1"] = f1_of_a_job(quick)
     return out
 
 
@@ -188,10 +320,11 @@ def report_lines(r) -> list[str]:
         return []
     lines = ["## INT8 on the CPU (issue 22)", "",
              "FP32 = Paddle Inference (oneDNN), INT8 = ONNX Runtime over the dynamically quantized "
-             "export (`INFERENCE_PRECISION`), in one process, alternating rounds.", "",
-             "| shape | texts × prompts | threads | FP32 texts/s | INT8 texts/s | INT8 speed-up | "
-             "INT8 export (s) | static / INT8 MB | load average |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "export (`INFERENCE_PRECISION`); speed and the first latency table in one process (no "
+             "batcher, no HTTP), alternating rounds; the gunicorn tables through the server."]
+    if r.get("speed"):
+        lines += ["", "| shape | texts × prompts | threads | FP32 texts/s | INT8 texts/s | INT8 speed-up | "
+                      "INT8 export (s) | static / INT8 MB | load average |", "|---|---|---|---|---|---|---|---|---|"]
     for shape, s in r.get("speed", {}).items():
         lines.append(f"| {shape} | {s['texts']} × {s['prompts']} | {s['threads']} | {s['texts_per_second']['fp32']} | "
                      f"{s['texts_per_second']['int8']} | **{s['int8_speedup']}×** | {s['int8_export_seconds'] or 'earlier run'} | "
@@ -204,6 +337,7 @@ def report_lines(r) -> list[str]:
         for p in ("fp32", "int8"):
             a, b = lat[p]["alone_ms"], lat[p]["after_batch_ms"]
             lines.append(f"| {p} | {a['p50']} / {a['p95']} | {b['p50']} / {b['p95']} |")
+    lines += _served_lines(r.get("served")) + _memory_lines(r.get("memory"))
     f1 = r.get("f1")
     if f1:
         d, t = f1["dev"], f1["test"]
@@ -214,6 +348,54 @@ def report_lines(r) -> list[str]:
                   f"| {t['split']} | {_f(t['fp32']['f1'])} | {_f(t['int8']['f1'])} | (lost {t['f1_lost']}) |"]
     lines.append("")
     return lines
+
+
+def _served_lines(sv) -> list[str]:
+    """``served_latency``'s table, issue 22's goals marked."""
+    if not sv:
+        return []
+    goal, ratio = sv["goals"]["p95_ms"], sv["goals"]["clients_4_over_alone_p95"]
+    lines = ["", f"One-task `POST /predict` through gunicorn ({sv['shape']}, `make run`'s defaults but "
+                 f"`INFERENCE_PRECISION`, {sv['prompts']} prompts), an FP32 and an INT8 server side by side, "
+                 f"{sv['rounds']} alternating rounds, CLUENER sentences new to each server. Goals (issue 22): "
+                 f"p95 ≤ {goal} ms alone and right after a {sv['batch_tasks']}-task `/predict`; with "
+                 f"{sv['clients']} clients p95 ≤ {ratio}× the 1-client p95.", "",
+             f"| server (`/health`) | 1 client p50 / p95 ms | {sv['clients']} clients p50 / p95 ms | "
+             f"{sv['clients']}-client p95 / 1-client p95 | right after a batch p50 / p95 ms | requests |",
+             "|---|---|---|---|---|---|"]
+    for p in SERVED:
+        x = sv[p]
+        a, c, b = x["alone_ms"], x["clients_4_ms"], x["after_batch_ms"]
+        lines.append(f"| {p} ({x['served']['engine']}, {x['served']['threads']} threads) | "
+                     f"{a['p50']} / {a['p95']} {_met(a['p95'] <= goal)} | {c['p50']} / {c['p95']} | "
+                     f"{x['clients_4_over_alone_p95']} {_met(x['clients_4_over_alone_p95'] <= ratio)} | "
+                     f"{b['p50']} / {b['p95']} {_met(b['p95'] <= goal)} | "
+                     f"{a['requests']} / {c['requests']} / {b['requests']} |")
+    return lines + ["", f"Load average at the end: {sv['load_average']}."]
+
+
+def _memory_lines(mem) -> list[str]:
+    """``served_memory``'s table: each worker's peak against dygraph's (issue 22's goal)."""
+    if not mem:
+        return []
+    ref = mem["dygraph"]["peak_mib"]
+    lines = ["", f"A gunicorn worker's memory ({mem['shape']} shape, WORKERS=1, `make run`'s defaults but the "
+                 f"configuration), one server after the other: resident idle (model loaded) and the peak "
+                 f"(`VmHWM`) after {mem['dygraph']['requests']} concurrent {mem['tasks_per_request']}-task "
+                 f"`/predict`s. Goal (issue 22, uie-base): a worker's peak no higher than dygraph's.", "",
+             "| configuration (`/health`) | idle RSS MiB | idle peak MiB | peak after the requests MiB | "
+             "peak vs dygraph's |", "|---|---|---|---|---|"]
+    for name in MEMORY:
+        m = mem[name]
+        versus = "(the reference)" if name == "dygraph" else \
+            f"{m['peak_mib'] - ref:+.0f} MiB {_met(m['peak_mib'] <= ref)}"
+        lines.append(f"| {name} ({m['served']['engine']}, {m['served']['precision']}) | {m['idle_rss_mib']} | "
+                     f"{m['idle_peak_mib']} | {m['peak_mib']} | {versus} |")
+    return lines
+
+
+def _met(flag):
+    return "**met**" if flag else "**missed**"
 
 
 def _f(x):

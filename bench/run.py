@@ -59,6 +59,9 @@ def main(argv=None):
     parser.add_argument("--annotator-parts", default="interactive,active",
                         help="annotator (section 12): interactive (one-task latency with a context), "
                              "active (the simulated annotator: hardest tasks first against random ones)")
+    parser.add_argument("--precision-parts", default="speed,latency,served,memory,f1",
+                        help="precision (issue 22): speed and latency (in-process), served (one-task "
+                             "latency through gunicorn), memory (a worker's, against dygraph), f1 (a job's model)")
     parser.add_argument("--scratch-parts", default="learning,filled,jobs",
                         help="scratch: which parts to run (learning: finetune.py's defaults; filled: as many "
                              "epochs as fill --scratch-minutes; jobs: the server's jobs and serving speed)")
@@ -202,12 +205,17 @@ def main(argv=None):
     if "precision" in sections:     # INT8 against FP32 (issue 22): bench/precision.py
         import precision
 
-        save("precision", precision.run([s.strip() for s in args.shapes.split(",") if s.strip()],
-                                        quick=args.quick))
+        kept = {k: v for k, v in results.get("precision", {}).items() if k != "_run"}   # parts not run
+        value = precision.run([s.strip() for s in args.shapes.split(",") if s.strip()], quick=args.quick,
+                              parts=[p.strip() for p in args.precision_parts.split(",") if p.strip()])
+        if "speed" in value:                                                             # shapes not run
+            value["speed"] = dict(kept.get("speed", {}), **value["speed"])
+        save("precision", dict(kept, **value))
 
     common.log(f"bench: done in {(time.time() - started) / 60:.1f} min")
     if args.no_write:
         print(json.dumps(results, ensure_ascii=False, indent=2))
+        print(report(results))
     return 0
 
 
@@ -472,6 +480,26 @@ def _corrections_report(cor) -> list[str]:
                     + "; ".join(f"{arm} {promoted[arm]}" for arm in promoted) + ".", ""]
 
 
+def _interactive_report(it) -> list[str]:
+    """Section 12's interactive latency, per precision (runs before INT8 had ``opened`` at the top)."""
+    runs = {p: it[p] for p in ("fp32", "int8") if p in it} or {"fp32": it}
+    lines = [f"One-task `/predict` of {it['text_chars']}-character CLUENER texts on a {it['model']} model "
+             f"(gunicorn, `make run`'s defaults but `INFERENCE_PRECISION`, CLUENER's 10 labels), as an annotator "
+             f"works: the task is opened (no context), then {it['marks']} interactive requests, each with one "
+             f"more marked region; {it['texts']} texts; one server per precision, one after the other, the same "
+             f"texts (`fp32`: what `auto` serves a model no job has checked; `int8`: a version whose job passed "
+             f"the INT8 check). Goal: interactive p95 ≤ 100 ms.", "",
+             "| precision | request | requests | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+    for precision, run in runs.items():
+        for key, name in (("opened", "the task opened (the model's first sight of the text)"),
+                          ("interactive", "interactive, regions marked on the opened task"),
+                          ("interactive_unseen", "interactive, on a text never asked before")):
+            row = run[key]
+            p95 = _goal(row["p95_ms"], row["p95_ms"] <= 100, 1) if key != "opened" else row["p95_ms"]
+            lines.append(f"| {precision} | {name} | {row['requests']} | {row['p50_ms']} | {p95} |")
+    return lines + [""]
+
+
 def _annotator_report(an) -> list[str]:
     """Section 12: interactive latency; hardest tasks first (a simulated annotator)."""
     if not an:
@@ -479,18 +507,7 @@ def _annotator_report(an) -> list[str]:
     lines = ["## 12. Working with the annotator (issue 21)", ""]
     it = an.get("interactive")
     if it:
-        lines += [f"One-task `/predict` of {it['text_chars']}-character CLUENER texts on a {it['model']} model "
-                  f"(gunicorn, `make run`'s defaults, CLUENER's 10 labels), as an annotator works: the task is "
-                  f"opened (no context), then {it['marks']} interactive requests, each with one more marked "
-                  f"region; {it['texts']} texts. Goal: interactive p95 ≤ 100 ms.", "",
-                  "| request | requests | p50 ms | p95 ms |", "|---|---|---|---|"]
-        for key, name in (("opened", "the task opened (the model's first sight of the text)"),
-                          ("interactive", "interactive, regions marked on the opened task"),
-                          ("interactive_unseen", "interactive, on a text never asked before")):
-            row = it[key]
-            p95 = _goal(row["p95_ms"], row["p95_ms"] <= 100, 1) if key == "interactive" else row["p95_ms"]
-            lines.append(f"| {name} | {row['requests']} | {row['p50_ms']} | {p95} |")
-        lines.append("")
+        lines += _interactive_report(it)
     al = an.get("active")
     if al:
         first, added = al["first"], al["added"]
