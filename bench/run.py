@@ -541,6 +541,9 @@ def _annotator_report(an) -> list[str]:
                       "trained on. That row is the served version, not a model of "
                       f"{first + 2 * added} tasks: the goal (≥ 1.5 random annotations per chosen one) is "
                       "not shown by this run."]
+        else:
+            lines += [f"Goal (issue 21: {first + added} chosen do at least as well as {first + 2 * added} random, "
+                      f"each chosen annotation worth ≥ 1.5 random ones): {_ok(chosen >= three)}."]
         lines.append("")
     return lines
 
