@@ -39,7 +39,7 @@ from serving import predict
 SPEED_TEXTS = {"nano": 128, "base": 32}
 SPEED_ROUNDS = {"nano": 3, "base": 2}
 LATENCY_ALONE, LATENCY_AFTER = 40, 20
-JOB_TASKS, JOB_EPOCHS, JOB_LR, TEST_SENTENCES = 600, 3, 2e-4, 300
+JOB_TASKS, JOB_EPOCHS, JOB_LR, TEST_SENTENCES = 2000, 6, 5e-4, 600
 QUICK = {"job_tasks": 120, "job_epochs": 1, "test": 60, "rounds": 1, "texts": 32, "latency": 10}
 PARTS = ("speed", "latency", "served", "memory", "f1")
 
