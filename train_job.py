@@ -413,7 +413,7 @@ def _check_int8(candidate: Path, dev: list, spec: JobSpec, fp32: dict, why_not: 
     ``_score``): ``{"f1", "fp32_f1", "served", "reason", "onnx_sha256"}``. ``served``: INT8
     loses at most ``uie.int8.F1_BUDGET`` F1, which lets ``INFERENCE_PRECISION=auto`` serve it;
     ``why_not``: why there is no INT8 model to score (``_export_int8``). For a scratch model
-    the span tagger (dygraph) answers its labels in both precisions: INT8 concerns the UIE
+    the span tagger (FP32) answers its labels in both precisions: INT8 concerns the UIE
     encoder only. Scored inside the ``evaluating`` phase, after its steps."""
     record = {"f1": None, "fp32_f1": fp32["f1"], "served": False, "reason": None, "onnx_sha256": None}
     why_not = why_not or _int8_wanted(spec)

@@ -12,8 +12,8 @@ validated directory whose files were synced to disk (``files.py``), so nothing
 half-written is loaded, even after a power loss; its ``meta.json`` records a
 checksum of its weights and of its span tagger's files (or that it has none),
 checked on load: a version without them, or whose files differ, is refused.
-A version loaded on dygraph because its static export is missing or damaged
-has the export rebuilt in the background (``_rebuild_export``). Every process reads ``current`` on
+A version loaded on dygraph (its UIE or its span tagger) because its static export is
+missing or damaged has the export rebuilt in the background (``_rebuild_export``). Every process reads ``current`` on
 each request, so all gunicorn workers switch to a new version without a
 restart; while that version loads, a request reads nothing else (no other
 version's ``meta.json``).
@@ -220,6 +220,15 @@ def _stage_version(tmp: Path, checkpoint: Path, meta: dict) -> None:
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
+def _export_problem(predictor: UIEPredictor) -> str:
+    """Why ``predictor``'s UIE or span tagger runs on dygraph because of its static export
+    (``""``: neither does)."""
+    tagger_reason = getattr(predictor.tagger, "reason", "") if predictor.tagger is not None else ""
+    if predictor.engine.name == "dygraph" and predictor.engine.reason:
+        return predictor.engine.reason
+    return f"its span tagger: {tagger_reason}" if tagger_reason else ""
+
+
 def _delete_version(pdir: Path, version: str) -> None:
     doomed = pdir / f".tmp-deleted-{version}"
     os.rename(pdir / version, doomed)   # gone at once for every reader
@@ -332,6 +341,9 @@ class ModelStore:
             info["engine_fallback_reason"] = p.engine.reason
         if p.tagger is not None:
             info["tagger_labels"] = list(p.tagger.classes)
+            info["tagger_engine"] = p.tagger.name
+            if p.tagger.reason:
+                info["tagger_fallback_reason"] = p.tagger.reason
         return info
 
     def _evict_least_recent(self):
@@ -424,10 +436,9 @@ class ModelStore:
 
     # -- static exports of versions ----------------------------------------------
     def _export_wanted(self, predictor: UIEPredictor) -> bool:
-        """Paddle Inference is asked for, but ``predictor`` runs on dygraph because of its export."""
-        engine = predictor.engine
-        return (self.settings.inference_engine == "paddle-inference" and engine.name == "dygraph"
-                and bool(engine.reason))
+        """Paddle Inference is asked for, but ``predictor`` (or its span tagger) runs on dygraph
+        because of its export."""
+        return self.settings.inference_engine == "paddle-inference" and bool(_export_problem(predictor))
 
     def _rebuild_export(self, path: str, predictor: UIEPredictor) -> None:
         """A version loaded on dygraph because its export is missing, damaged or does not load:
@@ -442,7 +453,7 @@ class ModelStore:
                 return
             self._exports[path] = None
         log.warning("%s: served with dygraph (%s); rebuilding its static export",
-                    path, predictor.engine.reason)
+                    path, _export_problem(predictor))
         threading.Thread(target=self._export_and_swap, args=(path,), daemon=True,
                          name=f"export {Path(path).name}").start()
 
@@ -457,7 +468,7 @@ class ModelStore:
             fresh = self._build(path, export=False)
             if self._export_wanted(fresh):
                 fresh.close()
-                raise uie.engine.ExportError(fresh.engine.reason)
+                raise uie.engine.ExportError(_export_problem(fresh))
         except Exception as exc:   # noqa: BLE001  (kept and shown in /health)
             why = str(exc) if isinstance(exc, uie.engine.ExportError) else f"{type(exc).__name__}: {exc}"
             log.error("%s: its static export could not be rebuilt (%s); it stays on dygraph", path, why)
@@ -496,7 +507,7 @@ class ModelStore:
                 continue
             version = Path(path).name
             failed = exports.get(path)
-            out[project] = (f"version {version} is served with dygraph: {predictor.engine.reason}; "
+            out[project] = (f"version {version} is served with dygraph: {_export_problem(predictor)}; "
                             + (f"its static export could not be rebuilt: {failed}" if failed
                                else "its static export is being rebuilt"))
         return out

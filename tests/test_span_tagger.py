@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +179,71 @@ def test_other_entity_relation_negatives_are_no_tagger_class():
                 {"content": text, "prompt": "founder of Bob", "result_list": []}]
     assert finetune.relation_prompts(examples) == {"founder of Acme", "founder of Bob"}
     assert finetune.tagger_classes(examples, 64) == ["person", "company"]
+
+
+def test_a_served_tagger_runs_on_paddle_inference_with_dygraphs_answers(tagged, tmp_path, caplog):
+    """The static export holds the tagger's traced program, stamped with its files: beside a
+    CPU engine other than dygraph it answers on Paddle Inference, with dygraph's probabilities
+    (padding included) and spans. A damaged tagger export is a damaged export: the UIE and the
+    tagger answer in dygraph, saying why."""
+    import uie.engine
+    import uie.predictor
+    import uie.tagger
+    from uie.tokenizer import encode_windows, pad_batch
+
+    path = tmp_path / "model"
+    shutil.copytree(tagged[0], path)
+    engine = uie.engine.load_engine(path, "paddle-inference", "cpu", 2, export=True)
+    assert engine.name == "paddle-inference" and (path / "static" / "tagger.pdmodel").is_file()
+    served = uie.predictor.UIEPredictor.from_dir(path, engine=engine, max_seq_len=SEQ_LEN, threshold=0.01)
+    plain = uie.predictor.UIEPredictor.from_dir(path, max_seq_len=SEQ_LEN, threshold=0.01)
+    assert (served.tagger.name, plain.tagger.name) == ("paddle-inference", "dygraph")
+    tok = served.tokenizer
+    arrays = pad_batch([encode_windows(tok, [], tok.tokenize(text)[0], SEQ_LEN)[0] for text, _ in EDGE_CASES],
+                       tok.pad_id)
+    for a, b in zip(served.tagger(arrays), plain.tagger(arrays)):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+    queries = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES]
+    assert found(served.extract(queries)) == found(plain.extract(queries))
+
+    traced = path / "static" / "tagger.pdiparams"
+    traced.write_bytes(traced.read_bytes()[:-64])
+    assert uie.engine.check_static(path) == "tagger.pdiparams is missing or damaged"
+    int8_like = type("Engine", (), {"name": "onnx-int8", "device": "cpu", "threads": 1})()
+    runner = uie.engine.tagger_runner(path, uie.tagger.load(path), int8_like)
+    assert runner.name == "dygraph" and "tagger.pdiparams" in runner.reason
+    assert "span tagger runs in dygraph" in caplog.text
+    assert uie.engine.load_engine(path, "paddle-inference", "cpu", 2).name == "dygraph"
+    (path / "tagger.pdparams").write_bytes((tagged[0] / "tagger.pdparams").read_bytes() + b"\0")
+    assert uie.engine.check_static(path) == "the static model was exported from another span tagger"
+
+
+def test_a_version_exported_before_taggers_were_gets_its_tagger_exported(tagged, store_for, tmp_path):
+    """A promoted version whose static export has no tagger (as exported before) is served at
+    once in dygraph, its export rebuilt in the background, then served on Paddle Inference,
+    tagger included (``/health``)."""
+    import uie.engine
+    from service.model_store import ModelStore
+
+    model = tmp_path / "exported"
+    shutil.copytree(tagged[0], model)
+    uie.engine.export_static(model)
+    store = store_for()
+    version = store.promote("1", model, {})
+    static = store.project_dir("1") / version / "static"
+    stamp = json.loads((static / "export.json").read_text(encoding="utf-8"))
+    for name in ("tagger", "tagger.pdmodel", "tagger.pdiparams"):
+        stamp.pop(name)
+        (static / name).unlink(missing_ok=True)
+    (static / "export.json").write_text(json.dumps(stamp), encoding="utf-8")
+    store = ModelStore(store.settings, source=store.base)
+    live = store.live("1")
+    assert live.version == version and live.predictor.tagger.name == "dygraph"
+    assert "no span tagger" in store.problems()["1"]["errors"][0]
+    deadline = time.time() + 300
+    while store.exports_in_progress():
+        assert time.time() < deadline, "the export was not rebuilt"
+        time.sleep(0.5)
+    info = store.engines()[str(store.project_dir("1") / version)]
+    assert (info["engine"], info["tagger_engine"]) == ("paddle-inference", "paddle-inference")
+    assert "tagger_fallback_reason" not in info and "1" not in store.problems()

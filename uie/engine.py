@@ -6,10 +6,13 @@
   ``static/export.json`` recording the sha256 of the weights it came from and
   of both files. It writes a temporary directory and renames it into place,
   so an export is whole or absent, and writes the ``.cache_info`` with which
-  Taskflow takes the export as it is.
+  Taskflow takes the export as it is. A scratch model's span tagger is traced into the
+  same directory (``static/tagger.*``), its files' sha256 in the same stamp.
 - ``OnnxInt8Engine`` runs a model's INT8 export (``uie.int8``) with ONNX Runtime on the
   CPU; ``load_engine`` serves it when ``INFERENCE_PRECISION`` (``choose_precision``) says
   so and the export is valid, FP32 otherwise (the reason kept in ``precision_reason``).
+- ``tagger_runner`` gives the span tagger's: Paddle Inference over its export beside a
+  CPU engine other than dygraph, else dygraph (saying why when the export is the cause).
 - ``load_engine`` gives the forward pass of a model directory: Paddle
   Inference (oneDNN on CPU, CUDA on GPU) over a checked export, or the dygraph
   UIE when ``INFERENCE_ENGINE=dygraph`` or when the export is missing,
@@ -43,6 +46,7 @@ import paddle
 import files
 import settings
 from uie import int8
+from uie import tagger as span_tagger
 from uie.checkpoint import ModelLoadError, load_uie
 
 log = logging.getLogger(__name__)
@@ -116,8 +120,25 @@ def check_static(model_dir) -> str | None:
         for path in static_files(model_dir):
             if stamp.get(path.name) != _sha256(path):
                 return f"{path.name} is missing or damaged"
+        return _check_static_tagger(model_dir, stamp)
     except OSError as exc:
         return f"the static model cannot be read ({exc.strerror or exc})"
+
+
+def _check_static_tagger(model_dir: Path, stamp: dict) -> str | None:
+    """Why the export of ``model_dir``'s span tagger cannot be used (``None``: it can, or the
+    model has no tagger)."""
+    if not span_tagger.has_tagger(model_dir):
+        return None
+    recorded = stamp.get("tagger")
+    if not isinstance(recorded, dict):
+        return "the static model has no span tagger (exported before taggers were)"
+    for name in span_tagger.FILES:
+        if recorded.get(name) != _sha256(model_dir / name):
+            return "the static model was exported from another span tagger"
+    for path in span_tagger.static_files(model_dir / STATIC_DIR):
+        if stamp.get(path.name) != _sha256(path):
+            return f"{path.name} is missing or damaged"
     return None
 
 
@@ -136,6 +157,7 @@ def export_static(model_dir, force: bool = False) -> Path:
         del model
         stamp = {"weights_sha256": _sha256(model_dir / "model_state.pdparams")}
         stamp.update({p.name: _sha256(p) for p in _files_in(tmp)})
+        stamp.update(_export_tagger(model_dir, tmp))
         files.atomic_write_json(tmp / STAMP, stamp)
         _replace_dir(tmp, target)
         _mark_for_taskflow(model_dir)
@@ -148,6 +170,20 @@ def export_static(model_dir, force: bool = False) -> Path:
         gc.collect()
     log.info("exported the static model of %s", model_dir)
     return target
+
+
+def _export_tagger(model_dir: Path, static_dir: Path) -> dict:
+    """Trace ``model_dir``'s span tagger, if it has one, into ``static_dir``; what the stamp
+    records of it (the sha256 of its files and of the traced ones)."""
+    try:
+        tagger = span_tagger.load(model_dir)
+    except span_tagger.TaggerError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if tagger is None:
+        return {}
+    traced = span_tagger.trace(tagger, static_dir)
+    return {"tagger": {name: _sha256(model_dir / name) for name in span_tagger.FILES},
+            **{p.name: _sha256(p) for p in traced}}
 
 
 def _mark_for_taskflow(model_dir: Path):
@@ -462,6 +498,23 @@ def load_engine(model_dir, engine="paddle-inference", device="cpu", threads=1, e
     served = _load_fp32(model_dir, engine, device, threads, export)
     served.precision_reason = why
     return served
+
+
+def tagger_runner(model_dir, tagger, engine):
+    """What runs ``tagger`` (``uie.tagger.SpanTagger``) of ``model_dir`` beside ``engine``:
+    Paddle Inference over the checked export (``export_static``) when ``engine`` runs on
+    the CPU and is not dygraph; dygraph otherwise, with the reason when the export is why."""
+    if getattr(engine, "name", "dygraph") == "dygraph" or getattr(engine, "device", "cpu") == "gpu":
+        return span_tagger.TaggerRunner(tagger)
+    problem = check_static(model_dir)
+    if problem is None:
+        try:
+            return span_tagger.StaticTaggerRunner(Path(model_dir) / STATIC_DIR, tagger.classes,
+                                                  getattr(engine, "threads", 1))
+        except Exception as exc:   # noqa: BLE001  (any failure: dygraph gives the same answers)
+            problem = f"its export does not load ({type(exc).__name__}: {exc})"
+    log.warning("%s: the span tagger runs in dygraph: %s", model_dir, problem)
+    return span_tagger.TaggerRunner(tagger, reason=problem)
 
 
 def _load_fp32(model_dir, engine, device, threads, export):

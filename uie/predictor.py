@@ -115,7 +115,7 @@ class UIEPredictor:
     dygraph; a dygraph ``UIE`` module is taken as it is). With ``batch_wait_ms``
     the forward passes of concurrent ``extract`` calls are batched together
     (``uie.batcher.Batcher``); otherwise each call runs its own batches.
-    ``tagger`` (a ``span_tagger.SpanTagger`` or ``TaggerRunner``) answers the
+    ``tagger`` (a ``span_tagger.SpanTagger``, or what runs one: ``engines.tagger_runner``) answers the
     prompts that are its classes, one pass per window for all of them;
     ``choice_head`` (a ``choice_heads.ChoiceHead`` or ``HeadRunner``) the
     classification prompts of the controls it knows (always in dygraph).
@@ -165,8 +165,9 @@ class UIEPredictor:
             raise ModelLoadError(f"{path}: the choice head embeds {head.config['vocab_size']} tokens, "
                                  f"vocab.txt has {len(tokenizer.vocab)}")
         engine = engine or engines.DygraphEngine.from_dir(path, device)
+        runner = engines.tagger_runner(path, tagger, engine) if tagger is not None else None
         return cls(engine, tokenizer, device=device, max_position=max_position_of(path),
-                   tagger=tagger, choice_head=head, **kwargs)
+                   tagger=runner, choice_head=head, **kwargs)
 
     def close(self):
         """Stop the batching thread (the model is being unloaded)."""
