@@ -14,6 +14,11 @@
 - **memory** (base; ``--quick`` nano): a gunicorn worker's resident memory, idle (model loaded)
   and its peak after four concurrent 64-task requests, for dygraph (the reference), FP32 and
   INT8, one server after the other.
+- **tagger** (scratch): a scratch model whose span tagger learnt CLUENER's 10 labels
+  (``finetune.py --model scratch``, a few minutes), served by two gunicorns side by side: its
+  tagger in dygraph (``INFERENCE_ENGINE=dygraph``; the UIE answers nothing here, every label is
+  a tagger class) and on Paddle Inference (the default): ``/predict`` texts/s on 64-task
+  requests and one-task p50/p95, alternating rounds, and whether both answer the same.
 - **f1**: a training job (``train_job.py``, as the server runs it) fine-tunes the nano shape on
   CLUENER tasks; its own INT8 check (its held-out dev split) and both precisions scored again
   on CLUENER sentences no job saw.
@@ -41,7 +46,7 @@ SPEED_ROUNDS = {"nano": 3, "base": 2}
 LATENCY_ALONE, LATENCY_AFTER = 40, 20
 JOB_TASKS, JOB_EPOCHS, JOB_LR, TEST_SENTENCES = 2000, 6, 5e-4, 600
 QUICK = {"job_tasks": 120, "job_epochs": 1, "test": 60, "rounds": 1, "texts": 32, "latency": 10}
-PARTS = ("speed", "latency", "served", "memory", "f1")
+PARTS = ("speed", "latency", "served", "memory", "tagger", "f1")
 
 # served: one-task requests per round and server, alone, from 4 clients, each after a batch
 SERVED_PLAN = {"rounds": 4, "alone": 10, "clients_4": 12, "after_batch": 5}
@@ -53,6 +58,11 @@ GOALS = {"p95_ms": 30, "clients_4_over_alone_p95": 2}     # issue 22, nano on 2 
 SERVED = {"fp32": {"INFERENCE_PRECISION": "fp32"}, "int8": {"INFERENCE_PRECISION": "int8"}}
 MEMORY = {"dygraph": {"INFERENCE_ENGINE": "dygraph"}, **SERVED}
 WANTED = {"dygraph": ("dygraph", "fp32"), "fp32": ("paddle-inference", "fp32"), "int8": ("onnx-int8", "int8")}
+# tagger: the servers compared (what each adds to ``make run``'s environment), the engine of
+# their tagger by /health; sentences it trains on, rounds of (64-task requests, one-task requests)
+TAGGER_SERVED = {"dygraph": {"INFERENCE_ENGINE": "dygraph"}, "paddle-inference": {}}
+TAGGER_PLAN = {"train": 1000, "epochs": 3, "rounds": 4, "batches": 2, "one_task": 25}
+TAGGER_QUICK = {"train": 100, "epochs": 1, "rounds": 1, "batches": 1, "one_task": 5}
 
 
 def _predictor(model, precision, threads, max_seq_len=128):
@@ -64,6 +74,35 @@ def _predictor(model, precision, threads, max_seq_len=128):
     if engine.name != wanted:
         raise RuntimeError(f"{model}: {wanted} did not load ({engine.reason or engine.precision_reason})")
     return uie.predictor.UIEPredictor.from_dir(model, engine=engine, max_seq_len=max_seq_len, batch_size=16)
+
+
+FORWARD_ROWS, FORWARD_WIDTH = (1, 7, 14, 28), 60    # one task's 7 prompts; 4 clients' 28
+
+
+def forward_ms(model, threads, repeats=15) -> dict:
+    """Median ms of one forward pass per precision (the engine alone, in this process) over
+    ``FORWARD_ROWS`` inputs of ``FORWARD_WIDTH`` tokens (a CLUENER sentence and a prompt):
+    what 1 and 4 clients' one-task requests cost the engine, batched together or not."""
+    import numpy as np
+
+    import uie.engine
+
+    out = {}
+    for p in ("fp32", "int8"):
+        engine = _predictor(model, p, threads).engine
+        out[p] = {}
+        for rows in FORWARD_ROWS:
+            arrays = {k: np.ones((rows, FORWARD_WIDTH), dtype="int64") for k in uie.engine.INPUT_NAMES}
+            arrays["token_type_ids"][:] = 0
+            arrays["position_ids"] = np.broadcast_to(np.arange(FORWARD_WIDTH), (rows, FORWARD_WIDTH)).copy()
+            seconds = []
+            for k in range(repeats + 3):
+                started = time.perf_counter()
+                engine(arrays)
+                if k >= 3:                      # the first passes build kernels
+                    seconds.append(time.perf_counter() - started)
+            out[p][str(rows)] = round(median(seconds) * 1000, 2)
+    return out
 
 
 def _export(model) -> dict:
@@ -191,6 +230,7 @@ def served_latency(quick=False) -> dict:
     sentences = [s["text"] for s in common.cluener()]
     per_round = plan["alone"] + plan["clients_4"] + plan["after_batch"]
     times = {p: {kind: [] for kind in KINDS} for p in SERVED}
+    forward = forward_ms(model, len(os.sched_getaffinity(0)), repeats=5 if quick else 15)
     with _gunicorns(model, SERVED, "latency") as (servers, served):
         for server in servers.values():         # one-time costs, on texts not measured
             predict(server, sentences[4000:4000 + BATCH])
@@ -206,7 +246,7 @@ def served_latency(quick=False) -> dict:
                     times[p][kind] += seconds
             log(f"precision served: round {r + 1} of {plan['rounds']} (load {os.getloadavg()[0]:.1f})")
     out = {"shape": "nano", "rounds": plan["rounds"], "batch_tasks": BATCH, "clients": CLIENTS,
-           "prompts": len(LABELS), "goals": GOALS}
+           "prompts": len(LABELS), "goals": GOALS, "forward_ms": forward}
     for p, kinds in times.items():
         out[p] = dict({f"{kind}_ms": _ms(seconds) for kind, seconds in kinds.items()}, served=served[p])
         out[p]["clients_4_over_alone_p95"] = round(out[p]["clients_4_ms"]["p95"] / out[p]["alone_ms"]["p95"], 2)
@@ -235,6 +275,100 @@ def served_memory(quick=False) -> dict:
         log(f"precision memory {shape} {name}: {out[name]}")
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return out
+
+
+def _tagged_model(plan) -> Path:
+    """A scratch UIE (``UIE_MODEL=scratch``'s shape) whose span tagger learnt CLUENER's 10 labels
+    from ``plan["train"]`` sentences (``finetune.py``, the tutorial's script), built once."""
+    import training
+
+    path = common.WORK / "models" / f"tagged-scratch-{plan['train']}x{plan['epochs']}"
+    if (path / "tagger.json").exists():
+        return path
+    sentences = common.cluener()[:plan["train"]]
+    train = common.WORK / "data" / f"tagger-{plan['train']}.jsonl"
+    training.write_jsonl(train, common.uie_examples(sentences))
+    save = common.WORK / "runs" / path.name
+    subprocess.run([sys.executable, str(common.REPO / "finetune.py"), "--model", "scratch",
+                    "--train_path", str(train), "--save_dir", str(save), "--num_epochs", str(plan["epochs"]),
+                    "--valid_steps", "1000000", "--max_seq_len", "128"],
+                   cwd=str(common.REPO), check=True, capture_output=True)
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(save / "model_best", path)
+    return path
+
+
+def tagger_engines(quick=False) -> dict:
+    """A scratch version's span tagger served in dygraph and on Paddle Inference, side by side."""
+    plan = TAGGER_QUICK if quick else TAGGER_PLAN
+    model = _tagged_model(plan)
+    sentences = [s["text"] for s in common.cluener()]
+    times = {name: {"batch_s": [], "batch_texts": 0, "one_task": []} for name in TAGGER_SERVED}
+    answers = {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, extra in TAGGER_SERVED.items():
+            servers[name] = Gunicorn(dict(extra, UIE_MODEL=str(model), WORKERS="1"),
+                                     common.WORK / "logs" / f"gunicorn-precision-tagger-{name}.log")
+            stack.callback(servers[name].stop)
+        for server in servers.values():
+            server.wait()
+        served = {name: _tagger_served(server, name) for name, server in servers.items()}
+        for server in servers.values():
+            _cluener_predict(server, sentences[4000:4000 + BATCH])       # warm-up
+        for r in range(plan["rounds"]):
+            first = 9000 + r * (plan["batches"] * BATCH + plan["one_task"])
+            batches = [sentences[first + k * BATCH: first + (k + 1) * BATCH] for k in range(plan["batches"])]
+            singles = sentences[first + plan["batches"] * BATCH: first + plan["batches"] * BATCH + plan["one_task"]]
+            for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+                t = times[name]
+                for batch in batches:
+                    started = time.perf_counter()
+                    answers.setdefault(name, []).append(_cluener_predict(servers[name], batch))
+                    t["batch_s"].append(time.perf_counter() - started)
+                    t["batch_texts"] += len(batch)
+                for text in singles:
+                    started = time.perf_counter()
+                    _cluener_predict(servers[name], [text])
+                    t["one_task"].append(time.perf_counter() - started)
+            log(f"precision tagger: round {r + 1} of {plan['rounds']} (load {os.getloadavg()[0]:.1f})")
+    out = {"model": f"{model.name}: finetune.py --model scratch on {plan['train']} CLUENER sentences, "
+                    f"{plan['epochs']} epochs", "labels": len(common.CLUENER_PROMPTS), "batch_tasks": BATCH,
+           "texts_compared": len(_flat(answers["dygraph"])),
+           "texts_answered_otherwise": sum(a != b for a, b in zip(_flat(answers["dygraph"]),
+                                                                  _flat(answers["paddle-inference"])))}
+    for name, t in times.items():
+        out[name] = {"served": served[name], "texts_per_second": round(t["batch_texts"] / sum(t["batch_s"]), 1),
+                     "one_task_ms": _ms(t["one_task"])}
+    out["speedup"] = round(out["paddle-inference"]["texts_per_second"] / out["dygraph"]["texts_per_second"], 2)
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    log(f"precision tagger: {out}")
+    return out
+
+
+def _flat(batches) -> list:
+    return [answer for batch in batches for answer in batch]
+
+
+def _tagger_served(server, name) -> dict:
+    """What ``server``'s ``/health`` says of its model's engine and tagger; an error unless its
+    tagger runs on ``name`` (a fallback measures nothing)."""
+    model = server.get("/health")["model"]
+    out = {k: model[k] for k in ("engine", "tagger_engine", "tagger_fallback_reason") if k in model}
+    if out.get("tagger_engine") != name:
+        raise RuntimeError(f"tagger on {name} asked, /health says {out} ({server.log_path})")
+    return out
+
+
+def _cluener_predict(server, texts) -> list:
+    """The regions ``/predict`` answers for ``texts`` under CLUENER's label config."""
+    body = {"tasks": [{"id": 20_000 + i, "data": {"text": t}} for i, t in enumerate(texts)],
+            "project": "1", "label_config": common.CLUENER_CONFIG}
+    answer = common.post(server.url + "/predict", body)
+    return [sorted((r["value"]["start"], r["value"]["end"], r["value"]["labels"][0])
+                   for r in p["result"] if r.get("type") == "labels") for p in answer["results"]]
 
 
 def f1_of_a_job(quick=False) -> dict:
@@ -309,6 +443,8 @@ def run(shapes=("nano", "base"), quick=False, parts=PARTS) -> dict:
         out["served"] = served_latency(quick)
     if "memory" in parts:
         out["memory"] = served_memory(quick)
+    if "tagger" in parts:
+        out["tagger"] = tagger_engines(quick)
     if "f1" in parts:
         out["f1"] = f1_of_a_job(quick)
     return out
@@ -337,7 +473,7 @@ def report_lines(r) -> list[str]:
         for p in ("fp32", "int8"):
             a, b = lat[p]["alone_ms"], lat[p]["after_batch_ms"]
             lines.append(f"| {p} | {a['p50']} / {a['p95']} | {b['p50']} / {b['p95']} |")
-    lines += _served_lines(r.get("served")) + _memory_lines(r.get("memory"))
+    lines += _served_lines(r.get("served")) + _memory_lines(r.get("memory")) + _tagger_lines(r.get("tagger"))
     f1 = r.get("f1")
     if f1:
         d, t = f1["dev"], f1["test"]
@@ -347,6 +483,26 @@ def report_lines(r) -> list[str]:
                   f"| {d['split']} | {_f(d['fp32_f1'])} | {_f(d['f1'])} | {d['served']} ({d['reason']}) |",
                   f"| {t['split']} | {_f(t['fp32']['f1'])} | {_f(t['int8']['f1'])} | (lost {t['f1_lost']}) |"]
     lines.append("")
+    return lines
+
+
+def _tagger_lines(tg) -> list[str]:
+    """``tagger_engines``' table."""
+    if not tg:
+        return []
+    lines = ["", f"A scratch version's span tagger, dygraph against Paddle Inference, through gunicorn "
+                 f"(one worker each, side by side, alternating): {tg['model']}; CLUENER's "
+                 f"{tg['labels']} labels, all answered by the tagger.", "",
+             f"| tagger | {tg['batch_tasks']}-task `/predict` texts/s | one-task p50 / p95 ms | requests |",
+             "|---|---|---|---|"]
+    for name in ("dygraph", "paddle-inference"):
+        x = tg[name]
+        lines.append(f"| {name} | {x['texts_per_second']} | {x['one_task_ms']['p50']} / {x['one_task_ms']['p95']} | "
+                     f"{x['one_task_ms']['requests']} |")
+    lines += ["", f"Paddle Inference: **{tg['speedup']}×** the texts/s. Regions that differ: on "
+                  f"{tg['texts_answered_otherwise']} of the {tg['texts_compared']} batched texts (both engines' "
+                  f"probabilities agree within about 1e-6: a probability on the threshold). "
+                  f"Load average {tg['load_average']}."]
     return lines
 
 
@@ -371,7 +527,28 @@ def _served_lines(sv) -> list[str]:
                      f"{x['clients_4_over_alone_p95']} {_met(x['clients_4_over_alone_p95'] <= ratio)} | "
                      f"{b['p50']} / {b['p95']} {_met(b['p95'] <= goal)} | "
                      f"{a['requests']} / {c['requests']} / {b['requests']} |")
-    return lines + ["", f"Load average at the end: {sv['load_average']}."]
+    return lines + ["", f"Load average at the end: {sv['load_average']}."] + _forward_lines(sv.get("forward_ms"))
+
+
+def _forward_lines(fw) -> list[str]:
+    """``forward_ms``' table: what the engine's pass costs per row, alone and batched."""
+    if not fw:
+        return []
+    rows = list(fw["fp32"])
+    lines = ["", f"The engine's forward pass alone (same process, before the servers start; median ms) over "
+                 f"rows of {FORWARD_WIDTH} tokens: one task's {LABELS and len(LABELS)} prompts are 7 rows, "
+                 f"{CLIENTS} clients' one-task requests batched together 28.", "",
+             "| precision | " + " | ".join(f"{r} rows" for r in rows) + " | ms per row, 7 rows → 28 rows |",
+             "|---|" + "---|" * len(rows) + "---|"]
+    for p, ms in fw.items():
+        lines.append(f"| {p} | " + " | ".join(str(ms[r]) for r in rows) +
+                     f" | {ms['7'] / 7:.2f} → {ms['28'] / 28:.2f} |")
+    lines += ["", f"{CLIENTS} clients' requests cost the engine {CLIENTS}× the rows; batching them together "
+                  "saves only what a pass costs less per row when it has more rows (the last column). With "
+                  f"compute this flat per row, {CLIENTS} clients on 2 cores wait for about "
+                  f"{fw['int8']['28'] / fw['int8']['7']:.1f}× (INT8) / {fw['fp32']['28'] / fw['fp32']['7']:.1f}× "
+                  "(FP32) the forward time of one request, before any HTTP."]
+    return lines
 
 
 def _memory_lines(mem) -> list[str]:

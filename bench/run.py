@@ -59,9 +59,10 @@ def main(argv=None):
     parser.add_argument("--annotator-parts", default="interactive,active",
                         help="annotator (section 12): interactive (one-task latency with a context), "
                              "active (the simulated annotator: hardest tasks first against random ones)")
-    parser.add_argument("--precision-parts", default="speed,latency,served,memory,f1",
+    parser.add_argument("--precision-parts", default="speed,latency,served,memory,tagger,f1",
                         help="precision (issue 22): speed and latency (in-process), served (one-task "
-                             "latency through gunicorn), memory (a worker's, against dygraph), f1 (a job's model)")
+                             "latency through gunicorn), memory (a worker's, against dygraph), tagger (a "
+                             "scratch tagger in dygraph against Paddle Inference), f1 (a job's model)")
     parser.add_argument("--scratch-parts", default="learning,filled,jobs",
                         help="scratch: which parts to run (learning: finetune.py's defaults; filled: as many "
                              "epochs as fill --scratch-minutes; jobs: the server's jobs and serving speed)")
