@@ -207,3 +207,28 @@ def test_unloading_a_model_stops_its_batching_thread(make_app, scratch_small, tr
     while len(batchers()) > before + 1 and time.time() < deadline:
         time.sleep(0.05)
     assert len(batchers()) - before <= 1 and len(store.loaded()) == 2
+
+
+@pytest.mark.parametrize("hidden, layers, tokens", [(None, None, 1024), (768, 12, 384), (1024, 24, 128)])
+def test_a_larger_model_runs_fewer_tokens_per_batch_on_the_cpu(exported, tmp_path, hidden, layers, tokens):
+    """A pass holds every layer's activations at once: a model the size of uie-base (by its
+    config.json) batches at most 384 padded tokens on the CPU (its worker's peak stays below
+    dygraph's), uie-large 128, small models 1,024; the answers do not change."""
+    import json
+
+    import uie.engine
+
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)
+    if hidden:
+        config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+        config.update(hidden_size=hidden, num_hidden_layers=layers)
+        (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    pi = predictor(model, "paddle-inference", 0.5)
+    assert pi.engine.max_batch_tokens == tokens
+    shapes, forward = [], pi.engine.__call__
+    pi.engine = lambda arrays: shapes.append(arrays["input_ids"].shape) or forward(arrays)
+    queries = [(t, [PERSON, PLACE]) for t in cluener_texts(24)]
+    assert_same(as_table(pi.extract(queries)), as_table(predictor(exported, "dygraph", 0.5).extract(queries)))
+    assert all(rows == 1 or rows * uie.engine.padded_width(width) <= tokens for rows, width in shapes)
+    assert max(rows for rows, _ in shapes) > 1

@@ -5,7 +5,8 @@ of its inputs (``Batcher.run``) and waits; the thread fills each batch of up to
 ``batch_size`` inputs from every request waiting at that moment, a fair share
 each, shortest inputs first, so that an annotator's one-task request joins the
 next batch instead of waiting for a 1,000-task "Retrieve predictions" to end.
-A batch also holds at most ``max_tokens`` padded tokens (the engine's bound).
+A batch also holds at most ``max_tokens`` tokens (the engine's bound), counted as the engine
+pads them (``batch_tokens(rows, width)``).
 When fewer than ``batch_size`` inputs wait, it waits at most ``wait_ms`` after
 the oldest of them arrived for others to join. A request's rows come back
 trimmed to its inputs' lengths, whichever batch they ran in.
@@ -44,8 +45,9 @@ class Batcher:
     """Runs ``forward(inputs) -> (start, end)`` for many callers, batch by batch, in one thread."""
 
     def __init__(self, forward, batch_size: int, wait_ms: float = 5.0, max_tokens=None,
-                 name: str = "batcher"):
+                 name: str = "batcher", batch_tokens=None):
         self.forward = forward
+        self.batch_tokens = batch_tokens or (lambda rows, width: rows * width)
         self.batch_size = max(1, batch_size)
         self.max_tokens = max_tokens
         self.wait = max(0.0, wait_ms) / 1000.0
@@ -112,10 +114,9 @@ class Batcher:
             request, _ = batch.pop(drop)       # its request's last (widest) input in the batch
             request.taken -= 1
 
-    @staticmethod
-    def _tokens(batch) -> int:
-        """Padded tokens of ``batch``: rows × the widest input."""
-        return len(batch) * max(len(r.inputs[k].ids) for r, k in batch)
+    def _tokens(self, batch) -> int:
+        """Tokens of ``batch``: its rows, each as wide as the widest input, as the engine pads them."""
+        return self.batch_tokens(len(batch), max(len(r.inputs[k].ids) for r, k in batch))
 
     def _loop(self):
         while (batch := self._next_batch()) is not None:

@@ -272,13 +272,23 @@ def select_device(device: str) -> str:
     return device
 
 
-def max_position_of(path) -> int:
-    """The longest input the model in ``path`` has positions for (``config.json``)."""
+def _config_value(path, key: str, default: int) -> int:
+    """An integer of the model's ``config.json`` in ``path`` (``default`` when absent)."""
     try:
-        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-                   .get("max_position_embeddings", 512))
+        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get(key, default))
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{path}: unreadable config.json ({exc})") from None
+
+
+def max_position_of(path) -> int:
+    """The longest input the model in ``path`` has positions for (``config.json``)."""
+    return _config_value(path, "max_position_embeddings", 512)
+
+
+def activations_per_token(path) -> int:
+    """Hidden size × layers of the model in ``path``: what one token's activations of a whole
+    pass grow with (uie-base 9,216, uie-nano 1,248)."""
+    return _config_value(path, "hidden_size", 768) * _config_value(path, "num_hidden_layers", 12)
 
 
 def load_uie(path):

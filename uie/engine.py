@@ -26,7 +26,8 @@
 An engine is a callable ``engine(arrays) -> (start_probs, end_probs)`` over
 the padded arrays of ``uie.tokenizer.pad_batch`` (rows may come back wider than
 given: read each row up to its input's length); one call runs at a time. Its
-``max_batch_tokens`` (or ``None``) bounds rows × width of a batch.
+``max_batch_tokens`` (or ``None``) bounds the tokens of a batch as its ``batch_tokens(rows, width)``
+counts them (padded, where it pads).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import files
 import settings
 from uie import int8
 from uie import tagger as span_tagger
-from uie.checkpoint import ModelLoadError, load_uie
+from uie.checkpoint import ModelLoadError, activations_per_token, load_uie
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,10 @@ class DygraphEngine:
     def from_dir(cls, model_dir, device="cpu", threads=None, reason=""):
         return cls(load_uie(model_dir), device, threads, reason)
 
+    @staticmethod
+    def batch_tokens(rows: int, width: int) -> int:
+        return rows * width
+
     def __call__(self, arrays: dict[str, np.ndarray]):
         with self._lock, paddle.no_grad():
             paddle.set_device(self.device)
@@ -329,12 +334,12 @@ class PaddleInferenceEngine:
     On the CPU, oneDNN builds kernels, with their own reordered copy of the
     weights, per input shape, and the static graph holds every layer's
     activations of a pass at once. So inputs are padded to few widths
-    (``padded_width``), a batch holds at most ``CPU_BATCH_TOKENS`` padded tokens,
-    and oneDNN keeps the kernels of one shape only. Measured on 2 cores: a
-    uie-base-shaped worker peaked at 1.7 GiB after a 1,500-character text with
-    7 prompts (2.7 GiB keeping 4 shapes; dygraph: 1.8 GiB), and nano batches ran
-    as fast as with more shapes kept. Padding changes no result: the attention
-    mask hides it.
+    (``padded_width``), a batch holds at most ``cpu_batch_tokens`` padded tokens
+    (fewer for a larger model), and oneDNN keeps the kernels of one shape only.
+    Measured on 2 cores: a uie-base-shaped worker peaked at 1.7 GiB after a
+    1,500-character text with 7 prompts (2.7 GiB keeping 4 shapes; dygraph: 1.8 GiB),
+    and nano batches ran as fast as with more shapes kept. Padding changes no result:
+    the attention mask hides it.
     """
 
     name = "paddle-inference"
@@ -370,8 +375,12 @@ class PaddleInferenceEngine:
         self._outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
         self.device = device
         self.threads = threads
-        self.max_batch_tokens = None if device == "gpu" else self.CPU_BATCH_TOKENS
+        self.max_batch_tokens = None if device == "gpu" else cpu_batch_tokens(model_dir)
         self._lock = threading.Lock()
+
+    def batch_tokens(self, rows: int, width: int) -> int:
+        """The tokens a pass over ``rows`` inputs of at most ``width`` holds (padded on the CPU)."""
+        return rows * (width if self.device == "gpu" else padded_width(width))
 
     def __call__(self, arrays: dict[str, np.ndarray]):
         if self.device != "gpu":
@@ -383,6 +392,20 @@ class PaddleInferenceEngine:
             self.predictor.run()
             start, end = (o.copy_to_cpu() for o in self._outputs)
             return start, end
+
+
+# One pass's tokens × hidden size × layers on the CPU: 384 tokens of uie-base. A pass of 1,024
+# tokens took a uie-base worker's peak to 1.73 GB against 1.27 GB at 384 (dygraph: 1.40), at
+# 7 % fewer rows/s; models up to uie-mini's size keep 1,024 tokens (bench/notes.md).
+ACTIVATION_BUDGET = 384 * 768 * 12
+
+
+def cpu_batch_tokens(model_dir) -> int:
+    """The padded tokens a Paddle Inference batch holds on the CPU for ``model_dir``'s model:
+    ``ACTIVATION_BUDGET`` over its ``activations_per_token``, a multiple of 64 between 128
+    and ``CPU_BATCH_TOKENS``."""
+    tokens = ACTIVATION_BUDGET // max(1, activations_per_token(model_dir)) // 64 * 64
+    return max(128, min(PaddleInferenceEngine.CPU_BATCH_TOKENS, tokens))
 
 
 class OnnxInt8Engine:
@@ -421,6 +444,8 @@ class OnnxInt8Engine:
         self.threads = threads
         self.precision_reason = precision_reason
         self._lock = threading.Lock()
+
+    batch_tokens = DygraphEngine.batch_tokens
 
     def __call__(self, arrays: dict[str, np.ndarray]):
         feed = {n: np.ascontiguousarray(arrays[n], dtype=np.int64) for n in self._names}

@@ -140,10 +140,12 @@ class UIEPredictor:
         self.max_seq_len = min(max_seq_len, max_position or 512)
         self.batch_size = batch_size
         self.max_batch_tokens = getattr(engine, "max_batch_tokens", None)
+        self.batch_tokens = getattr(engine, "batch_tokens", engines.DygraphEngine.batch_tokens)
         self.threshold = threshold
         self._batcher = None
         if batch_wait_ms is not None:
-            self._batcher = Batcher(self.forward, batch_size, batch_wait_ms, self.max_batch_tokens)
+            self._batcher = Batcher(self.forward, batch_size, batch_wait_ms, self.max_batch_tokens,
+                                    batch_tokens=self.batch_tokens)
 
     @classmethod
     def from_dir(cls, path, device="cpu", engine=None, **kwargs) -> "UIEPredictor":
@@ -223,12 +225,12 @@ class UIEPredictor:
 
     def _batches(self, order, encoded):
         """``order`` (shortest first) cut into batches of ``batch_size`` inputs and at
-        most ``max_batch_tokens`` padded tokens (a longer input still runs alone)."""
+        most ``max_batch_tokens`` tokens as the engine pads them (a longer input still runs alone)."""
         batch = []
         for k in order:
             rows, width = len(batch) + 1, len(encoded[k].ids)
-            if batch and (rows > self.batch_size or
-                          (self.max_batch_tokens and rows * width > self.max_batch_tokens)):
+            if batch and (rows > self.batch_size or (self.max_batch_tokens and
+                                                     self.batch_tokens(rows, width) > self.max_batch_tokens)):
                 yield batch
                 batch = []
             batch.append(k)
