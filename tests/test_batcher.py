@@ -168,3 +168,47 @@ def test_a_one_task_request_is_answered_during_a_big_one_on_gunicorn(gunicorn, s
     print(f"\nbig request {big_seconds:.2f}s (alone {alone:.2f}s); one-task requests during it: "
           + ", ".join(f"{s:.3f}s" for s in latencies))
     assert max(latencies) < alone / 4, (latencies, alone)
+
+
+def test_a_failure_while_forming_a_batch_fails_its_callers_instead_of_hanging_them():
+    """An error in the batching thread outside the forward pass (here the engine's token count)
+    reaches every waiting caller; the thread lives on and answers the next ones."""
+    import numpy as np
+
+    from uie.batcher import Batcher
+
+    class Input:
+        def __init__(self, n):
+            self.ids = list(range(n))
+
+    broken = threading.Event()
+    broken.set()
+
+    def batch_tokens(rows, width):
+        if broken.is_set():
+            raise TypeError("cannot count")
+        return rows * width
+
+    def forward(inputs):
+        width = max(len(x.ids) for x in inputs)
+        rows = np.array([[len(x.ids)] * width for x in inputs], dtype="float32")
+        return rows, -rows
+
+    batcher = Batcher(forward, batch_size=4, wait_ms=0, max_tokens=100, batch_tokens=batch_tokens)
+    result = []
+    caller = threading.Thread(target=lambda: result.append(_outcome(batcher.run, [Input(3), Input(5)])))
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "the caller was left waiting"
+    assert isinstance(result[0], TypeError)
+    broken.clear()
+    (s1, e1), (s2, e2) = batcher.run([Input(3), Input(5)])
+    assert list(s1) == [3, 3, 3] and list(e2) == [-5] * 5
+    batcher.close()
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:   # noqa: BLE001
+        return exc

@@ -114,23 +114,37 @@ class Batcher:
             request, _ = batch.pop(drop)       # its request's last (widest) input in the batch
             request.taken -= 1
 
+    def _fail(self, batch, exc):
+        """Hand ``exc`` to the callers of ``batch`` (``(request, k)`` pairs); none of their inputs
+        runs any more. Called holding ``_cv``."""
+        for request, _ in batch:
+            request.error = exc
+            request.taken = len(request.inputs)
+            if request in self._waiting:
+                self._waiting.remove(request)
+            request.finished.set()
+
     def _tokens(self, batch) -> int:
         """Tokens of ``batch``: its rows, each as wide as the widest input, as the engine pads them."""
         return self.batch_tokens(len(batch), max(len(r.inputs[k].ids) for r, k in batch))
 
     def _loop(self):
-        while (batch := self._next_batch()) is not None:
+        while True:
+            try:
+                batch = self._next_batch()
+            except Exception as exc:   # noqa: BLE001  (a bug here must not leave callers waiting forever)
+                log.exception("batching failed")
+                with self._cv:
+                    self._fail([(r, None) for r in self._waiting], exc)
+                continue
+            if batch is None:
+                return
             try:
                 start, end = self.forward([request.inputs[k] for request, k in batch])
             except Exception as exc:   # noqa: BLE001  (handed to every caller in the batch)
                 log.exception("forward pass failed")
                 with self._cv:
-                    for request, _ in batch:
-                        request.error = exc
-                        request.taken = len(request.inputs)     # nothing more of it runs
-                        if request in self._waiting:
-                            self._waiting.remove(request)
-                        request.finished.set()
+                    self._fail(batch, exc)
                 continue
             for row, (request, k) in enumerate(batch):
                 n = len(request.inputs[k].ids)

@@ -445,7 +445,7 @@ class OnnxInt8Engine:
         self.precision_reason = precision_reason
         self._lock = threading.Lock()
 
-    batch_tokens = DygraphEngine.batch_tokens
+    batch_tokens = staticmethod(DygraphEngine.batch_tokens)    # no padding
 
     def __call__(self, arrays: dict[str, np.ndarray]):
         feed = {n: np.ascontiguousarray(arrays[n], dtype=np.int64) for n in self._names}
