@@ -586,7 +586,9 @@ def report(results) -> str:
                   "(b0) the same request to a second gunicorn on today's path (`INFERENCE_ENGINE=dygraph "
                   "CPU_THREADS=1`); (c) the forward pass alone: exactly (b)'s batches through "
                   "`uie.engine.load_engine(model, \"paddle-inference\", \"cpu\", threads)` with (b)'s "
-                  "threads, in the benchmark's process. The four are timed back to back in each round.", "",
+                  "threads, in the benchmark's process. The four are timed back to back in each round. "
+                  "Both servers run with `ANSWER_CACHE=0`: every round sends the same texts, which the answer "
+                  "cache would answer without the model from the second round on.", "",
                   f"Goals (issue 9, on 2 cores; measured on {cores}): (b) ≥ {GOALS['b_over_b0']}× (b0); "
                   f"(b) ≥ {GOALS['b_over_a_nano']}× (a) on the nano shape; (b)'s seconds ≤ "
                   f"{GOALS['b_s_over_c_s']} × (c)'s.", "", *_old_note(t, "b_over_b0")]

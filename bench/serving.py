@@ -199,7 +199,9 @@ def run_shape(shape, sections, quick=False, batch_size=None):
     # as the server's start-up would: done here, so that no worker's peak memory includes it
     uie.engine.export_static(model)
     texts = common.bench_texts(plan.get("texts", 256))
-    env = {"UIE_MODEL": str(model)}
+    # every round predicts the same texts: without ANSWER_CACHE=0 the servers would answer all
+    # rounds but the first from their answer cache (uie.answer_cache) and measure no model
+    env = {"UIE_MODEL": str(model), "ANSWER_CACHE": "0"}
     if batch_size:
         env["BATCH_SIZE"] = str(batch_size)
     out = {}
@@ -429,7 +431,7 @@ def relations(model, quick=False):
     plan = RELATIONS_QUICK if quick else RELATIONS_PLAN
     uie.engine.export_static(model)        # as in section 1: not in the worker's time
     texts = common.bench_texts(plan["texts"])
-    env = dict(SERVERS[NEW], UIE_MODEL=str(model))
+    env = dict(SERVERS[NEW], UIE_MODEL=str(model), ANSWER_CACHE="0")   # the same texts every round
     schema_lang = Settings.from_env(env).schema_lang
     seconds = {name: [] for name in RELATION_CONFIGS}
     cpu = {name: [] for name in RELATION_CONFIGS}
