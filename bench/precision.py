@@ -178,9 +178,10 @@ def latency(shape="nano", quick=False) -> dict:
 
 
 @contextlib.contextmanager
-def _gunicorns(model, configs, tag):
+def _gunicorns(model, configs, tag, describe=None):
     """A gunicorn (WORKERS=1, ``make run``'s defaults but ``configs[name]``) per configuration
-    on ``model``, started together; ``(servers, what each /health says it serves)``. Stopped on exit."""
+    on ``model``, started together; ``(servers, what each /health says it serves)`` (``describe``,
+    default ``_served``, reads and checks it). Stopped on exit."""
     with contextlib.ExitStack() as stack:
         servers = {}
         for name, extra in configs.items():
@@ -189,7 +190,7 @@ def _gunicorns(model, configs, tag):
             stack.callback(servers[name].stop)
         for server in servers.values():
             server.wait()
-        yield servers, {name: _served(server, name) for name, server in servers.items()}
+        yield servers, {name: (describe or _served)(server, name) for name, server in servers.items()}
 
 
 def _served(server, name) -> dict:
@@ -306,39 +307,20 @@ def tagger_engines(quick=False) -> dict:
     model = _tagged_model(plan)
     sentences = [s["text"] for s in common.cluener()]
     times = {name: {"batch_s": [], "batch_texts": 0, "one_task": []} for name in TAGGER_SERVED}
-    answers = {}
-    with contextlib.ExitStack() as stack:
-        servers = {}
-        for name, extra in TAGGER_SERVED.items():
-            servers[name] = Gunicorn(dict(extra, UIE_MODEL=str(model), WORKERS="1"),
-                                     common.WORK / "logs" / f"gunicorn-precision-tagger-{name}.log")
-            stack.callback(servers[name].stop)
-        for server in servers.values():
-            server.wait()
-        served = {name: _tagger_served(server, name) for name, server in servers.items()}
+    answers = {name: [] for name in TAGGER_SERVED}
+    with _gunicorns(model, TAGGER_SERVED, "tagger", describe=_tagger_served) as (servers, served):
         for server in servers.values():
             _cluener_predict(server, sentences[4000:4000 + BATCH])       # warm-up
         for r in range(plan["rounds"]):
             first = 9000 + r * (plan["batches"] * BATCH + plan["one_task"])
-            batches = [sentences[first + k * BATCH: first + (k + 1) * BATCH] for k in range(plan["batches"])]
-            singles = sentences[first + plan["batches"] * BATCH: first + plan["batches"] * BATCH + plan["one_task"]]
+            texts = sentences[first: first + plan["batches"] * BATCH + plan["one_task"]]
             for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
-                t = times[name]
-                for batch in batches:
-                    started = time.perf_counter()
-                    answers.setdefault(name, []).append(_cluener_predict(servers[name], batch))
-                    t["batch_s"].append(time.perf_counter() - started)
-                    t["batch_texts"] += len(batch)
-                for text in singles:
-                    started = time.perf_counter()
-                    _cluener_predict(servers[name], [text])
-                    t["one_task"].append(time.perf_counter() - started)
+                answers[name] += _tagger_round(servers[name], texts, plan["batches"], times[name])
             log(f"precision tagger: round {r + 1} of {plan['rounds']} (load {os.getloadavg()[0]:.1f})")
     out = {"model": f"{model.name}: finetune.py --model scratch on {plan['train']} CLUENER sentences, "
                     f"{plan['epochs']} epochs", "labels": len(common.CLUENER_PROMPTS), "batch_tasks": BATCH,
-           "texts_compared": len(_flat(answers["dygraph"])),
-           "texts_answered_otherwise": sum(a != b for a, b in zip(_flat(answers["dygraph"]),
-                                                                  _flat(answers["paddle-inference"])))}
+           "texts_compared": len(answers["dygraph"]),
+           "texts_answered_otherwise": sum(a != b for a, b in zip(answers["dygraph"], answers["paddle-inference"]))}
     for name, t in times.items():
         out[name] = {"served": served[name], "texts_per_second": round(t["batch_texts"] / sum(t["batch_s"]), 1),
                      "one_task_ms": _ms(t["one_task"])}
@@ -348,8 +330,21 @@ def tagger_engines(quick=False) -> dict:
     return out
 
 
-def _flat(batches) -> list:
-    return [answer for batch in batches for answer in batch]
+def _tagger_round(server, texts, n_batches, times) -> list:
+    """``n_batches`` timed ``BATCH``-task requests of ``texts``, then one-task requests of the rest
+    (seconds added to ``times``); the regions answered for the batched texts."""
+    answers = []
+    for k in range(n_batches):
+        batch = texts[k * BATCH: (k + 1) * BATCH]
+        started = time.perf_counter()
+        answers += _cluener_predict(server, batch)
+        times["batch_s"].append(time.perf_counter() - started)
+        times["batch_texts"] += len(batch)
+    for text in texts[n_batches * BATCH:]:
+        started = time.perf_counter()
+        _cluener_predict(server, [text])
+        times["one_task"].append(time.perf_counter() - started)
+    return answers
 
 
 def _tagger_served(server, name) -> dict:
