@@ -124,6 +124,35 @@ def annotation_time(annotation: dict) -> float | None:
     return None
 
 
+def _use_wal(db, wait: float) -> None:
+    """Put the database in WAL mode (kept in the file: the first connection switches it).
+    Switching needs the whole database, and SQLite then answers "locked" at once instead of
+    waiting its timeout (another worker opening a new store at the same moment): tried again
+    for ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _migrate(db) -> None:
+    """Bring a store written by an older version up to ``SCHEMA`` (``MIGRATIONS``), holding the
+    database's write lock: the workers of one server open the same file at once, and two
+    that both saw the column missing would both add it."""
+    db.execute("BEGIN IMMEDIATE")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(annotations)")}
+    if "updated" not in columns:
+        for statement in MIGRATIONS:
+            db.execute(statement)
+    db.commit()
+
+
 class AnnotationStore:
     def __init__(self, path):
         self.path = Path(path)
@@ -132,16 +161,13 @@ class AnnotationStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(annotations)")}
-            if "updated" not in columns:
-                for statement in MIGRATIONS:
-                    db.execute(statement)
+            _migrate(db)
 
     @contextmanager
     def _db(self):
         db = sqlite3.connect(self.path, timeout=30)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db, 30)
             with db:
                 yield db
         finally:
@@ -250,7 +276,7 @@ class AnnotationStore:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             local.db = sqlite3.connect(self.path, timeout=SUGGESTION_WAIT)
-            local.db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(local.db, SUGGESTION_WAIT)
             local.db.execute("PRAGMA synchronous=NORMAL")
             local.pid = os.getpid()
         return local.db

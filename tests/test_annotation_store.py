@@ -80,3 +80,31 @@ def test_a_database_of_the_first_release_is_migrated(tmp_path):
     assert store.count("1") == 1
     assert store.upsert("1", UPDATED["task"], UPDATED["annotation"])   # an untimed row is replaced
     assert texts(store) == [["Alice", "Acme Corp"]]
+
+
+def _open_together(path, barrier, errors):
+    barrier.wait()
+    try:
+        AnnotationStore(path).upsert("1", CREATED["task"], CREATED["annotation"])
+    except Exception as exc:   # noqa: BLE001  (reported to the test)
+        import traceback
+        errors.put(traceback.format_exc())
+
+
+def test_the_workers_of_a_server_open_a_new_store_at_once(tmp_path):
+    """gunicorn's workers start together and each opens the store: all of them open it (the
+    schema is brought up to date by one at a time), and the annotation is stored once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(8):     # the race is likely, not certain, in one attempt
+        path = tmp_path / f"a{attempt}.sqlite3"
+        barrier, errors = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_open_together, args=(path, barrier, errors)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+        failures = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+        assert not failures and all(w.exitcode == 0 for w in workers), failures
+        assert AnnotationStore(path).count("1") == 1
