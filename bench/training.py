@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -546,41 +547,62 @@ def _served_f1(server, sentences, chunk=64, project="1"):
             "false_positives_per_100": round(100 * (n_pred - tp) / max(len(sentences), 1), 1)}
 
 
-def scratch_jobs(sizes=(50, 200, 1000), compare_serving=True):
+SCRATCH_JOB_SEEDS = (1, 2, 3)
+
+
+def scratch_jobs(sizes=(50, 200, 1000), seeds=SCRATCH_JOB_SEEDS, compare_serving=True):
     """The server's own training jobs on a scratch model (UIE_MODEL=scratch, default job
-    settings): ``n`` annotated CLUENER tasks sent as webhooks, START_TRAINING, then
-    ``/predict`` on the held-out test sentences. With ``compare_serving``, the last
-    version is also served without its tagger (today's path for a scratch version:
-    every label a prompt) and both are timed on the same texts."""
+    settings): for each size ``n`` and seed, ``n`` random pool sentences (``random.Random(seed)``)
+    sent as ANNOTATION_CREATED webhooks, START_TRAINING, then ``/predict`` on the held-out test
+    sentences; ``summary`` per size: mean and min over the seeds. With ``compare_serving``, the
+    last version is also served without its tagger (a scratch version's path before its
+    tagger: every label a prompt) and both are timed on the same texts."""
     pool, _, test_sentences = learning_data()
-    rows = []
+    rows, root = [], None
     for n in sizes:
-        name = f"scratch-job-{n}"
-        root = common.WORK / "serve" / name
-        shutil.rmtree(root, ignore_errors=True)
-        project = {"id": 1, "label_config": CLUENER_CONFIG}
-        with deployment(EMBEDDED, {"UIE_MODEL": "scratch", "MODEL_DIR": str(root)}, name) as (a, b):
-            post(a.url + "/setup", {"project": "1", "schema": CLUENER_CONFIG})
-            for i, s in enumerate(pool[:n], 1):
-                task, annotation = common.ls_task(i, s)
-                post(b.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
-                                          "task": task, "project": project})
-            probe = {"tasks": [{"id": 1, "data": {"text": pool[0]["text"]}}], "project": "1",
-                     "label_config": CLUENER_CONFIG}
-            state, version, done_s, served_s = _train_and_wait(a, b, project, probe)
-            versions = requests.get(b.url + "/versions", params={"project": "1"}, timeout=30).json()
-            meta = versions["projects"]["1"]["versions"][-1]
-            scored = _served_f1(b, test_sentences)
-        row = {"tasks": n, "version": version, "job_minutes": round(done_s / 60, 2),
-               "served_minutes": round(served_s / 60, 2),
-               "train_minutes": round((meta.get("train_seconds") or 0) / 60, 2),
-               "epochs_run": meta.get("epochs_run"), "test": scored}
-        rows.append(row)
-        log(f"{name}: {row}")
-    out = {"jobs": rows}
+        for seed in seeds:
+            root, row = _scratch_job(random.Random(seed).sample(pool, n), f"scratch-job-{n}-{seed}", test_sentences)
+            rows.append(dict(row, seed=seed))
+            log(f"scratch job {n} tasks, seed {seed}: {rows[-1]}")
+    out = {"jobs": rows, "summary": [_job_summary([r for r in rows if r["tasks"] == n]) for n in sizes],
+           "seeds": list(seeds)}
     if compare_serving and rows:
         out["serving"] = _compare_serving(root / "1" / rows[-1]["version"], test_sentences)
     return out
+
+
+def _scratch_job(sentences, name, test_sentences) -> tuple[Path, dict]:
+    """One project of ``sentences`` annotated, trained by START_TRAINING on a fresh scratch
+    server, its version scored on ``test_sentences``: ``(model root, row)``."""
+    root = common.WORK / "serve" / name
+    shutil.rmtree(root, ignore_errors=True)
+    project = {"id": 1, "label_config": CLUENER_CONFIG}
+    with deployment(EMBEDDED, {"UIE_MODEL": "scratch", "MODEL_DIR": str(root)}, name) as (a, b):
+        post(a.url + "/setup", {"project": "1", "schema": CLUENER_CONFIG})
+        for i, s in enumerate(sentences, 1):
+            task, annotation = common.ls_task(i, s)
+            post(b.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
+                                      "task": task, "project": project})
+        probe = {"tasks": [{"id": 1, "data": {"text": sentences[0]["text"]}}], "project": "1",
+                 "label_config": CLUENER_CONFIG}
+        state, version, done_s, served_s = _train_and_wait(a, b, project, probe)
+        versions = requests.get(b.url + "/versions", params={"project": "1"}, timeout=30).json()
+        meta = versions["projects"]["1"]["versions"][-1]
+        scored = _served_f1(b, test_sentences)
+    return root, {"tasks": len(sentences), "version": version, "job_minutes": round(done_s / 60, 2),
+                  "served_minutes": round(served_s / 60, 2),
+                  "train_minutes": round((meta.get("train_seconds") or 0) / 60, 2),
+                  "epochs_run": meta.get("epochs_run"), "test": scored}
+
+
+def _job_summary(rows) -> dict:
+    """Mean and min test F1 (and mean P, R; mean and max job minutes) of one size's jobs."""
+    f1 = [r["test"]["f1"] for r in rows]
+    minutes = [r["job_minutes"] for r in rows]
+    return {"tasks": rows[0]["tasks"], "samples": len(rows), "f1_mean": round(sum(f1) / len(f1), 4),
+            "f1_min": min(f1), "precision_mean": round(sum(r["test"]["precision"] for r in rows) / len(rows), 4),
+            "recall_mean": round(sum(r["test"]["recall"] for r in rows) / len(rows), 4),
+            "job_minutes_mean": round(sum(minutes) / len(minutes), 2), "job_minutes_max": max(minutes)}
 
 
 def _compare_serving(version_dir, sentences):
