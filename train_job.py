@@ -84,7 +84,8 @@ class Examples:
     held_out: bool      # dev is held out (else it is the training set)
 
 
-def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: str = "ch") -> Examples:
+def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: str = "ch",
+                   augment: bool = False) -> Examples:
     """Label Studio tasks -> UIE examples for every (task, label) pair of the config.
 
     Labels nobody annotated yet are negatives too (``/predict`` asks every label
@@ -98,14 +99,31 @@ def build_examples(tasks, label_config: str, min_dev_tasks: int, schema_lang: st
     them. A ``<Choices>`` on the same text adds a classification example per task
     annotated with its choices (``choices.py``'s prompt, options in the config's order),
     in the same split. With ``min_dev_tasks`` annotated tasks or more, about 20 % are held
-    out, always the same texts (``held_out_split``).
+    out, always the same texts (``held_out_split``). With ``augment`` (scratch models), the
+    training texts get copies with their mentions swapped (``uie.augment``), fewer as they grow.
     """
     same_text, relations, same_choices = _read_label_config(label_config)
     records = _doccano_records(tasks, same_text, relations, same_choices)
     held_out = len(records) >= min_dev_tasks and len({held_out_split(r) for r in records}) == 2
     train, dev = _convert_records(records, same_text, relations, held_out, schema_lang, same_choices)
     train, dev = _expand_label_prompts(train, dev, same_text)
+    if augment:
+        train += _swapped_examples([r for r in records if not (held_out and held_out_split(r))],
+                                   same_text, relations, schema_lang)
     return Examples(train, dev if held_out else train, len(records), held_out)
+
+
+def _swapped_examples(records, same_text, relations, schema_lang: str) -> list:
+    """Training examples of the records' copies with their mentions swapped (``uie.augment``)."""
+    from uie import augment
+
+    copies = augment.swap_mentions(records, augment.copies_for(len(records)))
+    if not copies:
+        return []
+    train, _ = _convert_records(copies, same_text, relations, False, schema_lang)
+    train, _ = _expand_label_prompts(train, [], same_text)
+    log.info("%d training texts -> %d copies with their mentions swapped", len(records), len(copies))
+    return train
 
 
 def held_out_split(record: dict) -> int:
@@ -194,18 +212,21 @@ def _expand_label_prompts(train, dev, same_text):
     return train, dev
 
 
-def add_corrections(examples: Examples, corrections, tasks, label_config: str) -> int:
+def add_corrections(examples: Examples, corrections, tasks, label_config: str, schema_lang: str = "ch") -> int:
     """Mark the annotators' corrections on the training examples; returns how many were marked.
 
     A correction (``service.corrections.find_corrections``) is a region ``/predict``
-    suggested that the annotation deleted or relabelled: a known false positive of its label
-    on its text. The training example of that text and each prompt of the label gets its
-    offsets in ``"negatives"`` (``[[start, end], ...]``), which ``finetune`` weighs
-    ``CORRECTION_WEIGHT`` times as a plain absent span; it is already absent from
-    ``result_list``. Only training texts are marked (a held-out text stays unseen); a
-    correction whose text no longer has the region's text at its offsets, or whose
-    label the config no longer has, is dropped."""
+    suggested that the annotation deleted or relabelled (a known false positive of its label
+    on its text), or a suggested relation it did not keep (a false positive of the relation's
+    prompts for its subject: ``relations.relation_prompt``, the object's offsets). The
+    training example of that text and each such prompt gets the offsets in ``"negatives"``
+    (``[[start, end], ...]``), which ``finetune`` weighs ``CORRECTION_WEIGHT`` times as a
+    plain absent span; it is already absent from ``result_list``. Only training texts are
+    marked (a held-out text stays unseen); a correction whose text no longer has the
+    region's text at its offsets, or whose label or relation the config no longer has, is
+    dropped."""
     controls = {c.from_name: c for c in _parsed(parse_label_config, label_config)}
+    relations = {r.value: r for r in _parsed(parse_relations, label_config)}
     texts = {}                          # task id -> the task, as training reads it
     for task in tasks:
         if isinstance(task, dict) and task.get("id") is not None:
@@ -214,24 +235,46 @@ def add_corrections(examples: Examples, corrections, tasks, label_config: str) -
     contents = {ex["content"] for ex in examples.train}
     marked = 0
     for c in corrections:
-        text = _corrected_text(texts.get(str(c["task"])), controls.get(c["from_name"]), c)
-        prompts = dict(controls[c["from_name"]].labels).get(c["label"], ()) if text is not None else ()
-        if text not in contents or not prompts:
+        text, prompts, (start, end) = _correction_target(c, texts, controls, relations, schema_lang)
+        if text not in contents:
             continue
         for prompt in prompts:
             example = by_prompt.get((text, prompt))
             if example is None:
                 example = by_prompt[(text, prompt)] = {"content": text, "result_list": [], "prompt": prompt}
                 examples.train.append(example)
-            if any(r["start"] == c["start"] and r["end"] == c["end"] for r in example["result_list"]):
+            if any(r["start"] == start and r["end"] == end for r in example["result_list"]):
                 continue                # annotated with that label after all
             spans = example.setdefault("negatives", [])
-            if [c["start"], c["end"]] not in spans:
-                spans.append([c["start"], c["end"]])
+            if [start, end] not in spans:
+                spans.append([start, end])
                 marked += 1
     if corrections:
-        log.info("%d corrections of suggested regions -> %d negatives marked", len(corrections), marked)
+        log.info("%d corrections of suggested regions and relations -> %d negatives marked", len(corrections), marked)
     return marked
+
+
+def _correction_target(c: dict, texts: dict, controls: dict, relations: dict, schema_lang: str) -> tuple:
+    """``(text, prompts, (start, end))`` a correction marks: its label's prompts at its region,
+    or its relation's prompts for its subject at its object; no prompts when the task's text
+    no longer holds it or the config no longer asks it."""
+    control, task = controls.get(c.get("from_name")), texts.get(str(c.get("task")))
+    if "relation" in c:
+        return _relation_target(c, task, control, relations.get(c["relation"]), schema_lang)
+    text = _corrected_text(task, control, c)
+    prompts = dict(control.labels).get(c["label"], ()) if text is not None else ()
+    return text, prompts, (c["start"], c["end"])
+
+
+def _relation_target(c: dict, task, control, relation, schema_lang: str) -> tuple:
+    from relations import relation_prompt
+
+    subject, obj = (dict(zip(("start", "end", "text"), c[k])) for k in ("subject", "object"))
+    text = _corrected_text(task, control, subject)
+    if relation is None or text is None or _corrected_text(task, control, obj) != text:
+        return None, (), (None, None)
+    prompts = [relation_prompt(subject["text"], word, schema_lang) for word in relation.prompts]
+    return text, prompts, (obj["start"], obj["end"])
 
 
 def _corrected_text(task, control, correction) -> str | None:
@@ -458,8 +501,9 @@ def train(spec: JobSpec, work: Path, progress: "Progress | None" = None) -> dict
     progress = progress or Progress(None)
     log.info("%d tasks from %s", len(spec.tasks), spec.source)
     progress.phase("converting")
-    examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks, schema_lang_of(spec))
-    add_corrections(examples, spec.corrections, spec.tasks, spec.label_config)
+    examples = build_examples(spec.tasks, spec.label_config, spec.min_dev_tasks, schema_lang_of(spec),
+                              augment=_is_scratch(spec.model_path))
+    add_corrections(examples, spec.corrections, spec.tasks, spec.label_config, schema_lang_of(spec))
     _write_examples(examples, work / "data")
     progress.phase("training")
     trained = _finetune(spec, examples, work / "ckpt", progress.step)
@@ -478,6 +522,12 @@ def train(spec: JobSpec, work: Path, progress: "Progress | None" = None) -> dict
             "train_seconds": trained.get("train_seconds"), "epochs_run": trained.get("epochs_run"),
             "kind": trained.get("kind"), "int8": int8,
             "trained_labels": trained_labels(examples.train, spec.label_config, schema_lang_of(spec))}
+
+
+def _is_scratch(model_path) -> bool:
+    import uie.checkpoint
+
+    return uie.checkpoint.is_scratch_model(model_path)
 
 
 def _score_both(candidate: Path, dev: list, spec: JobSpec, progress: "Progress") -> tuple[dict, dict]:

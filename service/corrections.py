@@ -3,8 +3,10 @@
 ``/predict`` remembers, per project, task and model version, the regions it answered
 (``suggested_items``; the annotation stores keep them: ``remember_suggestions``). An
 annotation made from a suggestion (Label Studio's ``parent_prediction``) that deleted a
-suggested region, or gave it another label, corrected it: ``find_corrections`` lists those
-regions, and the next training job weighs them as negatives of their label on their text
+suggested region, or gave it another label, corrected it, and so did one that does not keep
+a suggested relation between the regions at its subject's and object's offsets:
+``find_corrections`` lists those regions and relations, and the next training job weighs
+them as negatives of their label on their text, or of the relation's prompt for its subject
 (``train_job.add_corrections``, ``finetune.CORRECTION_WEIGHT``).
 """
 
@@ -46,8 +48,10 @@ def find_corrections(tasks: Iterable[dict], suggestions: dict) -> list[dict]:
     not keep with that label at those offsets (deleted, or relabelled).
 
     One correction per (region, label): ``{"task", "from_name", "to_name", "label", "start",
-    "end", "text", "model_version"}``. An annotation not made from a suggestion (neither
-    ``parent_prediction`` nor ``prediction`` set) corrects nothing."""
+    "end", "text", "model_version"}``, and per (relation, label) not kept: ``{"task",
+    "from_name", "to_name", "relation", "subject", "object", "model_version"}``, subject and
+    object as ``[start, end, text]`` (``corrected_relations``). An annotation not made from a
+    suggestion (neither ``parent_prediction`` nor ``prediction`` set) corrects nothing."""
     out = []
     for task in tasks:
         if not isinstance(task, dict) or task.get("id") is None:
@@ -59,6 +63,7 @@ def find_corrections(tasks: Iterable[dict], suggestions: dict) -> list[dict]:
         suggestion = suggestion_seen(remembered, annotation)
         if suggestion is not None:
             out += corrected_regions(task["id"], suggestion, annotation)
+            out += corrected_relations(task["id"], suggestion, annotation)
     return out
 
 
@@ -100,3 +105,42 @@ def corrected_regions(task_id, suggestion: dict, annotation: dict) -> list[dict]
                             "label": label, "start": region["start"], "end": region["end"],
                             "text": region["text"], "model_version": suggestion["model_version"]})
     return out
+
+
+def corrected_relations(task_id, suggestion: dict, annotation: dict) -> list[dict]:
+    """The suggested relations (one per label) the annotation does not keep: no relation of
+    that label from a region at the subject's offsets to one at the object's (its arrow's
+    ``direction`` read as Label Studio draws it), whether the relation or a region was deleted."""
+    regions = {r.get("id"): r for r in suggestion["regions"] if r.get("type") == "labels"}
+    kept = kept_relations(annotation)
+    out = []
+    for item in suggestion["regions"]:
+        subject, obj = regions.get(item.get("from_id")), regions.get(item.get("to_id"))
+        if item.get("type") != "relation" or subject is None or obj is None:
+            continue
+        for label in item["labels"]:
+            if ((subject["start"], subject["end"]), (obj["start"], obj["end"]), label) not in kept:
+                out.append({"task": task_id, "from_name": subject["from_name"], "to_name": subject["to_name"],
+                            "relation": label, "subject": [subject["start"], subject["end"], subject["text"]],
+                            "object": [obj["start"], obj["end"], obj["text"]],
+                            "model_version": suggestion["model_version"]})
+    return out
+
+
+def kept_relations(annotation: dict) -> set[tuple]:
+    """``{((subject start, end), (object start, end), label)}`` of an annotation's relations."""
+    where = {}
+    for item in annotation.get("result") or ():
+        if isinstance(item, dict) and item.get("type") == "labels" and isinstance(item.get("value"), dict):
+            where[item.get("id")] = (item["value"].get("start"), item["value"].get("end"))
+    kept = set()
+    for item in annotation.get("result") or ():
+        if not (isinstance(item, dict) and item.get("type") == "relation"):
+            continue
+        a, b = where.get(item.get("from_id")), where.get(item.get("to_id"))
+        if a is None or b is None:
+            continue
+        direction = item.get("direction") or "right"
+        pairs = {"right": [(a, b)], "left": [(b, a)], "bi": [(a, b), (b, a)]}.get(direction, [])
+        kept.update((s, o, label) for s, o in pairs for label in item.get("labels") or () if isinstance(label, str))
+    return kept

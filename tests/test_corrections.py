@@ -268,3 +268,51 @@ def test_a_version_trained_on_a_deleted_suggestion_no_longer_suggests_it(make_ap
     assert wrong not in spans_of(after), f"weight {finetune.CORRECTION_WEIGHT}: still suggested: {after}"
     elsewhere = predict({"id": 98, "data": {"text": ELSEWHERE}})
     assert (PLACE, 4, 6) in spans_of(elsewhere), elsewhere
+
+
+# -- deleted relations ----------------------------------------------------------------------------
+def test_a_suggested_relation_the_annotation_does_not_keep_is_a_correction():
+    """阿里巴巴 -> 马云 (创始人) was suggested; an annotation without that relation corrects it,
+    whether it deleted the arrow or a region; one that keeps it (drawn either way) does not."""
+    from helpers import FOUNDER, ORG, annotation_result
+
+    text = "马云在杭州创办了阿里巴巴。"
+    spans = spans_in(text, [(PERSON, "马云"), (ORG, "阿里巴巴")])
+    org, person = (next((s, e) for lab, s, e in spans if lab == label) for label in (ORG, PERSON))
+    suggested = annotation_result(text, spans, [(org, person, FOUNDER, "right")])
+    memory = {"5": [{"model_version": "v1", "at": time.time(), "regions": suggested_items(suggested)}]}
+
+    def relations_corrected(result):
+        task = {"id": 5, "data": {"text": text}, "annotations": [
+            {"id": 9, "result": result, "was_cancelled": False, "parent_prediction": 31, "updated_at": now_iso()}]}
+        return [c for c in find_corrections([task], memory) if "relation" in c]
+
+    assert relations_corrected(annotation_result(text, spans, [(org, person, FOUNDER, "right")])) == []
+    assert relations_corrected(annotation_result(text, spans, [(org, person, FOUNDER, "left")])) == []
+    [deleted] = relations_corrected(annotation_result(text, spans, []))
+    assert deleted == {"task": 5, "from_name": "label", "to_name": "text", "relation": FOUNDER,
+                       "subject": [org[0], org[1], "阿里巴巴"], "object": [person[0], person[1], "马云"],
+                       "model_version": "v1"}
+    assert len(relations_corrected(annotation_result(text, spans[:1], []))) == 1      # a region deleted
+    assert relations_corrected(annotation_result(text, spans, [(person, org, FOUNDER, "right")]))  # reversed
+
+
+def test_a_relation_correction_marks_the_relation_prompt_of_its_subject():
+    from helpers import FOUNDER, ORG, RELATION_CONFIG, relation_tasks
+
+    text = "马云在杭州创办了阿里巴巴，张三是那里的员工。"
+    spans = spans_in(text, [(PERSON, "马云"), (ORG, "阿里巴巴"), (PERSON, "张三")])
+    where = {text[s:e]: (s, e) for _, s, e in spans}
+    tasks = relation_tasks([(text, spans, [(where["阿里巴巴"], where["马云"], FOUNDER, "right")])])
+    examples = build_examples(tasks, RELATION_CONFIG, min_dev_tasks=50)
+    wrong = {"task": 1, "from_name": "label", "to_name": "text", "relation": FOUNDER,
+             "subject": [*where["阿里巴巴"], "阿里巴巴"], "object": [*where["张三"], "张三"], "model_version": "v1"}
+    annotated = dict(wrong, object=[*where["马云"], "马云"])                  # annotated after all
+    moved = dict(wrong, subject=[0, 4, "阿里巴巴"])                           # the text changed since
+    unknown = dict(wrong, relation="总部")                                     # the config lacks it
+    assert add_corrections(examples, [wrong, annotated, moved, unknown], tasks, RELATION_CONFIG) == 1
+    marked = {(ex["prompt"]): ex["negatives"] for ex in examples.train if "negatives" in ex}
+    assert marked == {"阿里巴巴的创始人": [list(where["张三"])]}
+    english = build_examples(tasks, RELATION_CONFIG, min_dev_tasks=50, schema_lang="en")
+    assert add_corrections(english, [wrong], tasks, RELATION_CONFIG, schema_lang="en") == 1
+    assert [ex["prompt"] for ex in english.train if "negatives" in ex] == [f"{FOUNDER} of 阿里巴巴"]
