@@ -11,7 +11,7 @@ $(STAMP): $(REQUIREMENTS) requirements-test.txt requirements-lac.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r $(REQUIREMENTS) -r requirements-test.txt
-	# LAC's character embedding starts scratch models' span taggers (lac_embedding.py); its
+	# LAC's character embedding starts scratch models' span taggers (uie/lac.py); its
 	# sdist builds only without isolation (setup.py imports pkg_resources), and is never imported
 	$(PY) -m pip install --quiet wheel
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -r requirements-lac.txt

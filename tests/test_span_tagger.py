@@ -1,4 +1,4 @@
-"""span_tagger.py and lac_embedding.py: a scratch model's span tagger, trained, saved, served."""
+"""span_tagger.py and lac.py: a scratch model's span tagger, trained, saved, served."""
 
 from __future__ import annotations
 
@@ -46,30 +46,30 @@ def found(results):
 
 def test_lac_is_installed_and_its_embedding_reads():
     """`make install` installs LAC; its character rows start the tagger's embedding."""
-    import uie.lac_embedding
+    import uie.lac
 
-    where = uie.lac_embedding.model_dir()
+    where = uie.lac.model_dir()
     assert where is not None and (where / "model" / "word_emb").is_file()
-    table = uie.lac_embedding.read_tensor(where / "model" / "word_emb")
+    table = uie.lac.read_tensor(where / "model" / "word_emb")
     assert table.shape == (58224, 128) and table.dtype == np.float32
     ids = {}
     for line in (where / "conf" / "word.dic").read_text(encoding="utf-8").splitlines():
         i, _, char = line.partition("\t")
         ids.setdefault(char, int(i))
     vocab = ["[PAD]", "张", "##张", "京", "\U0001F600"]
-    start = uie.lac_embedding.for_vocab(vocab, 128)
+    start = uie.lac.for_vocab(vocab, 128)
     assert np.array_equal(start[1], table[ids["张"]]) and np.array_equal(start[2], table[ids["张"]])
     assert np.array_equal(start[3], table[ids["京"]])
-    assert uie.lac_embedding.for_vocab(vocab, 64) is None          # another width: no start
+    assert uie.lac.for_vocab(vocab, 64) is None          # another width: no start
 
 
 def test_read_tensor_refuses_a_truncated_file(tmp_path):
-    import uie.lac_embedding
+    import uie.lac
 
-    src = uie.lac_embedding.model_dir() / "model" / "fc_0.b_0"
+    src = uie.lac.model_dir() / "model" / "fc_0.b_0"
     (tmp_path / "cut").write_bytes(src.read_bytes()[:-8])
     with pytest.raises(ValueError, match="truncated"):
-        uie.lac_embedding.read_tensor(tmp_path / "cut")
+        uie.lac.read_tensor(tmp_path / "cut")
 
 
 def test_a_scratch_model_saves_its_tagger_and_answers_its_labels_with_it(tagged):

@@ -7,7 +7,8 @@
 - ``uie.engine``: the forward pass, Paddle Inference over a static export or dygraph.
 - ``uie.batcher``: forward passes of concurrent requests batched together.
 - ``uie.predictor``: spans for many (text, prompts) queries at once.
-- ``uie.tagger`` and ``uie.lac_embedding``: the span tagger of scratch models.
+- ``uie.tagger`` and ``uie.lac``: the span tagger of scratch models, started from Baidu LAC's.
+- ``uie.augment``: a small project's training texts with their mentions swapped.
 
 Importing the package tunes the CPU environment before Paddle loads MKL; it does
 not import Paddle itself (an RQ worker's main process imports ``service`` without it).

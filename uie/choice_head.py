@@ -231,12 +231,12 @@ def loss(head: ChoiceHead, items: list[ChoiceInput], pad_id: int):
 def build(vocab: list[str], controls, seed: int = 0, **shape) -> ChoiceHead:
     """A fresh head for a tokenizer's ``vocab`` (tokens in id order), its embedding started
     from LAC's where LAC is installed."""
-    from uie import lac_embedding
+    from uie import lac
 
     options = dict(SHAPE, **shape)
     paddle.seed(seed)
-    start = lac_embedding.for_vocab(vocab, options["embedding_size"], seed=seed)
-    head = ChoiceHead(len(vocab), controls, embedding_start=lac_embedding.SOURCE if start is not None
+    start = lac.for_vocab(vocab, options["embedding_size"], seed=seed)
+    head = ChoiceHead(len(vocab), controls, embedding_start=lac.SOURCE if start is not None
                       else "random", **options)
     if start is not None:
         head.embedding.weight.set_value(start)

@@ -2,8 +2,8 @@
 
 A scratch UIE asks its transformer once per (text, label) and has to learn
 spans from nothing; on CLUENER that underfits in any time a CPU has. The
-tagger is what a from-scratch NER model is: character embeddings (Baidu
-LAC's when installed, ``lac_embedding``), a bidirectional GRU, and a start
+tagger is what a from-scratch NER model is: character embeddings and a
+bidirectional GRU (both started from Baidu LAC's when installed, ``uie.lac``), and a start
 and an end probability per token for each of its *classes* (the prompts it
 was trained on). ``finetune`` trains it for scratch models and saves it
 beside the UIE; ``uie.predictor.UIEPredictor`` asks it for the labels it knows
@@ -49,14 +49,15 @@ class SpanTagger(paddle.nn.Layer):
     """Character embeddings -> BiGRU -> start/end probabilities for each class."""
 
     def __init__(self, vocab_size: int, classes, embedding_size=128, hidden_size=128,
-                 num_layers=2, dropout=0.3, embedding_start="random"):
+                 num_layers=2, dropout=0.3, embedding_start="random", gru_start="random"):
         super().__init__()
         if not classes:
             raise TaggerError("a tagger needs at least one class")
         self.classes = list(classes)
         self.config = {"classes": self.classes, "vocab_size": int(vocab_size),
                        "embedding_size": embedding_size, "hidden_size": hidden_size,
-                       "num_layers": num_layers, "dropout": dropout, "embedding_start": embedding_start}
+                       "num_layers": num_layers, "dropout": dropout, "embedding_start": embedding_start,
+                       "gru_start": gru_start}
         self.embedding = paddle.nn.Embedding(vocab_size, embedding_size)
         self.dropout = paddle.nn.Dropout(dropout)
         self.gru = paddle.nn.GRU(embedding_size, hidden_size, num_layers=num_layers,
@@ -73,17 +74,20 @@ class SpanTagger(paddle.nn.Layer):
 
 
 def build(vocab: list[str], classes, seed: int = 0, **shape) -> SpanTagger:
-    """A fresh tagger for a tokenizer's ``vocab`` (tokens in id order), its
-    embedding started from LAC's where LAC is installed."""
-    from uie import lac_embedding
+    """A fresh tagger for a tokenizer's ``vocab`` (tokens in id order), started from LAC
+    where LAC is installed: its embedding, and its BiGRU (``lac.gru_state``) over it."""
+    from uie import lac
 
     options = dict(SHAPE, **shape)
     paddle.seed(seed)
-    start = lac_embedding.for_vocab(vocab, options["embedding_size"], seed=seed)
-    tagger = SpanTagger(len(vocab), classes, embedding_start=lac_embedding.SOURCE if start is not None
-                        else "random", **options)
+    start = lac.for_vocab(vocab, options["embedding_size"], seed=seed)
+    gru = lac.gru_state(options["hidden_size"], options["num_layers"]) if start is not None else None
+    tagger = SpanTagger(len(vocab), classes, embedding_start=lac.SOURCE if start is not None else "random",
+                        gru_start=lac.GRU_SOURCE if gru is not None else "random", **options)
     if start is not None:
         tagger.embedding.weight.set_value(start)
+    if gru is not None:
+        tagger.gru.set_state_dict({name: paddle.to_tensor(value) for name, value in gru.items()})
     return tagger
 
 
