@@ -452,6 +452,9 @@ def _version_meta(project, job_id, spec: JobSpec, result: dict) -> dict:
         "per_label": result.get("per_label"), "previous_per_label": result.get("previous_per_label"),
         "train_seconds": result.get("train_seconds"), "epochs_run": result.get("epochs_run"),
         "kind": result.get("kind"),
+        # a small scratch project's version trained again on all its texts after its scores
+        # (train_job.refits): the held-out texts it saw, which the next job does not score it on
+        "refit": result.get("refit"),
         # the labels, relations and Choices options with a positive training example
         # (train_job.trained_labels): ModelStore.labels_without_examples
         "trained_labels": result.get("trained_labels"),

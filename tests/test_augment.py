@@ -89,3 +89,12 @@ def test_relation_tasks_are_augmented_with_their_relations():
     for ex in new:
         subject = ex["prompt"].split("的")[0]
         assert subject in ex["content"]
+
+
+def test_without_held_out_texts_a_job_scores_on_the_annotated_texts_not_their_copies():
+    from train_job import build_examples
+
+    tasks = cluener_tasks(20)
+    augmented = build_examples(tasks, CLUENER_CONFIG, min_dev_tasks=50, augment=True)
+    plain = build_examples(tasks, CLUENER_CONFIG, min_dev_tasks=50)
+    assert not augmented.held_out and augmented.dev == plain.train and len(augmented.train) > len(plain.train)
