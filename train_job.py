@@ -514,15 +514,16 @@ def train(spec: JobSpec, work: Path, progress: "Progress | None" = None) -> dict
     candidate = work / "ckpt" / "model_best"
     progress.phase("exporting")
     _export(candidate, spec)
-    new, old = _score_both(candidate, fair_dev(examples.dev, spec.model_path), spec, progress)
+    dev = fair_dev(examples.dev, spec.model_path)
+    new, old = _score_both(candidate, dev, spec, progress)
     log.info("f1 %.4f (served model %s: %.4f)", new["f1"], spec.model_version, old["f1"])
     promote = should_promote(new["f1"], old["f1"])
     refit = None
     if promote and refits(spec, examples):
-        candidate, trained, refit = _refit(spec, examples, work, progress)
+        candidate, trained, refit = _refit(spec, examples, work, progress, trained)
     no_int8 = _export_int8(candidate, spec)
-    fp32 = new if refit is None else _score(candidate, examples.dev, spec)
-    int8 = _check_int8(candidate, examples.dev, spec, fp32, no_int8)
+    fp32 = new if refit is None else _score(candidate, dev, spec)
+    int8 = _check_int8(candidate, dev, spec, fp32, no_int8)
     _log_labels(new["by_label"], old["by_label"])
     return {"candidate": str(candidate), "promote": promote, "refit": refit,
             "metrics": new, "previous_metrics": old, "held_out": examples.held_out,
@@ -547,10 +548,12 @@ def refits(spec: JobSpec, examples: Examples) -> bool:
     return examples.held_out and examples.records < REFIT_BELOW and _is_scratch(spec.model_path)
 
 
-def _refit(spec: JobSpec, examples: Examples, work: Path, progress: "Progress") -> tuple[Path, dict, dict]:
+def _refit(spec: JobSpec, examples: Examples, work: Path, progress: "Progress",
+           first: dict) -> tuple[Path, dict, dict]:
     """``(candidate, finetune's result, refit record)``: the job's recipe again on all its
     texts, held-out ones too (augmented and corrected like the others), its checkpoint chosen
-    on them, exported. The job's scores stay those of the model trained without the held-out
+    on them, exported; ``train_seconds`` those of both trainings (``first``: the first's
+    result). The job's scores stay those of the model trained without the held-out
     texts; the record lists those texts (``text_key``) so that the next job does not score
     this version on texts it trained on (``fair_dev``)."""
     everything = build_examples(spec.tasks, spec.label_config, min_dev_tasks=sys.maxsize,
@@ -563,8 +566,9 @@ def _refit(spec: JobSpec, examples: Examples, work: Path, progress: "Progress") 
     progress.phase("exporting")
     _export(candidate, spec)
     held_out = sorted({text_key(ex["content"]) for ex in examples.dev})
-    return candidate, trained, {"tasks": everything.records, "epochs_run": trained.get("epochs_run"),
-                                "held_out_texts": held_out}
+    seconds = (first.get("train_seconds") or 0) + (trained.get("train_seconds") or 0)
+    return candidate, dict(trained, train_seconds=seconds), {
+        "tasks": everything.records, "epochs_run": trained.get("epochs_run"), "held_out_texts": held_out}
 
 
 def text_key(text: str) -> str:
