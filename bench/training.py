@@ -605,8 +605,33 @@ def _job_summary(rows) -> dict:
             "job_minutes_mean": round(sum(minutes) / len(minutes), 2), "job_minutes_max": max(minutes)}
 
 
+# Issue 20, must hold 3: a one-task /predict of a 50-character text keeps p95 <= 50 ms.
+ONE_TASK_CHARS = 50
+ONE_TASK_REQUESTS = 200
+
+
+def _texts_of_length(sentences, length, n=ONE_TASK_REQUESTS) -> list[str]:
+    """``n`` texts of exactly ``length`` characters: the sentences run together, cut in pieces."""
+    joined = "".join(s["text"] for s in sentences)
+    return [joined[i * length:(i + 1) * length] for i in range(min(n, len(joined) // length))]
+
+
+def _one_task_ms(server, texts) -> dict:
+    """p50/p95 ms of one-task ``/predict`` requests (CLUENER's labels), one text each, one client."""
+    ms = []
+    for i, text in enumerate(texts):
+        body = {"tasks": [{"id": 50_000 + i, "data": {"text": text}}], "project": "1",
+                "label_config": CLUENER_CONFIG}
+        t = time.perf_counter()
+        post(server.url + "/predict", body)
+        ms.append((time.perf_counter() - t) * 1000)
+    return {"chars": len(texts[0]), "requests": len(ms), "p50": round(common.percentile(ms, 50), 1),
+            "p95": round(common.percentile(ms, 95), 1)}
+
+
 def _compare_serving(version_dir, sentences):
-    """``/predict`` texts/s of a served scratch version with its tagger and without it."""
+    """``/predict`` texts/s of a served scratch version with its tagger and without it, and
+    its one-task p50/p95 on 50-character texts."""
     models = common.WORK / "models"
     out = {}
     for kind in ("tagger", "prompts"):
@@ -623,6 +648,7 @@ def _compare_serving(version_dir, sentences):
             server.wait()
             _served_f1(server, sentences[:64])                       # warm-up
             out[kind] = _served_f1(server, sentences)
+            out[kind]["one_task_ms"] = _one_task_ms(server, _texts_of_length(sentences, ONE_TASK_CHARS))
     out["ratio"] = round(out["tagger"]["texts_per_second"] / out["prompts"]["texts_per_second"], 2)
     log(f"scratch serving: {out}")
     return out

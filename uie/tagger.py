@@ -87,7 +87,8 @@ def build(vocab: list[str], classes, seed: int = 0, **shape) -> SpanTagger:
     if start is not None:
         tagger.embedding.weight.set_value(start)
     if gru is not None:
-        tagger.gru.set_state_dict({name: paddle.to_tensor(value) for name, value in gru.items()})
+        for name, value in gru.items():      # the GRU's flat names (its cells share these tensors)
+            getattr(tagger.gru, name).set_value(value)
     return tagger
 
 
