@@ -65,7 +65,8 @@ def main(argv=None):
                              "scratch tagger in dygraph against Paddle Inference), f1 (a job's model)")
     parser.add_argument("--scratch-parts", default="learning,filled,jobs",
                         help="scratch: which parts to run (learning: finetune.py's defaults; filled: as many "
-                             "epochs as fill --scratch-minutes; jobs: the server's jobs and serving speed)")
+                             "epochs as fill --scratch-minutes; jobs: the server's jobs and serving speed; "
+                             "serving: the serving speed alone, on the last job's version of an earlier run)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(ALL_SECTIONS)
@@ -179,6 +180,10 @@ def main(argv=None):
         if "jobs" in parts:
             sizes = (20,) if args.quick else tuple(int(n) for n in args.scratch_tasks.split(","))
             value.update(training.scratch_jobs(sizes))       # "jobs" and "serving"
+            save("scratch", value)
+        elif "serving" in parts and value.get("jobs"):
+            jobs_run = (results.get("scratch", {}).get("_run") or {}).get("date")
+            value["serving"] = dict(training.last_job_serving(value["jobs"]), jobs_run=jobs_run)
             save("scratch", value)
 
     if "annotator" in sections:
@@ -434,6 +439,9 @@ def _scratch_report(sc, previous) -> list[str]:
                   f"| prompts only (before) | {sv['prompts']['texts_per_second']} | {_f(sv['prompts']['f1'], 3)} | "
                   f"{_one_task(sv['prompts'], False)} |",
                   "", f"With the tagger: **{_f(sv['ratio'])}×** the texts/s ({_ok(sv['ratio'] >= 1.0)}). "
+                  + (f"Measured in a run of its own (`--scratch-parts serving`) on the version of the jobs' "
+                     f"run of {sv.get('jobs_run') or 'before'} (the date in the table above is this one's). "
+                     if sv.get("apart") else "") +
                   "Without it the version answers nothing: its UIE trained on no example (the tagger "
                   "answers every label of this config, so the job gave the UIE only what the tagger does "
                   "not: relations, of which CLUENER has none). The row is there for the speed.", ""]

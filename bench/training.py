@@ -571,6 +571,16 @@ def scratch_jobs(sizes=(50, 200, 1000), seeds=SCRATCH_JOB_SEEDS, compare_serving
     return out
 
 
+def last_job_serving(jobs) -> dict:
+    """``_compare_serving`` on the version of the last of ``jobs`` (an earlier ``scratch_jobs``
+    run's rows), still in the bench's work folder; ``apart``: not in the jobs' run."""
+    last = jobs[-1]
+    version = common.WORK / "serve" / f"scratch-job-{last['tasks']}-{last['seed']}" / "1" / last["version"]
+    if not version.is_dir():
+        raise FileNotFoundError(f"{version}: run --scratch-parts jobs first")
+    return dict(_compare_serving(version, learning_data()[2]), apart=True)
+
+
 def _scratch_job(sentences, name, test_sentences) -> tuple[Path, dict]:
     """One project of ``sentences`` annotated, trained by START_TRAINING on a fresh scratch
     server, its version scored on ``test_sentences``: ``(model root, row)``."""
