@@ -36,7 +36,7 @@ states in ``MODEL_DIR`` are the truth. Replicas read ``current`` on every
 request, so a new version is served everywhere next. Nothing here imports
 Paddle at import time: an RQ worker's main process forks a work horse per job.
 
-Redis outages: ``make worker`` runs ``SturdyWorker``s (``work``): heartbeats
+Redis outages: ``make worker`` runs ``SturdyWorker``s (``work``, ``service.rq_worker``): heartbeats
 that fail while a job runs are skipped, what RQ writes when a work horse ends
 waits for Redis, and where RQ's loop quits anyway a new worker starts once
 Redis answers. A work horse tolerates an unrenewable lease for a whole lease
@@ -49,7 +49,6 @@ WEBHOOK_TIMEOUT)`` on the webhook path and spool webhooks while Redis is down
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
@@ -63,6 +62,7 @@ from pathlib import Path
 from projects import is_project_name
 from settings import available_cores
 from service.jobs import TRAINING_BUCKETS, JobRunner
+from service.redis_link import connect, redis_down_errors, wait_for_redis
 
 log = logging.getLogger("job_queue")
 QUEUE = "uie-training"
@@ -75,29 +75,6 @@ ALIVE = ("queued", "started", "deferred", "scheduled")
 WEBHOOK_TIMEOUT = 0.5     # seconds: a webhook's Redis calls fail fast, then it is spooled
 WORKER_TTL = 60           # an RQ worker that stopped heartbeating is gone after WORKER_TTL + 60 s
 MONITOR_SECONDS = 10      # a busy worker's heartbeat (RQ's job_monitoring_interval; RQ's default: 30)
-
-
-def connect(url: str, timeout: float | None = None):
-    """A Redis connection for ``REDIS_URL`` (bytes in, bytes out). With ``timeout``: that
-    socket and connect timeout, no retries and no health-check round trip, so a hung or
-    unreachable Redis costs one ``timeout`` (the webhook path and ``/health``)."""
-    import redis
-
-    if timeout is None:
-        return redis.Redis.from_url(url, health_check_interval=30)
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
-                                health_check_interval=0)
-
-
-def redis_down_errors() -> tuple[type[BaseException], ...]:
-    """What an unreachable (or hung) Redis raises."""
-    from redis.exceptions import ConnectionError, TimeoutError
-
-    return (ConnectionError, TimeoutError)     # BusyLoadingError (a restart) is a ConnectionError
 
 
 class Layout:
@@ -437,6 +414,8 @@ def work(conn, queue, args, logging_level) -> int:
     again and starts a new worker (a new name: the old one may still look registered)."""
     from rq.exceptions import StopRequested
 
+    from service.rq_worker import SturdyWorker     # RQ: imported by the worker command only
+
     round_ = 0
     while True:
         name = args.name if round_ == 0 or args.name is None else f"{args.name}-{round_}"
@@ -474,124 +453,6 @@ def _stop_pubsub(worker):
     if thread is not None:
         thread.stop()
         thread.join(timeout=1)
-
-
-def wait_for_redis(conn, limit: float = 600.0, forever=False, stop=lambda: False) -> bool:
-    """Until Redis answers a PING (at most ``limit`` seconds unless ``forever``); whether it did."""
-    deadline, pause, said = time.monotonic() + limit, 0.5, False
-    while not stop():
-        try:
-            conn.ping()
-            if said:
-                log.info("Redis answers again")
-            return True
-        except redis_down_errors() as exc:
-            if not said:
-                log.warning("waiting for Redis: %s", exc)
-                said = True
-        if not forever and time.monotonic() > deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, 5.0)
-    return False
-
-
-@functools.lru_cache(maxsize=None)
-def _sturdy_worker_class():
-    """``rq.Worker`` that lives through a Redis outage while a job runs (defined on first use:
-    importing this module must not import RQ)."""
-    import errno
-
-    from rq import Worker
-    from rq.job import JobStatus
-    from rq.timeouts import HorseMonitorTimeoutException
-    from rq.utils import now
-
-    class _SturdyWorker(Worker):
-        """Heartbeats that fail while Redis is down are skipped (the work horse goes on); what
-        RQ writes when a work horse ends waits until Redis answers again."""
-
-        def _quietly(self, what, *args):
-            try:
-                what(*args)
-            except redis_down_errors() as exc:
-                self.log.warning("Worker %s: Redis unreachable (%s); the job goes on", self.name, exc)
-
-        def _until_redis(self, what, *args):
-            while True:
-                try:
-                    return what(*args)
-                except redis_down_errors() as exc:
-                    self.log.warning("Worker %s: Redis unreachable (%s); retrying", self.name, exc)
-                    wait_for_redis(self.connection, forever=True)
-
-        def heartbeat(self, timeout=None, pipeline=None):
-            """RQ's, and the worker registered again: a Redis restarted without its data
-            forgot it (``/health`` counts the registered workers)."""
-            from rq import worker_registration
-
-            super().heartbeat(timeout, pipeline)
-            worker_registration.register(self, pipeline)
-
-        def execute_job(self, job, queue):
-            self.prepare_execution(job)
-            self.fork_work_horse(job, queue)
-            self.monitor_work_horse(job, queue)
-            self._until_redis(self.set_state, "idle")
-
-        def monitor_work_horse(self, job, queue):
-            """RQ's, with heartbeats that may fail and a retried ending."""
-            retpid = ret_val = rusage = None
-            job.started_at = now()
-            while True:
-                try:
-                    with self.death_penalty_class(self.job_monitoring_interval,
-                                                  HorseMonitorTimeoutException):
-                        retpid, ret_val, rusage = self.wait_for_horse()
-                    break
-                except HorseMonitorTimeoutException:
-                    self._quietly(self.set_current_job_working_time,
-                                  (now() - job.started_at).total_seconds())
-                    if job.timeout not in (None, -1) and self.current_job_working_time > job.timeout + 60:
-                        self.kill_horse()
-                        retpid, ret_val, rusage = self.wait_for_horse()
-                        break
-                    self._quietly(self.maintain_heartbeats, job)
-                except OSError as exc:
-                    if exc.errno != errno.EINTR:
-                        raise
-                    self._quietly(self.heartbeat)
-            self._until_redis(self.set_current_job_working_time, 0)
-            self._horse_pid = 0
-            if ret_val != os.EX_OK:
-                self._until_redis(self._horse_failed, job, queue, retpid, ret_val, rusage)
-
-        def _horse_failed(self, job, queue, retpid, ret_val, rusage):
-            from rq.exceptions import InvalidJobOperation
-
-            try:
-                status = job.get_status()
-            except InvalidJobOperation:
-                return      # the job's key is gone (expired, or Redis lost its data)
-            if self._stopped_job_id == job.id:
-                self.handle_job_failure(job, queue=queue,
-                                        exc_string="Job stopped by user, work-horse terminated.")
-            elif status not in (JobStatus.FINISHED, JobStatus.FAILED):
-                job.ended_at = now()
-                signal_msg = (f" (signal {os.WTERMSIG(ret_val)})"
-                              if ret_val and os.WIFSIGNALED(ret_val) else "")
-                exc_string = (f"Work-horse terminated unexpectedly; waitpid returned "
-                              f"{ret_val}{signal_msg}; ")
-                self.log.warning("Worker %s: job %s failed (%s)", self.name, job.id, exc_string)
-                self.handle_work_horse_killed(job, retpid, ret_val, rusage)
-                self.handle_job_failure(job, queue=queue, exc_string=exc_string)
-
-    return _SturdyWorker
-
-
-def SturdyWorker(*args, **kwargs):   # noqa: N802  (a class, made on first use)
-    """``_sturdy_worker_class()(*args, **kwargs)``."""
-    return _sturdy_worker_class()(*args, **kwargs)
 
 
 def _worker_args(argv) -> argparse.Namespace:

@@ -40,17 +40,11 @@ import uuid
 from pathlib import Path
 
 from files import atomic_write_json, fsync_path
+from service.redis_link import redis_down_errors
 
 log = logging.getLogger("webhook_spool")
 SPOOL = "_spool"
 LOCK = "owner.lock"
-
-
-def redis_down_errors() -> tuple[type[BaseException], ...]:
-    """What "Redis is unreachable (or hangs)" raises: spool, don't answer 5xx."""
-    from redis.exceptions import ConnectionError, TimeoutError
-
-    return (ConnectionError, TimeoutError)     # BusyLoadingError (Redis restarting) is a ConnectionError
 
 
 class Breaker:
