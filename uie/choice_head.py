@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
+from uie.layer_files import load_state
+
 CONFIG_FILE = "choice_head.json"
 WEIGHTS_FILE = "choice_head.pdparams"
 FILES = (CONFIG_FILE, WEIGHTS_FILE)
@@ -293,18 +295,7 @@ def load(path) -> ChoiceHead | None:
         head = ChoiceHead(vocab_size, controls, **config)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ChoiceHeadError(f"{path / CONFIG_FILE}: not a choice head configuration ({exc})") from None
-    try:
-        state = paddle.load(str(path / WEIGHTS_FILE))
-    except Exception as exc:   # paddle.load raises whatever its unpickler hits
-        raise ChoiceHeadError(f"{path / WEIGHTS_FILE}: unreadable weights ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
-    if found != expected:
-        raise ChoiceHeadError(f"{path / WEIGHTS_FILE} does not fit {CONFIG_FILE}: "
-                              f"expected {len(expected)} tensors of its shapes, found {len(found)}")
-    head.set_state_dict(state)
-    head.eval()
-    return head
+    return load_state(head, path / WEIGHTS_FILE, CONFIG_FILE, ChoiceHeadError)
 
 
 # --------------------------------------------------------------------------

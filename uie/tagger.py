@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
+from uie.layer_files import load_state
+
 CONFIG_FILE = "tagger.json"
 WEIGHTS_FILE = "tagger.pdparams"
 FILES = (CONFIG_FILE, WEIGHTS_FILE)
@@ -148,18 +150,7 @@ def load(path) -> SpanTagger | None:
         tagger = SpanTagger(vocab_size, classes, **config)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TaggerError(f"{path / CONFIG_FILE}: not a tagger configuration ({exc})") from None
-    try:
-        state = paddle.load(str(path / WEIGHTS_FILE))
-    except Exception as exc:   # paddle.load raises whatever its unpickler hits
-        raise TaggerError(f"{path / WEIGHTS_FILE}: unreadable weights ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in tagger.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
-    if found != expected:
-        raise TaggerError(f"{path / WEIGHTS_FILE} does not fit {CONFIG_FILE}: "
-                          f"expected {len(expected)} tensors of its shapes, found {len(found)}")
-    tagger.set_state_dict(state)
-    tagger.eval()
-    return tagger
+    return load_state(tagger, path / WEIGHTS_FILE, CONFIG_FILE, TaggerError)
 
 
 class TaggerRunner:
