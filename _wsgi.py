@@ -599,36 +599,16 @@ def configure_logging(level: str):
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app: load the base model once, start the job runner, wire the views."""
-    from service.annotation_store import AnnotationStore
-    from service.jobs import JobRunner
     from service.model_store import ModelStore
 
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     store = ModelStore(settings)
-    if settings.redis_url:      # scale-out: jobs on RQ workers, annotations in Redis
-        from service.job_queue import WEBHOOK_TIMEOUT, connect, queue_health, queue_runner
-        from service.redis_annotation_store import RedisAnnotationStore
-        from service.webhook_spool import WebhookSpool
-
-        conn = connect(settings.redis_url)
-        conn.ping()             # fail at start, not on the first webhook
-        fast = connect(settings.redis_url, timeout=WEBHOOK_TIMEOUT)   # webhooks: fail fast, spool
-        annotations = RedisAnnotationStore(fast)
-        jobs = queue_runner(store, annotations, conn)
-        spool = WebhookSpool(store.root, apply=lambda body: _replay_webhook(app, body))
-        scale_out = {"spool": spool,
-                     "queue_health": lambda: queue_health(fast, jobs.records, spool.breaker)}
-    else:
-        annotations = AnnotationStore(store.root / "annotations.sqlite3")
-        jobs = JobRunner(store, annotations, on_finish=service.metrics.observe_training)
-        scale_out = {}
-
     app = Flask(__name__)
     app.json = JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
-    app.extensions["uie"] = {"store": store, "annotations": annotations, "jobs": jobs,
-                             "settings": settings, **scale_out}
+    parts = _scale_out_parts(app, settings, store) if settings.redis_url else _embedded_parts(store)
+    app.extensions["uie"] = {"store": store, "settings": settings, **parts}
     app.before_request(start_request)      # in this order: id, auth, content type
     app.before_request(check_auth)
     app.before_request(require_json)
@@ -639,6 +619,33 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, unexpected_error)
     app.register_blueprint(api)
     return app
+
+
+def _embedded_parts(store) -> dict:
+    """One machine: annotations in SQLite under ``MODEL_DIR``, jobs in this server's processes."""
+    from service.annotation_store import AnnotationStore
+    from service.jobs import JobRunner
+
+    annotations = AnnotationStore(store.root / "annotations.sqlite3")
+    return {"annotations": annotations,
+            "jobs": JobRunner(store, annotations, on_finish=service.metrics.observe_training)}
+
+
+def _scale_out_parts(app: Flask, settings: Settings, store) -> dict:
+    """``REDIS_URL`` set: annotations in Redis, jobs on RQ workers, webhooks spooled on disk
+    while Redis is down; Redis must answer at start (not on the first webhook)."""
+    from service.job_queue import WEBHOOK_TIMEOUT, connect, queue_health, queue_runner
+    from service.redis_annotation_store import RedisAnnotationStore
+    from service.webhook_spool import WebhookSpool
+
+    conn = connect(settings.redis_url)
+    conn.ping()
+    fast = connect(settings.redis_url, timeout=WEBHOOK_TIMEOUT)   # webhooks: fail fast, spool
+    annotations = RedisAnnotationStore(fast)
+    jobs = queue_runner(store, annotations, conn)
+    spool = WebhookSpool(store.root, apply=lambda body: _replay_webhook(app, body))
+    return {"annotations": annotations, "jobs": jobs, "spool": spool,
+            "queue_health": lambda: queue_health(fast, jobs.records, spool.breaker)}
 
 
 _app = None
