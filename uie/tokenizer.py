@@ -54,6 +54,23 @@ def _is_chinese_char(cp):
             or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
+_SKIP, _SPACE, _ALONE, _IN_WORD = "skip", "space", "alone", "in word"
+
+
+@lru_cache(maxsize=65536)
+def _char_kind(ch) -> str:
+    """How BasicTokenizer treats ``ch``: dropped, a word boundary, a token of its own (CJK,
+    punctuation, symbols) or part of a word."""
+    cp = ord(ch)
+    if cp == 0 or cp == 0xFFFD or _is_control(ch):
+        return _SKIP
+    if _is_whitespace(ch):
+        return _SPACE
+    if _is_chinese_char(cp) or _is_punctuation(ch) or _is_symbol(ch):
+        return _ALONE
+    return _IN_WORD
+
+
 def scratch_vocab() -> list[str]:
     """The fixed character vocabulary of a scratch UIE: CJK, ASCII, punctuation."""
     tokens = list(SPECIAL_TOKENS)
@@ -142,53 +159,44 @@ class OffsetTokenizer:
         return tuple(pieces)
 
     def tokenize(self, text: str):
-        ids, starts, ends = [], [], []
+        ids, starts, ends = tokens = ([], [], [])
         word, where = [], []   # normalised characters of the current word, their text index
-
-        def flush():
-            if not word:
-                return
-            joined = "".join(word)
-            # position in the normalised word -> index in text
-            index = [i for piece, i in zip(word, where) for _ in piece]
-            cached = len(joined) <= WORD_CACHE_CHARS
-            for tid, s, e in (self._wordpiece if cached else self._wordpiece_uncached)(joined):
-                ids.append(tid)
-                starts.append(index[s])
-                ends.append(index[e - 1] + 1)
-            word.clear()
-            where.clear()
-
-        vocab = self.vocab
         for i, ch in enumerate(text):
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or _is_control(ch):
+            kind = _char_kind(ch)
+            if kind is _SKIP:
                 continue
-            if _is_whitespace(ch):
-                flush()
+            if kind is not _IN_WORD:            # a space or a character alone ends a word
+                self._add_word(tokens, word, where)
+            normed = self._norm(ch) if kind is not _SPACE else ""
+            if not normed:
                 continue
-            if _is_chinese_char(cp) or _is_punctuation(ch) or _is_symbol(ch):
-                flush()
-                normed = self._norm(ch)
-                if normed:
-                    tid = vocab.get(normed)
-                    if tid is None:
-                        word.append(normed)
-                        where.append(i)
-                        flush()
-                    else:
-                        ids.append(tid)
-                        starts.append(i)
-                        ends.append(i + 1)
-                continue
-            normed = self._norm(ch)
-            if normed:
+            if kind is _IN_WORD:
                 word.append(normed)
                 where.append(i)
-            elif not word:
-                continue
-        flush()
+            elif (tid := self.vocab.get(normed)) is not None:   # CJK, punctuation, symbols
+                ids.append(tid)
+                starts.append(i)
+                ends.append(i + 1)
+            else:
+                self._add_word(tokens, [normed], [i])
+        self._add_word(tokens, word, where)
         return ids, starts, ends
+
+    def _add_word(self, tokens, word: list[str], where: list[int]):
+        """Append the pieces of ``word`` (normalised characters at text indices ``where``)
+        to ``tokens``, then empty ``word`` and ``where``."""
+        if not word:
+            return
+        ids, starts, ends = tokens
+        joined = "".join(word)
+        index = [i for piece, i in zip(word, where) for _ in piece]   # normalised position -> text index
+        split = self._wordpiece if len(joined) <= WORD_CACHE_CHARS else self._wordpiece_uncached
+        for tid, s, e in split(joined):
+            ids.append(tid)
+            starts.append(index[s])
+            ends.append(index[e - 1] + 1)
+        word.clear()
+        where.clear()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenize(text)[0]
