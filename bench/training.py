@@ -249,7 +249,7 @@ RECIPES = [
     {"name": "neg3-h256-4heads", "negatives": 3, "shape": {"hidden_size": 256, "num_hidden_layers": 4,
                                                            "num_attention_heads": 4, "intermediate_size": 1024}},
     {"name": "neg3-lr2e-3", "negatives": 3, "learning_rate": 2e-3},
-    # The auxiliary tagging loss (finetune.encode_tagging) with negatives drawn anew each epoch.
+    # The auxiliary tagging loss (train_inputs.encode_tagging) with negatives drawn anew each epoch.
     # Measured with the throwaway tagging head of the time; since issue 12 a tagging weight
     # trains the span tagger (span_tagger.py) instead, which then answers the labels.
     {"name": "tag-neg3", "max_negatives": 3, "tagging_weight": 1.0},

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (FOUNDER, ORG, PERSON, RELATION_CASES, TOPIC_CASES, TOPICS, annotation_result, wait_job)
+from uie import train_inputs
 
 CHOICES_CONFIG = ('<View><Text name="text" value="$text"/>'
                   '<Choices name="topic" toName="text" predicted_values="主题">'
@@ -94,7 +95,6 @@ def test_choices_results_become_doccano_choices_and_paddlenlp_labels():
 
 
 def test_a_job_builds_classification_examples_beside_the_span_ones():
-    import finetune
     from train_job import build_examples
     from uie.tokenizer import OffsetTokenizer, scratch_vocab
 
@@ -117,8 +117,8 @@ def test_a_job_builds_classification_examples_beside_the_span_ones():
     assert sum(ex["prompt"] == PERSON for ex in examples.train) == len(TOPIC_CASES)   # negatives too
 
     tokenizer = OffsetTokenizer({t: i for i, t in enumerate(scratch_vocab())})
-    assert finetune.tagger_classes(examples.train, 64) == [PERSON]     # a cls prompt is never a class
-    (x,) = finetune.encode_examples([cls[0]], tokenizer, 64)
+    assert train_inputs.tagger_classes(examples.train, 64) == [PERSON]     # a cls prompt is never a class
+    (x,) = train_inputs.encode_examples([cls[0]], tokenizer, 64)
     assert x.classifies and [tokenizer.encode(cls[0]["prompt"])[p - 1] for p in x.starts + x.ends] == \
         tokenizer.encode(cls[0]["result_list"][0]["text"])
 

@@ -1,6 +1,6 @@
 """Learning from the annotator's corrections (issue 20): what /predict suggested is remembered,
 a suggested region the annotation deletes or relabels is a known false positive, and the
-next job trains it as an emphasised negative (finetune.CORRECTION_WEIGHT)."""
+next job trains it as an emphasised negative (uie.train_inputs.CORRECTION_WEIGHT)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import service.annotation_store
 import service.redis_annotation_store
 from service.corrections import find_corrections, suggested_items
 from train_job import add_corrections, build_examples
+from uie import train_inputs
 
 from helpers import LABEL_CONFIG, PERSON, PLACE, annotated_tasks, spans_in, spans_of, wait_job, webhook_body
 
@@ -209,23 +210,23 @@ def test_finetune_weighs_the_corrected_tokens_for_the_uie_and_the_tagger(scratch
     tokenizer = uie.checkpoint.load_tokenizer(scratch_small)
     ex = {"content": "郑十爱吃北京烤鸭。", "prompt": PLACE, "result_list": [], "negatives": [[4, 6]]}
     plain = dict(ex, negatives=[], prompt=PERSON, result_list=[{"text": "郑十", "start": 0, "end": 2}])
-    encoded = finetune.encode_examples([ex, plain], tokenizer, 48)
-    _, _, _, _, start_t, end_t = finetune.to_tensors(encoded, tokenizer.pad_id)
-    start_w, end_w = (w.numpy() for w in finetune.correction_weights(
+    encoded = train_inputs.encode_examples([ex, plain], tokenizer, 48)
+    _, _, _, _, start_t, end_t = train_inputs.to_tensors(encoded, tokenizer.pad_id)
+    start_w, end_w = (w.numpy() for w in train_inputs.correction_weights(
         encoded, start_t.shape, start_t.numpy(), end_t.numpy()))
     first = encoded[0].input.content_start
     assert np.argwhere(start_w != 1).tolist() == [[0, first + 4]]
     assert np.argwhere(end_w != 1).tolist() == [[0, first + 5]]
-    assert start_w[0, first + 4] == finetune.CORRECTION_WEIGHT
-    assert finetune.correction_weights(encoded[1:], start_t.shape, start_t.numpy(), end_t.numpy()) is None
+    assert start_w[0, first + 4] == train_inputs.CORRECTION_WEIGHT
+    assert train_inputs.correction_weights(encoded[1:], start_t.shape, start_t.numpy(), end_t.numpy()) is None
 
-    classes, tagging = finetune.encode_tagging([ex, plain], tokenizer, 48)
+    classes, tagging = train_inputs.encode_tagging([ex, plain], tokenizer, 48)
     [item] = tagging
     k = classes.index(PLACE)
     assert item.not_starts == ((item.input.content_start + 4, k),)
     assert item.not_ends == ((item.input.content_start + 5, k),)
     # an example with a correction is never left out by max_negatives
-    assert finetune.sample_negatives([ex, dict(ex, negatives=[])], [0, 1], 0, random.Random(0)) == [0]
+    assert train_inputs.sample_negatives([ex, dict(ex, negatives=[])], [0, 1], 0, random.Random(0)) == [0]
 
 
 # -- (c) the headline: a version trained on a deleted suggestion no longer suggests it ----------------
@@ -265,7 +266,7 @@ def test_a_version_trained_on_a_deleted_suggestion_no_longer_suggests_it(make_ap
 
     after = predict({"id": 99, "data": {"text": DUCK[0]}})
     assert after["model_version"] == done["model_version"]
-    assert wrong not in spans_of(after), f"weight {finetune.CORRECTION_WEIGHT}: still suggested: {after}"
+    assert wrong not in spans_of(after), f"weight {train_inputs.CORRECTION_WEIGHT}: still suggested: {after}"
     elsewhere = predict({"id": 98, "data": {"text": ELSEWHERE}})
     assert (PLACE, 4, 6) in spans_of(elsewhere), elsewhere
 

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+from uie import train_inputs
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,13 @@ def tokenizer(scratch_small):
 
 
 def test_tagging_marks_every_prompts_spans_in_one_prompt_free_input(tokenizer):
-    import finetune
-
     text = "张三在北京工作。"
     examples = [
         {"content": text, "prompt": PERSON, "result_list": [{"text": "张三", "start": 0, "end": 2}]},
         {"content": text, "prompt": PLACE, "result_list": [{"text": "北京", "start": 3, "end": 5}]},
         {"content": "今天很好。", "prompt": PLACE, "result_list": []},
     ]
-    classes, encoded = finetune.encode_tagging(examples, tokenizer, 64)
+    classes, encoded = train_inputs.encode_tagging(examples, tokenizer, 64)
     assert sorted(classes) == sorted([PERSON, PLACE])
     assert len(encoded) == 2                       # one input per content, not per prompt
     seq, c0 = encoded[0].input.ids, encoded[0].input.content_start
@@ -41,18 +40,14 @@ def test_tagging_marks_every_prompts_spans_in_one_prompt_free_input(tokenizer):
 
 
 def test_tagging_windows_long_contents_like_prediction(tokenizer):
-    import finetune
-
     examples = uie_examples(EDGE_CASES[5:6])          # the long text with spans far apart
-    _, encoded = finetune.encode_tagging(examples, tokenizer, SEQ_LEN)
+    _, encoded = train_inputs.encode_tagging(examples, tokenizer, SEQ_LEN)
     assert len(encoded) > 1 and all(len(x.input.ids) <= SEQ_LEN for x in encoded)
     marked = sum(len(x.starts) for x in encoded)
     assert marked >= 4                                  # every span lies whole in some window
 
 
 def test_negatives_are_capped_per_content_and_drawn_anew(tokenizer):
-    import finetune
-
     prompts = [f"标签{k}" for k in range(8)]
     examples = []
     for n, (text, spans) in enumerate(EDGE_CASES[:4]):
@@ -60,10 +55,10 @@ def test_negatives_are_capped_per_content_and_drawn_anew(tokenizer):
             result = [{"text": text[s:e], "start": s, "end": e} for _, s, e in spans] if k == n else []
             examples.append({"content": text, "prompt": prompt, "result_list": result})
     origins = []
-    encoded = finetune.encode_examples(examples, tokenizer, 128, origins)
+    encoded = train_inputs.encode_examples(examples, tokenizer, 128, origins)
     assert len(origins) == len(encoded) == len(examples)
     rng = random.Random(0)
-    draws = [finetune.sample_negatives(examples, origins, 2, rng) for _ in range(5)]
+    draws = [train_inputs.sample_negatives(examples, origins, 2, rng) for _ in range(5)]
     for kept in draws:
         chosen = [examples[origins[k]] for k in kept]
         assert sum(1 for ex in chosen if ex["result_list"]) == 4          # every positive, every time

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from helpers import REPO, SEQ_LEN, uie_examples
+from uie import train_inputs
 
 
 def write(examples, path):
@@ -45,13 +46,12 @@ def test_the_cli_runs_under_the_launcher_on_two_cpu_processes(tmp_path, scratch_
     metrics = json.loads((save / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 3
     # both processes took the same number of steps, each on its share of the batches
-    import finetune
     import uie.checkpoint
 
     tokenizer = uie.checkpoint.load_tokenizer(scratch_small)
     # a scratch model's epoch is one pass of its span tagger over the texts (the UIE has no
     # example of its own: the tagger answers both labels)
-    inputs = len(finetune.encode_tagging(uie_examples(), tokenizer, SEQ_LEN)[1])
+    inputs = len(train_inputs.encode_tagging(uie_examples(), tokenizer, SEQ_LEN)[1])
     per_process = -(-inputs // 4) // 2       # ceil(inputs / batch) batches, shared by 2
     assert metrics["steps"] == 3 * per_process and metrics["train_inputs"] == 0
     assert (save / "model_best" / "tagger.pdparams").is_file()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
+from uie import train_inputs
 
 OTHER = "其他"
 
@@ -144,21 +145,18 @@ def test_a_damaged_tagger_does_not_load(tagged, tmp_path, damage):
 
 
 def test_relation_prompts_are_no_tagger_class():
-    import finetune
-
     text = "张三出生于北京。"
     examples = [{"content": text, "prompt": PERSON, "result_list": [{"text": "张三", "start": 0, "end": 2}]},
                 {"content": text, "prompt": PLACE, "result_list": [{"text": "北京", "start": 5, "end": 7}]},
                 {"content": text, "prompt": "张三的出生地", "result_list": [{"text": "北京", "start": 5, "end": 7}]},
                 {"content": text, "prompt": "birthplace of 张三", "result_list": []}]
-    assert finetune.relation_prompts(examples) == {"张三的出生地", "birthplace of 张三"}
+    assert train_inputs.relation_prompts(examples) == {"张三的出生地", "birthplace of 张三"}
 
 
 def test_other_entity_relation_negatives_are_no_tagger_class():
     """PaddleNLP's "other entity" relation negatives ask a relation of an entity of another
     text: with ``subject_labels`` (organisations), a person in no relation (张三, 李四, ...) is
     asked so only on other texts, where it is no span; still no tagger class."""
-    import finetune
     from helpers import FOUNDER, ORG, RELATION_CASES, RELATION_CONFIG, relation_tasks
     from train_job import build_examples
 
@@ -168,8 +166,8 @@ def test_other_entity_relation_negatives_are_no_tagger_class():
     foreign = {ex["prompt"] for ex in train if ex["prompt"].endswith("的" + FOUNDER)
                and ex["prompt"][:-len(FOUNDER) - 1] not in ex["content"]}
     assert {"张三的" + FOUNDER, "李四的" + FOUNDER} <= foreign     # the case: such negatives exist
-    assert foreign <= finetune.relation_prompts(train)
-    assert finetune.tagger_classes(train, 64) == [PERSON, ORG]
+    assert foreign <= train_inputs.relation_prompts(train)
+    assert train_inputs.tagger_classes(train, 64) == [PERSON, ORG]
     # the English form, an entity of another text only
     text, other = "Alice founded Acme.", "Bob lives in Paris."
     examples = [{"content": text, "prompt": "person", "result_list": [{"text": "Alice", "start": 0, "end": 5}]},
@@ -177,8 +175,8 @@ def test_other_entity_relation_negatives_are_no_tagger_class():
                 {"content": text, "prompt": "company", "result_list": [{"text": "Acme", "start": 14, "end": 18}]},
                 {"content": text, "prompt": "founder of Acme", "result_list": [{"text": "Alice", "start": 0, "end": 5}]},
                 {"content": text, "prompt": "founder of Bob", "result_list": []}]
-    assert finetune.relation_prompts(examples) == {"founder of Acme", "founder of Bob"}
-    assert finetune.tagger_classes(examples, 64) == ["person", "company"]
+    assert train_inputs.relation_prompts(examples) == {"founder of Acme", "founder of Bob"}
+    assert train_inputs.tagger_classes(examples, 64) == ["person", "company"]
 
 
 def test_a_served_tagger_runs_on_paddle_inference_with_dygraphs_answers(tagged, tmp_path, caplog):

@@ -14,6 +14,7 @@ from helpers import EDGE_CASES, PERSON, PLACE, SEQ_LEN, uie_examples
 import uie.checkpoint
 import uie.predictor
 import uie.tokenizer
+from uie import train_inputs
 
 QUERIES = [(text, [PERSON, PLACE]) for text, _ in EDGE_CASES]
 
@@ -95,10 +96,8 @@ def test_serving_inputs_are_the_windows_of_every_prompt(predictor, tokenizer):
 
 
 def test_training_inputs_are_the_windows_serving_uses(tokenizer):
-    import finetune
-
     examples = uie_examples()
-    encoded = finetune.encode_examples(examples, tokenizer, SEQ_LEN)
+    encoded = train_inputs.encode_examples(examples, tokenizer, SEQ_LEN)
     got = training_inputs(encoded)
     want = []
     for ex in examples:
@@ -106,7 +105,7 @@ def test_training_inputs_are_the_windows_serving_uses(tokenizer):
             hi = lo + len(ids) - c0 - 1
             starts, ends = [], []
             for r in ex["result_list"]:
-                first, last = finetune.token_span(*tokenizer.tokenize(ex["content"])[1:],
+                first, last = train_inputs.token_span(*tokenizer.tokenize(ex["content"])[1:],
                                                   r["start"], r["end"])
                 if lo <= first and last < hi:
                     starts.append(c0 + first - lo)
@@ -142,36 +141,31 @@ def test_serving_feeds_the_model_the_same_arrays(predictor, monkeypatch):
 
 
 def test_training_feeds_the_model_the_same_arrays(tokenizer):
-    import finetune
-
-    encoded = finetune.encode_examples(uie_examples(), tokenizer, SEQ_LEN)
+    encoded = train_inputs.encode_examples(uie_examples(), tokenizer, SEQ_LEN)
     arrays = []
     for b in range(0, len(encoded), 8):
-        arrays += [t.numpy() for t in finetune.to_tensors(encoded[b: b + 8], tokenizer.pad_id)]
+        arrays += [t.numpy() for t in train_inputs.to_tensors(encoded[b: b + 8], tokenizer.pad_id)]
     assert digest(arrays) == TRAINING_ARRAYS
 
 
 def test_tagging_feeds_the_model_the_same_arrays(tokenizer):
-    import finetune
-
-    classes, encoded = finetune.encode_tagging(uie_examples(), tokenizer, SEQ_LEN)
+    classes, encoded = train_inputs.encode_tagging(uie_examples(), tokenizer, SEQ_LEN)
     arrays = []
     for b in range(0, len(encoded), 3):
-        arrays += [t.numpy() for t in finetune.tagging_tensors(encoded[b: b + 3], tokenizer.pad_id,
+        arrays += [t.numpy() for t in train_inputs.tagging_tensors(encoded[b: b + 3], tokenizer.pad_id,
                                                                 len(classes))]
     assert digest(arrays) == TAGGING_ARRAYS
 
 
 def test_prompts_of_different_lengths_get_the_windows_training_uses(predictor, tokenizer):
     """One budget rule: each prompt's windows depend on its own length, as in training."""
-    import finetune
 
     text = EDGE_CASES[5][0]
     prompts = ["人", "一个很长的提示词" * 4]     # the second one is cut to SEQ_LEN // 2 tokens
     got = serving_inputs(predictor, [(text, prompts)])
     for prompt in prompts:
         served = [(ids, c0) for _, p, ids, c0, *_ in got if p == prompt]
-        trained = [(list(x.input.ids), x.input.content_start) for x in finetune.encode_examples(
+        trained = [(list(x.input.ids), x.input.content_start) for x in train_inputs.encode_examples(
             [{"content": text, "prompt": prompt, "result_list": []}], tokenizer, SEQ_LEN)]
         assert served == trained
         assert served == [(ids, c0) for ids, c0, *_ in expected_inputs(tokenizer, text, prompt, SEQ_LEN)]

@@ -146,7 +146,7 @@ class ChoiceInput:
 
     @property
     def input(self):
-        """Its longest window (what ``finetune.batches`` buckets by)."""
+        """Its longest window (what ``uie.train_inputs.batches`` buckets by)."""
         return max(self.windows, key=lambda x: len(x.ids))
 
 
