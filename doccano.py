@@ -532,7 +532,7 @@ def convert_doccano(
 
     ``split_of(record)`` (0 train, 1 dev, 2 test), when given, puts each record in its split
     in place of cutting the shuffled records by ``splits``: a training job's held-out tasks
-    stay held out as the project grows (``train_job.held_out_split``).
+    stay held out as the project grows (``training_examples.held_out_split``).
     """
     relation_negative_ratio, asked_relations = _checked_options(
         task_type, schema_lang, negative_ratio, relation_negative_ratio, asked_relations

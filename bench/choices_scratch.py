@@ -3,7 +3,7 @@
 A classification derived from the CLUENER sample (tests/fixtures/cluener/train-1000.json):
 does the sentence name a person (a ``name`` entity)? ``<Choices name="person"
 predicted_values="人名">`` with the choices 有 / 无. The first 800 sentences are annotated
-tasks, trained as a server job trains them (``train_job.build_examples``: 20 % held out to
+tasks, trained as a server job trains them (``training_examples.build_examples``: 20 % held out to
 pick the checkpoint; ``finetune`` with a scratch model's defaults); the last 200 are the test
 set, predicted as ``/predict`` predicts them (``choices.py``). A test sentence is right when
 the one choice predicted is its annotation (no choice counts as wrong).
@@ -129,14 +129,14 @@ def main():
     parser.add_argument("--seed", type=int, default=1000)
     args = parser.parse_args()
     import finetune
-    import train_job
+    import training_examples
     import uie.checkpoint
 
     data = cases()
     train_cases, test = data[:args.train], data[800:]
     work = Path(tempfile.mkdtemp(prefix="choices-bench-"))
     base = uie.checkpoint.build_scratch(work / "scratch")
-    examples = train_job.build_examples(tasks_of(train_cases), CONFIG, min_dev_tasks=50)
+    examples = training_examples.build_examples(tasks_of(train_cases), CONFIG, min_dev_tasks=50)
     if args.pooled:
         acc, seconds, dev_acc = pooled(examples, test)
         print(json.dumps({"pooled_classifier": True, "test_accuracy": round(acc, 3), "seconds": round(seconds, 1),

@@ -19,7 +19,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 import service.metrics
 from label_config import LabelConfigError
 from my_ml_backend import UIEBackend
-from projects import project_key
+from service.projects import project_key
 from service.request_guards import credentials_match, json_body, parts
 
 log = logging.getLogger("uie-backend")
@@ -28,7 +28,7 @@ api = Blueprint("uie", __name__)
 
 # -- what the views share ------------------------------------------------------------
 def project_of(raw) -> str:
-    """The project a request names (``projects.project_key``); 400 when it names none."""
+    """The project a request names (``service.projects.project_key``); 400 when it names none."""
     try:
         return project_key(raw)
     except ValueError as exc:

@@ -7,7 +7,7 @@ suggested region, or gave it another label, corrected it, and so did one that do
 a suggested relation between the regions at its subject's and object's offsets:
 ``find_corrections`` lists those regions and relations, and the next training job weighs
 them as negatives of their label on their text, or of the relation's prompt for its subject
-(``train_job.add_corrections``, ``uie.train_inputs.CORRECTION_WEIGHT``).
+(``training_examples.add_corrections``, ``uie.train_inputs.CORRECTION_WEIGHT``).
 """
 
 from __future__ import annotations

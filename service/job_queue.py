@@ -59,7 +59,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from projects import is_project_name
+from service.projects import is_project_name
 from settings import available_cores
 from service.jobs import TRAINING_BUCKETS, JobRunner
 from service.redis_link import connect, redis_down_errors, wait_for_redis

@@ -456,7 +456,7 @@ def _version_meta(project, job_id, spec: JobSpec, result: dict) -> dict:
         # (train_job.refits): the held-out texts it saw, which the next job does not score it on
         "refit": result.get("refit"),
         # the labels, relations and Choices options with a positive training example
-        # (train_job.trained_labels): ModelStore.labels_without_examples
+        # (training_examples.trained_labels): ModelStore.labels_without_examples
         "trained_labels": result.get("trained_labels"),
         # the job's INT8 check (train_job._check_int8): INFERENCE_PRECISION=auto serves INT8
         # only where "served" is true (uie.int8.checked_reason)

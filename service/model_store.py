@@ -11,7 +11,8 @@ A version directory only ever appears by ``os.rename`` of a complete,
 validated directory whose files were synced to disk (``files.py``), so nothing
 half-written is loaded, even after a power loss; its ``meta.json`` records a
 checksum of its weights and of its span tagger's files (or that it has none),
-checked on load: a version without them, or whose files differ, is refused.
+checked on load (``service.version_files``): a version without them, or whose files
+differ, is refused.
 A version loaded on dygraph (its UIE or its span tagger) because its static export is
 missing or damaged has the export rebuilt in the background (``_rebuild_export``). Every process reads ``current`` on
 each request, so all gunicorn workers switch to a new version without a
@@ -28,12 +29,8 @@ disk, and each process keeps at most ``MAX_LOADED_MODELS`` models loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -44,181 +41,15 @@ from pathlib import Path
 
 import files
 import uie.checkpoint
-import uie.choice_head
 import uie.engine
 import uie.tagger
-from projects import is_project_name
+from service import version_files
+from service.projects import is_project_name
+from training_examples import untrained_labels
 from uie.checkpoint import ModelLoadError, ModelSource
 from uie.predictor import UIEPredictor
 
 log = logging.getLogger(__name__)
-
-VERSION_RE = re.compile(r"^v(\d+)-\d{8}-\d{6}$")
-
-
-def version_number(version: str) -> int:
-    """The ``N`` of a version name ``vN-YYYYmmdd-HHMMSS``."""
-    return int(VERSION_RE.match(version).group(1))
-
-
-def weights_checksum(path) -> str:
-    """sha256 of a model directory's ``model_state.pdparams``."""
-    h = hashlib.sha256()
-    with open(Path(path) / "model_state.pdparams", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_meta(version_dir: Path) -> dict:
-    """A version's ``meta.json``; ``ModelLoadError`` if it is missing or not a JSON object."""
-    return files.read_json_object(Path(version_dir) / "meta.json", error=ModelLoadError)
-
-
-def check_weights(version_dir) -> None:
-    """``ModelLoadError`` unless the files match what ``meta.json`` records: the sha256 of
-    the weights (a ``meta.json`` without it is refused), and the span tagger and the choice
-    head: none where it records none, else both of the head's files with the recorded sha256."""
-    meta = read_meta(version_dir)
-    expected = meta.get("weights_sha256")
-    if not isinstance(expected, str) or not expected:
-        raise ModelLoadError("its meta.json records no weights_sha256")
-    if weights_checksum(version_dir) != expected:
-        raise ModelLoadError("its weights do not match the checksum in meta.json")
-    _check_tagger(Path(version_dir), meta)
-    _check_recorded_files(Path(version_dir), meta.get("choice_head"), uie.choice_head.FILES, "choice head")
-
-
-def tagger_record(model_dir) -> dict | None:
-    """What ``meta.json`` records of a model directory's span tagger: its classes and the
-    sha256 of each of its files (None: it has none)."""
-    present = [name for name in uie.tagger.FILES if (Path(model_dir) / name).exists()]
-    if not present:
-        return None
-    record = {"sha256": {name: uie.tagger.file_checksum(Path(model_dir) / name) for name in present}}
-    try:
-        config = json.loads((Path(model_dir) / uie.tagger.CONFIG_FILE).read_text(encoding="utf-8"))
-        record["classes"] = list(config["classes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass    # refused at load
-    return record
-
-
-def head_record(model_dir) -> dict | None:
-    """What ``meta.json`` records of a model directory's choice head (``uie.choice_head``):
-    the sha256 of each of its files (None: it has none)."""
-    present = [name for name in uie.choice_head.FILES if (Path(model_dir) / name).exists()]
-    if not present:
-        return None
-    return {"sha256": {name: uie.tagger.file_checksum(Path(model_dir) / name) for name in present}}
-
-
-def untrained_labels(label_config: str, trained: dict) -> dict:
-    """The labels, relations and Choices options (values) of ``label_config`` that
-    ``trained`` (``train_job.trained_labels``: what a version has training examples of) does
-    not name: ``{"labels": [...], "relations": [...], "choices": {Choices name: [values]}}``,
-    in the config's order (a Choices without any missing left out)."""
-    from label_config import LabelConfigError, parse_choices, parse_label_config, parse_relations
-
-    def parsed(parse) -> tuple:
-        try:
-            return tuple(parse(label_config))
-        except LabelConfigError:
-            return ()
-
-    def named(key) -> set:
-        value = trained.get(key)
-        return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
-
-    chosen = trained.get("choices") if isinstance(trained.get("choices"), dict) else {}
-    labels, relations = named("labels"), named("relations")
-    choices = {}
-    for control in parsed(parse_choices):
-        known = chosen.get(control.from_name)
-        known = set(known) if isinstance(known, list) else set()
-        if missing := [value for value, _ in control.choices if value not in known]:
-            choices[control.from_name] = missing
-    return {"labels": list(dict.fromkeys(label for c in parsed(parse_label_config) for label, _ in c.labels
-                                         if label not in labels)),
-            "relations": list(dict.fromkeys(r.value for r in parsed(parse_relations) if r.value not in relations)),
-            "choices": choices}
-
-
-def _check_tagger(version_dir: Path, meta: dict) -> None:
-    """``ModelLoadError`` unless the tagger files are those ``meta.json`` records.
-
-    A version promoted before taggers were recorded (no ``tagger`` key) must hold both
-    files or neither, and both when its ``training_metrics.json`` names tagger classes.
-    """
-    present = {name for name in uie.tagger.FILES if (version_dir / name).exists()}
-    if "tagger" not in meta:
-        if present and present != set(uie.tagger.FILES):
-            raise ModelLoadError(f"its span tagger is incomplete: {', '.join(sorted(set(uie.tagger.FILES) - present))} missing")
-        if not present and _trained_tagger_classes(version_dir):
-            raise ModelLoadError(f"its span tagger is missing ({', '.join(uie.tagger.FILES)})")
-        return
-    _check_recorded_files(version_dir, meta["tagger"], uie.tagger.FILES, "span tagger")
-
-
-def _check_recorded_files(version_dir: Path, record, names, what: str) -> None:
-    """``ModelLoadError`` unless the files ``names`` of a head (``what``: the span tagger,
-    the choice head) are those ``record`` (``meta.json``'s) has the sha256 of; with no
-    record (None), none of them may be there."""
-    present = {name for name in names if (version_dir / name).exists()}
-    if record is None:
-        if present:
-            raise ModelLoadError(f"it holds {what} files ({', '.join(sorted(present))}) "
-                                 "that its meta.json does not record")
-        return
-    sums = record.get("sha256") if isinstance(record, dict) else None
-    if not isinstance(sums, dict) or set(sums) != set(names):
-        raise ModelLoadError(f"its meta.json records no valid {what} checksums")
-    for name in names:
-        if name not in present:
-            raise ModelLoadError(f"its {what} file {name} is missing")
-        if uie.tagger.file_checksum(version_dir / name) != sums[name]:
-            raise ModelLoadError(f"its {what} file {name} does not match the checksum in meta.json")
-
-
-def _trained_tagger_classes(version_dir: Path) -> list:
-    try:
-        metrics = json.loads((version_dir / "training_metrics.json").read_text(encoding="utf-8"))
-        return list(metrics.get("tagger_classes") or []) if isinstance(metrics, dict) else []
-    except (OSError, ValueError, TypeError):
-        return []
-
-
-def _signature(path) -> tuple:
-    """What a model directory's files look like now (to retry a failed load only after a change)."""
-    out = []
-    for name in ("meta.json", *uie.checkpoint.MODEL_FILES, *uie.tagger.FILES, *uie.choice_head.FILES):
-        try:
-            st = (Path(path) / name).stat()
-            out.append((name, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((name, None, None))
-    return tuple(out)
-
-
-def _parse_current(raw: bytes) -> tuple[str | None, str | None]:
-    """``(version, None)`` for the bytes of a ``current`` file, or ``(None, why not)``."""
-    try:
-        name = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return None, "'current' is not UTF-8 text"
-    if not VERSION_RE.match(name):
-        return None, f"'current' holds {name[:80]!r}, which is not a version name"
-    return name, None
-
-
-def _stage_version(tmp: Path, checkpoint: Path, meta: dict) -> None:
-    """A copy of ``checkpoint`` with ``meta.json`` (and its weights' checksum) at ``tmp``."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint, tmp)    # with its static export, if the job made one
-    meta = dict(meta, weights_sha256=weights_checksum(tmp), tagger=tagger_record(tmp),
-                choice_head=head_record(tmp))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
 
 def _export_problem(predictor: UIEPredictor) -> str:
     """Why ``predictor``'s UIE or span tagger runs on dygraph because of its static export
@@ -227,12 +58,6 @@ def _export_problem(predictor: UIEPredictor) -> str:
     if predictor.engine.name == "dygraph" and predictor.engine.reason:
         return predictor.engine.reason
     return f"its span tagger: {tagger_reason}" if tagger_reason else ""
-
-
-def _delete_version(pdir: Path, version: str) -> None:
-    doomed = pdir / f".tmp-deleted-{version}"
-    os.rename(pdir / version, doomed)   # gone at once for every reader
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -400,7 +225,7 @@ class ModelStore:
             return None, None
         except OSError as exc:
             return None, f"'current' cannot be read ({exc.strerror or exc})"
-        name, problem = _parse_current(raw)
+        name, problem = version_files.parse_current(raw)
         if name and not (self.project_dir(project) / name / "meta.json").is_file():
             return None, f"'current' names {name}, which is not a complete version"
         return name, problem
@@ -411,7 +236,7 @@ class ModelStore:
     def _load_version(self, project: str, version: str) -> LiveModel:
         """A version, loaded; a version that failed is not retried until its files change."""
         path = str(self.project_dir(project) / version)
-        signature = _signature(path)
+        signature = version_files.signature(path)
         with self._lock:
             failed = self._failed.get(path)
         if failed and failed[0] == signature:
@@ -429,7 +254,7 @@ class ModelStore:
         predictor = self._cached(path)
         if predictor is not None:
             return predictor
-        check_weights(path)
+        version_files.check_weights(path)
         predictor = self.predictor(path)
         self._rebuild_export(path, predictor)
         return predictor
@@ -603,10 +428,10 @@ class ModelStore:
             serving = path in self._predictors
         if serving:
             return True
-        if failed and failed[0] == _signature(path):
+        if failed and failed[0] == version_files.signature(path):
             return False
         try:
-            meta = read_meta(path)
+            meta = version_files.read_meta(path)
         except ModelLoadError:
             return False
         if not meta.get("weights_sha256"):
@@ -622,16 +447,16 @@ class ModelStore:
         pdir = self.project_dir(project)
         children = sorted(pdir.iterdir()) if pdir.is_dir() else []
         out = [meta for child in children if (meta := self._version_meta(project, child))]
-        out.sort(key=lambda m: version_number(m["model_version"]))
+        out.sort(key=lambda m: version_files.version_number(m["model_version"]))
         return out
 
     @staticmethod
     def _version_meta(project: str, child: Path) -> dict | None:
         """The ``meta.json`` of a version directory, with its name; None for anything else."""
-        if not (VERSION_RE.match(child.name) and (child / "meta.json").is_file()):
+        if not (version_files.VERSION_RE.match(child.name) and (child / "meta.json").is_file()):
             return None
         try:
-            return dict(read_meta(child), model_version=child.name)
+            return dict(version_files.read_meta(child), model_version=child.name)
         except ModelLoadError as exc:
             log.warning("project %s: version %s left out: %s", project, child.name, exc)
             return None
@@ -654,7 +479,7 @@ class ModelStore:
 
     def _trained_labels(self, path: Path, meta: dict | None) -> dict | bool | None:
         """What the version in ``path`` (its ``meta``; None: the base model) has training
-        examples of (``train_job.trained_labels``); True: it answers any prompt; None: not known."""
+        examples of (``training_examples.trained_labels``); True: it answers any prompt; None: not known."""
         if meta is None:
             if not uie.checkpoint.is_scratch_model(self.base.path):
                 return True
@@ -671,10 +496,10 @@ class ModelStore:
                 if v.get("promoted", True)]
 
     def next_version(self, project: str) -> str:
-        numbers = [version_number(v["model_version"]) for v in self.versions(project)]
+        numbers = [version_files.version_number(v["model_version"]) for v in self.versions(project)]
         pdir = self.project_dir(project)
         if pdir.is_dir():   # count rejected/half-moved names too, never reuse one
-            numbers += [int(m.group(1)) for c in pdir.iterdir() if (m := VERSION_RE.match(c.name))]
+            numbers += [int(m.group(1)) for c in pdir.iterdir() if (m := version_files.VERSION_RE.match(c.name))]
         return f"v{max(numbers, default=0) + 1}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def promote(self, project: str, checkpoint: Path, meta: dict, make_current=True) -> str:
@@ -687,7 +512,7 @@ class ModelStore:
         pdir = self.project_dir(project)
         pdir.mkdir(parents=True, exist_ok=True)
         version = self.next_version(project)
-        _stage_version(pdir / f".tmp-{version}", checkpoint,
+        version_files.stage_version(pdir / f".tmp-{version}", checkpoint,
                        dict(meta, model_version=version, promoted=make_current))
         files.publish_dir(pdir / f".tmp-{version}", pdir / version)     # synced, then renamed
         if make_current:
@@ -702,7 +527,7 @@ class ModelStore:
         keep = max(1, self.settings.keep_versions)
         removed = self._beyond_keep(project, keep)
         for version in removed:
-            _delete_version(self.project_dir(project), version)
+            version_files.delete_version(self.project_dir(project), version)
             log.info("project %s: version %s deleted (KEEP_VERSIONS=%d)", project, version, keep)
         return removed
 

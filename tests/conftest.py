@@ -122,7 +122,7 @@ def gunicorn(tmp_path, request):
 def relation_model(tmp_path_factory, scratch_small):
     """A tiny UIE trained for real, on what a training job builds from EDGE_RELATION_CASES."""
     import finetune
-    from train_job import build_examples
+    from training_examples import build_examples
 
     examples = build_examples(relation_tasks(EDGE_RELATION_CASES), RELATION_CONFIG, min_dev_tasks=50)
     save = tmp_path_factory.mktemp("relation-trained")

@@ -47,7 +47,7 @@ def test_overlapping_entities_and_choices_are_not_copied():
 def test_a_scratch_job_trains_on_copies_of_its_training_texts_only():
     """``build_examples(augment=True)`` adds copies of the training split's texts (never of the
     held-out texts, which stay as they are), each with its spans at the swapped mentions."""
-    from train_job import build_examples, held_out_split
+    from training_examples import build_examples, held_out_split
 
     tasks = cluener_tasks(60)
     plain = build_examples(tasks, CLUENER_CONFIG, min_dev_tasks=50)
@@ -79,7 +79,7 @@ def test_a_job_on_a_pretrained_model_is_not_augmented(tmp_path):
 
 
 def test_relation_tasks_are_augmented_with_their_relations():
-    from train_job import build_examples
+    from training_examples import build_examples
 
     tasks = relation_tasks(RELATION_CASES)
     plain = build_examples(tasks, RELATION_CONFIG, min_dev_tasks=50)
@@ -92,7 +92,7 @@ def test_relation_tasks_are_augmented_with_their_relations():
 
 
 def test_without_held_out_texts_a_job_scores_on_the_annotated_texts_not_their_copies():
-    from train_job import build_examples
+    from training_examples import build_examples
 
     tasks = cluener_tasks(20)
     augmented = build_examples(tasks, CLUENER_CONFIG, min_dev_tasks=50, augment=True)

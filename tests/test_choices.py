@@ -95,7 +95,7 @@ def test_choices_results_become_doccano_choices_and_paddlenlp_labels():
 
 
 def test_a_job_builds_classification_examples_beside_the_span_ones():
-    from train_job import build_examples
+    from training_examples import build_examples
     from uie.tokenizer import OffsetTokenizer, scratch_vocab
 
     config = CHOICES_CONFIG.replace("</View>", f'<Labels name="label" toName="text"><Label value="{PERSON}"/>'
@@ -234,7 +234,7 @@ def head_tasks():
 def head_model(tmp_path_factory, scratch_small):
     """A tiny scratch model trained for real, as a job trains it, on HEAD_CONFIG's choices."""
     import finetune
-    from train_job import build_examples
+    from training_examples import build_examples
 
     examples = build_examples(head_tasks(), HEAD_CONFIG, min_dev_tasks=50)
     save = tmp_path_factory.mktemp("choice-head")
@@ -346,7 +346,7 @@ def test_a_pretrained_shaped_model_keeps_answering_choices_from_prompts(scratch_
     """No span tagger (``tagging_weight=0``, a pretrained UIE's default): no choice head is
     trained or saved, and the classification prompt goes to the UIE, as Taskflow asks it."""
     import finetune
-    from train_job import build_examples
+    from training_examples import build_examples
     from uie.predictor import UIEPredictor
 
     examples = build_examples(head_tasks(), HEAD_CONFIG, min_dev_tasks=50)
@@ -401,6 +401,7 @@ def test_a_control_declared_multiple_is_multiple_before_any_task_chooses_two(mon
     when every annotation so far picked one option; the job passes the config's prompts."""
     import finetune
     import train_job
+    import training_examples
     import uie.choice_head
     from label_config import parse_choices
 
@@ -408,7 +409,7 @@ def test_a_control_declared_multiple_is_multiple_before_any_task_chooses_two(mon
     for task in tasks:      # one tag per text
         result = task["annotations"][0]["result"]
         result[1]["value"]["choices"] = result[1]["value"]["choices"][:1]
-    examples = train_job.build_examples(tasks, HEAD_CONFIG, min_dev_tasks=50)
+    examples = training_examples.build_examples(tasks, HEAD_CONFIG, min_dev_tasks=50)
     declared = [c.prompt for c in parse_choices(HEAD_CONFIG) if c.multiple]
     assert [c["multiple"] for c in uie.choice_head.controls_of(examples.train)[0]] == [False, False]
     assert [c["multiple"] for c in uie.choice_head.controls_of(examples.train, declared)[0]] == [False, True]

@@ -17,7 +17,7 @@ import finetune
 import service.annotation_store
 import service.redis_annotation_store
 from service.corrections import find_corrections, suggested_items
-from train_job import add_corrections, build_examples
+from training_examples import add_corrections, build_examples
 from uie import train_inputs
 
 from helpers import LABEL_CONFIG, PERSON, PLACE, annotated_tasks, spans_in, spans_of, wait_job, webhook_body

@@ -30,8 +30,8 @@ def _topic_tasks(cases):
 
 
 def test_a_job_records_the_labels_relations_and_options_it_has_examples_of():
-    from service.model_store import untrained_labels
-    from train_job import build_examples, trained_labels
+    from training_examples import untrained_labels
+    from training_examples import build_examples, trained_labels
 
     config = RELATION_CONFIG.replace("</Labels>", f'<Label value="{PLACE}"/></Labels>')   # nobody's
     train = build_examples(relation_tasks(RELATION_CASES), config, min_dev_tasks=50).train

@@ -15,20 +15,20 @@ WITH_PLACE = CONFIG.replace(f'<Label value="{ORG}"/>', f'<Label value="{ORG}"/><
 
 
 def test_prompts_are_grouped_by_label_and_relation():
-    import train_job
+    import training_examples
 
-    label_of = train_job.label_of_prompt(CONFIG, "ch")
+    label_of = training_examples.label_of_prompt(CONFIG, "ch")
     assert label_of(PERSON) == label_of("人物") == [("labels", "Person", "")]
     assert label_of(ORG) == [("labels", ORG, "")]
     assert label_of(f"阿里巴巴的{FOUNDER}") == [("relations", FOUNDER, "阿里巴巴")]
     assert label_of(f"马云的{FOUNDER}") == [("relations", FOUNDER, "马云")]       # an inverse negative
     assert label_of(f"阿里巴巴的{PERSON}") == []        # PaddleNLP's negative the server never asks
-    assert train_job.label_of_prompt(CONFIG, "en")(f"{FOUNDER} of 阿里巴巴") == [("relations", FOUNDER, "阿里巴巴")]
+    assert training_examples.label_of_prompt(CONFIG, "en")(f"{FOUNDER} of 阿里巴巴") == [("relations", FOUNDER, "阿里巴巴")]
 
 
 def test_a_label_asked_with_two_prompts_is_scored_as_predict_answers_it(trained_model):
     """Each text's spans of 人名 and 人物 pooled against its gold spans, counted once."""
-    import train_job
+    import training_examples
     import uie.predictor
     from evaluate import evaluate_examples
 
@@ -39,7 +39,7 @@ def test_a_label_asked_with_two_prompts_is_scored_as_predict_answers_it(trained_
                 for text, spans in EDGE_CASES[:2] for _, s, e in spans for subject in [text[s:e]]]
     seen = []
     metrics = evaluate_examples(predictor, examples + relation, per_label=True,
-                                label_of=train_job.label_of_prompt(WITH_PLACE, "ch"),
+                                label_of=training_examples.label_of_prompt(WITH_PLACE, "ch"),
                                 progress=lambda done, total: seen.append((done, total)))
     persons = sum(1 for _, spans in EDGE_CASES for label, _, _ in spans if label == PERSON)
     places = sum(1 for _, spans in EDGE_CASES for label, _, _ in spans if label != PERSON)

@@ -151,7 +151,7 @@ def test_a_version_kept_unserved_is_never_the_fallback(store_for, scratch_small,
 
 
 def test_promotion_records_the_weights_checksum(store_for, trained_model):
-    from service.model_store import weights_checksum
+    from service.version_files import weights_checksum
 
     store = store_for()
     version = store.promote("1", trained_model, {})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from projects import project_key
+from service.projects import project_key
 
 
 @pytest.mark.parametrize("raw, key", [("12.1795892522", "12"), ({"id": 7, "title": "x"}, "7"), (3, "3"),

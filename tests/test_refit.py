@@ -19,13 +19,14 @@ def test_a_small_scratch_projects_candidate_is_refitted_on_its_held_out_texts(tm
     """The job scores the model trained without the held-out texts, promotes, then trains again
     on every text: the served candidate has learnt the held-out texts the scored one never saw."""
     import train_job
+    import training_examples
 
     spec = train_job.JobSpec(project="1", label_config=CLUENER_CONFIG, tasks=cluener_tasks(16), source="test",
                              model_path=str(scratch_small), model_version="base", num_epochs=40,
                              max_seq_len=64, min_dev_tasks=8, inference_precision="fp32")
     result = train_job.train(spec, tmp_path / "work")
     assert result["held_out"] and result["promote"], result["metrics"]
-    examples = train_job.build_examples(spec.tasks, CLUENER_CONFIG, 8)
+    examples = training_examples.build_examples(spec.tasks, CLUENER_CONFIG, 8)
     refit = result["refit"]
     assert result["candidate"] == str(tmp_path / "work" / "refit" / "model_best")
     assert refit["tasks"] == 16 and refit["held_out_texts"] == sorted(
@@ -37,8 +38,9 @@ def test_a_small_scratch_projects_candidate_is_refitted_on_its_held_out_texts(tm
 
 def test_a_pretrained_model_or_a_large_project_is_not_refitted(tmp_path, scratch_small, monkeypatch):
     import train_job
+    import training_examples
 
-    examples = train_job.build_examples(cluener_tasks(16), CLUENER_CONFIG, 8)
+    examples = training_examples.build_examples(cluener_tasks(16), CLUENER_CONFIG, 8)
     (tmp_path / "tokenizer_config.json").write_text('{"vocab_kind": "ernie"}', encoding="utf-8")
     spec = train_job.JobSpec(project="1", label_config=CLUENER_CONFIG, tasks=[], source="test",
                              model_path=str(tmp_path), model_version="base")
@@ -47,13 +49,14 @@ def test_a_pretrained_model_or_a_large_project_is_not_refitted(tmp_path, scratch
     assert train_job.refits(spec, examples)
     monkeypatch.setattr(train_job, "REFIT_BELOW", 16)
     assert not train_job.refits(spec, examples)
-    assert not train_job.refits(spec, train_job.build_examples(cluener_tasks(6), CLUENER_CONFIG, 8))   # no held-out
+    assert not train_job.refits(spec, training_examples.build_examples(cluener_tasks(6), CLUENER_CONFIG, 8))   # no held-out
 
 
 def test_the_next_job_does_not_score_a_refitted_version_on_texts_it_trained_on(tmp_path):
     import train_job
+    import training_examples
 
-    dev = train_job.build_examples(cluener_tasks(30), CLUENER_CONFIG, 8).dev
+    dev = training_examples.build_examples(cluener_tasks(30), CLUENER_CONFIG, 8).dev
     texts = sorted({ex["content"] for ex in dev})
     version = tmp_path / "v1"
     version.mkdir()
@@ -86,7 +89,8 @@ def test_a_refitted_version_records_it_and_the_next_job_scores_it_fairly(make_ap
     again = wait_job(lambda p: client.get(p).json, "9", second["id"])
     assert again["state"] == "done", again
     import train_job
+    import training_examples
 
-    dev = train_job.build_examples(cluener_tasks(40), CLUENER_CONFIG, 8).dev
+    dev = training_examples.build_examples(cluener_tasks(40), CLUENER_CONFIG, 8).dev
     unseen = [ex for ex in dev if train_job.text_key(ex["content"]) not in set(version["refit"]["held_out_texts"])]
     assert 0 < len(unseen) < len(dev) and again["metrics"]["examples"] == len(unseen)

@@ -227,7 +227,7 @@ def test_linking_nearest_subject_best_object_and_dropped_answers():
 # training from Label Studio relations
 # ---------------------------------------------------------------------------
 def test_a_job_builds_paddlenlp_relation_examples_with_the_servers_words():
-    from train_job import build_examples
+    from training_examples import build_examples
 
     tasks = relation_tasks(RELATION_CASES[:3])
     examples = build_examples(tasks, RELATION_CONFIG, min_dev_tasks=50)

@@ -158,7 +158,7 @@ def test_other_entity_relation_negatives_are_no_tagger_class():
     text: with ``subject_labels`` (organisations), a person in no relation (张三, 李四, ...) is
     asked so only on other texts, where it is no span; still no tagger class."""
     from helpers import FOUNDER, ORG, RELATION_CASES, RELATION_CONFIG, relation_tasks
-    from train_job import build_examples
+    from training_examples import build_examples
 
     config = RELATION_CONFIG.replace(f'<Relation value="{FOUNDER}"/>',
                                      f'<Relation value="{FOUNDER}" subject_labels="{ORG}"/>')

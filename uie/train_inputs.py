@@ -27,7 +27,7 @@ import uie.tokenizer
 
 log = logging.getLogger("finetune")
 # An annotator's correction of a suggestion (an example's ``"negatives"``: a region the
-# model suggested and the annotator deleted or relabelled, ``train_job.add_corrections``)
+# model suggested and the annotator deleted or relabelled, ``training_examples.add_corrections``)
 # counts this many times as much as any other token without a span boundary, at the
 # start and end tokens of the region, for the UIE's prompt or the tagger's class.
 # CORRECTION_WEIGHT=1 in the environment trains corrections as plain absent spans.
