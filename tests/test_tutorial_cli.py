@@ -122,6 +122,18 @@ def test_check_fails_when_the_server_would_fall_back_to_scratch(capsys, tmp_path
     assert "the server would serve an untrained scratch model" in capsys.readouterr().err
 
 
+def test_device_gpu_without_a_gpu_is_a_clear_start_up_error(capsys, tmp_path, scratch_small):
+    """DEVICE=gpu on a Paddle that sees no GPU (this CPU build): a message that says so and what
+    to install, exit 1, not a CPU server that claims a GPU."""
+    import paddle
+
+    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        pytest.skip("Paddle sees a GPU here")
+    argv = ["--check", "--model-dir", str(tmp_path / "m"), "--kwargs", f"uie_model={scratch_small}", "device=gpu"]
+    assert _wsgi.main(argv, env={}) == 1
+    assert "DEVICE=gpu but Paddle sees no GPU (install requirements-gpu.txt)" in capsys.readouterr().err
+
+
 def test_a_model_that_does_not_load_stops_the_dev_server_with_a_message(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(REPO / "_wsgi.py"), "--port", str(free_port()),
