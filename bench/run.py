@@ -192,13 +192,15 @@ def main(argv=None):
         value = {k: v for k, v in results.get("annotator", {}).items() if k != "_run"}   # parts not run
         parts = args.annotator_parts.split(",")
         if "interactive" in parts:
-            value["interactive"] = annotator.interactive_latency(n_texts=20 if args.quick else 100)
+            value["interactive"] = dict(annotator.interactive_latency(n_texts=20 if args.quick else 100),
+                                        measured=info["date"])     # the section's date is its last part's
             save("annotator", value)
         if "active" in parts:
-            value["active"] = annotator.active_learning(seeds=(1,) if args.quick else (1, 2, 3),
-                                                        first=30 if args.quick else 100,
-                                                        added=30 if args.quick else 100,
-                                                        pool_sample=200 if args.quick else 2000)
+            value["active"] = dict(annotator.active_learning(seeds=(1,) if args.quick else (1, 2, 3),
+                                                             first=30 if args.quick else 100,
+                                                             added=30 if args.quick else 100,
+                                                             pool_sample=200 if args.quick else 2000),
+                                   measured=info["date"])
             save("annotator", value)
 
     if "corrections" in sections:
@@ -533,7 +535,7 @@ def _interactive_report(it) -> list[str]:
              f"works: the task is opened (no context), then {it['marks']} interactive requests, each with one "
              f"more marked region; {it['texts']} texts; one server per precision, one after the other, the same "
              f"texts (`fp32`: what `auto` serves a model no job has checked; `int8`: a version whose job passed "
-             f"the INT8 check). Goal: interactive p95 ≤ 100 ms.", "",
+             f"the INT8 check). Goal: interactive p95 ≤ 100 ms.{_measured(it)}", "",
              "| precision | request | requests | p50 ms | p95 ms |", "|---|---|---|---|---|"]
     for precision, run in runs.items():
         for key, name in (("opened", "the task opened (the model's first sight of the text)"),
@@ -543,6 +545,11 @@ def _interactive_report(it) -> list[str]:
             p95 = _goal(row["p95_ms"], row["p95_ms"] <= 100, 1) if key != "opened" else row["p95_ms"]
             lines.append(f"| {precision} | {name} | {row['requests']} | {row['p50_ms']} | {p95} |")
     return lines + [""]
+
+
+def _measured(part) -> str:
+    """' Measured DATE.' for a part of a section that records its own run, else ''."""
+    return f" Measured {part['measured']}." if part.get("measured") else ""
 
 
 def _annotator_report(an) -> list[str]:
@@ -564,7 +571,7 @@ def _annotator_report(an) -> list[str]:
                   f"scores, or random ones (and {added} random more). Seeds {al['seeds']}; F1 (exact span and "
                   "label) of the served version, mean (min) over the seeds. The mode is chosen on the "
                   "selection split (150 sentences); the test split (1,075 sentences) was not looked at "
-                  "while choosing.", "",
+                  f"while choosing.{_measured(al)}", "",
                   "| annotated tasks | chosen by | selection F1 | test F1 | job min |", "|---|---|---|---|---|"]
         for key, row in summary.items():
             arm, n = (key.rsplit("-", 1) if "-" in key else ("random", key))

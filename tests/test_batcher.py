@@ -212,3 +212,37 @@ def _outcome(fn, *args):
         return fn(*args)
     except Exception as exc:   # noqa: BLE001
         return exc
+
+
+class _Ids:
+    def __init__(self, n):
+        self.ids = list(range(n))
+
+
+def _echo_forward(inputs):
+    import numpy as np
+
+    width = max(len(x.ids) for x in inputs)
+    rows = np.array([[len(x.ids)] * width for x in inputs], dtype="float32")
+    return rows, -rows
+
+
+def _timed_run(batcher, inputs) -> float:
+    started = time.monotonic()
+    batcher.run(inputs)
+    return time.monotonic() - started
+
+
+def test_a_request_that_fills_a_batch_by_its_tokens_does_not_wait_for_others():
+    """One long task (an interactive request: few inputs, many tokens) fills the batch's token
+    budget alone: nobody else could join it, so it runs without the batching wait, while a
+    request that leaves room still waits for company."""
+    from uie.batcher import Batcher
+
+    batcher = Batcher(_echo_forward, batch_size=16, wait_ms=1500, max_tokens=100)
+    try:
+        assert _timed_run(batcher, [_Ids(50), _Ids(30)]) < 0.5      # 2 × 50 padded: full
+        assert _timed_run(batcher, [_Ids(120)]) < 0.5               # over the budget alone
+        assert _timed_run(batcher, [_Ids(20), _Ids(20)]) >= 1.4     # 40 tokens: room left
+    finally:
+        batcher.close()

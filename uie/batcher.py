@@ -7,8 +7,10 @@ each, shortest inputs first, so that an annotator's one-task request joins the
 next batch instead of waiting for a 1,000-task "Retrieve predictions" to end.
 A batch also holds at most ``max_tokens`` tokens (the engine's bound), counted as the engine
 pads them (``batch_tokens(rows, width)``).
-When fewer than ``batch_size`` inputs wait, it waits at most ``wait_ms`` after
-the oldest of them arrived for others to join. A request's rows come back
+When fewer than ``batch_size`` inputs wait, and they fill less than ``max_tokens``,
+it waits at most ``wait_ms`` after the oldest of them arrived for others to join (a
+batch already full by its tokens cannot take anyone else: an interactive request for
+one long task runs at once). A request's rows come back
 trimmed to its inputs' lengths, whichever batch they ran in.
 """
 
@@ -79,8 +81,17 @@ class Batcher:
             self._cv.notify()
 
     # -- the batching thread -----------------------------------------------
-    def _unstarted(self) -> int:
-        return sum(len(r.inputs) - r.taken for r in self._waiting)
+    def _unstarted(self) -> list:
+        return [r.inputs[k] for r in self._waiting for k in r.order[r.taken:]]
+
+    def _room_left(self) -> bool:
+        """Whether the next batch could still take inputs that have not arrived yet."""
+        unstarted = self._unstarted()
+        if len(unstarted) >= self.batch_size:
+            return False
+        if not self.max_tokens or not unstarted:
+            return True
+        return self.batch_tokens(len(unstarted), max(len(x.ids) for x in unstarted)) < self.max_tokens
 
     def _next_batch(self):
         """Wait for work, then take a fair share of every waiting request's inputs."""
@@ -90,7 +101,7 @@ class Batcher:
             if not self._waiting:
                 return None
             deadline = self._waiting[0].arrived + self.wait
-            while self._unstarted() < self.batch_size and (left := deadline - time.monotonic()) > 0:
+            while self._room_left() and (left := deadline - time.monotonic()) > 0:
                 self._cv.wait(left)
             batch, room = [], self.batch_size
             pending = [r for r in self._waiting if r.taken < len(r.inputs)]
