@@ -22,7 +22,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 import interactive
 from convert import TaskTextError, task_text
 import choices
-from label_config import Control, RelationLabel, parse_choices, parse_label_config, parse_relations
+from label_config import Control, LabelConfigError, RelationLabel, parse_choices, parse_label_config, parse_relations
 from relations import asked, build_queries, link_all
 from service.model_store import LiveModel, ModelStore
 from uie import answer_cache
@@ -160,6 +160,16 @@ class UIEBackend:
                         "empty prediction", task_id, len(text), self.settings.max_text_chars)
             return None
         return text
+
+    def text_of(self, task) -> str | None:
+        """The text of ``task`` that the first ``<Labels>`` control labels, None without one (or
+        past ``MAX_TEXT_CHARS``): what ``/predict`` remembers beside its suggestions, the
+        unannotated texts a small scratch project's job learns LAC's names on."""
+        try:
+            text = task_text(task, self.controls[0].data_key)
+        except (TaskTextError, LabelConfigError, IndexError):
+            return None
+        return text if len(text) <= self.settings.max_text_chars else None
 
     def _marked(self, context, where, n_tasks: int):
         """The annotator's regions of an interactive request (``interactive.read_context``)

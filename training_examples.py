@@ -4,7 +4,8 @@
 label, relation and ``<Choices>`` of the config (``doccano``), holds out the same texts in
 every job of a project (``held_out_split``) and, for scratch models, adds copies with their
 mentions swapped (``uie.augment``). ``add_corrections`` marks the regions an annotator
-deleted or relabelled as known false positives. ``PromptLabels`` and ``trained_labels`` say
+deleted or relabelled as known false positives. ``add_teacher_examples`` adds LAC's names on
+the unannotated tasks (``uie.teacher``). ``PromptLabels`` and ``trained_labels`` say
 what a prompt, and what a set of examples, mean in the label config's terms. No Paddle here:
 ``train_job.py`` runs these, the server reads ``trained_labels``.
 """
@@ -24,6 +25,7 @@ log = logging.getLogger("train_job")
 # entity text of every annotated task asked on every other task: quadratic in the tasks.
 RELATION_NEGATIVE_RATIO = 5
 DEV_SHARE = 0.2      # of the texts held out once a project has min_dev_tasks annotated tasks
+TEACHER_TEXTS = 1000     # unannotated texts LAC labels for a job (add_teacher_examples), the first ones
 
 
 class ExamplesError(ValueError):
@@ -167,6 +169,44 @@ def _expand_label_prompts(train, dev, same_text):
     if prompts:
         train, dev = expand_prompts(train, prompts), expand_prompts(dev, prompts)
     return train, dev
+
+
+def add_teacher_examples(examples: Examples, tasks, label_config: str, lac, more_texts=()) -> dict:
+    """Add LAC's names on unannotated texts to the training examples (``uie.teacher``): ``lac``
+    (``uie.lac.Tagger``) tags the annotated training texts, ``uie.teacher.mapping`` keeps the
+    LAC types that match a span tagger prompt there, and the first ``TEACHER_TEXTS`` texts of
+    the unannotated ``tasks``, then of ``more_texts``, with such a span become one partial example
+    per prompt. Returns ``{"texts", "examples", "mapped": {type: prompt}}`` (the job's record)."""
+    from uie import teacher
+    from uie.train_inputs import tagger_classes
+
+    same_text, _, _ = _read_label_config(label_config)
+    known = {ex["content"] for ex in examples.train + examples.dev}
+    key = same_text[0].data_key if same_text else None
+    texts = unannotated_texts(list(tasks) + [{"data": {key: t}} for t in more_texts], key, known) if key else []
+    record = {"texts": len(texts), "examples": 0, "mapped": {}}
+    gold = teacher.gold_spans(examples.train, set(tagger_classes(examples.train, 64)))
+    if not texts or not gold:
+        return record
+    mapped = teacher.mapping(gold, dict(zip(gold, lac.spans(list(gold)))))
+    new = teacher.examples(texts, lac.spans(texts), mapped) if mapped else []
+    examples.train = examples.train + new        # a new list: dev may be the same one
+    record.update(examples=len(new), mapped=mapped)
+    return record
+
+
+def unannotated_texts(tasks, data_key: str, known: set) -> list[str]:
+    """The first ``TEACHER_TEXTS`` distinct texts (``data[data_key]``) of ``tasks`` not in ``known``."""
+    out, seen = [], set(known)
+    for task in tasks:
+        data = task.get("data") if isinstance(task, dict) else None
+        text = data.get(data_key) if isinstance(data, dict) else None
+        if isinstance(text, str) and text.strip() and text not in seen:
+            seen.add(text)
+            out.append(text)
+            if len(out) >= TEACHER_TEXTS:
+                break
+    return out
 
 
 def add_corrections(examples: Examples, corrections, tasks, label_config: str, schema_lang: str = "ch") -> int:

@@ -179,7 +179,8 @@ def main(argv=None):
             save("scratch", value)
         if "jobs" in parts:
             sizes = (20,) if args.quick else tuple(int(n) for n in args.scratch_tasks.split(","))
-            value.update(training.scratch_jobs(sizes))       # "jobs" and "serving"
+            every = not args.quick and set(sizes) >= {50, 200, 1000}
+            value.update(_merge_jobs(value, training.scratch_jobs(sizes, compare_serving=every), sizes))
             save("scratch", value)
         elif "serving" in parts and value.get("jobs"):
             jobs_run = (results.get("scratch", {}).get("_run") or {}).get("date")
@@ -473,6 +474,19 @@ SCRATCH_JOB_BEFORE = {50: 0.100, 200: 0.328, 1000: 0.550}
 SCRATCH_JOB_MINUTES = {1000: 5.0}
 
 
+def _merge_jobs(value: dict, new: dict, sizes) -> dict:
+    """``new`` jobs (``training.scratch_jobs``) with an earlier run's jobs of the sizes not run
+    again (``--scratch-tasks 50`` keeps the 200- and 1,000-task rows), each size's run dated."""
+    date = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    kept = [j for j in value.get("jobs") or [] if j["tasks"] not in sizes]
+    jobs = kept + [dict(j, measured=date) for j in new["jobs"]]
+    order = sorted({j["tasks"] for j in jobs})
+    summary = {m["tasks"]: m for m in value.get("summary") or [] if m["tasks"] not in sizes}
+    summary.update({m["tasks"]: dict(m, measured=date) for m in new["summary"]})
+    return dict(new, jobs=sorted(jobs, key=lambda j: order.index(j["tasks"])),
+                summary=[summary[n] for n in order if n in summary])
+
+
 def _scratch_jobs_report(sc) -> list[str]:
     """The server's scratch jobs: per size, the mean and min test F1 over the samples."""
     seeds = sc.get("seeds") or ["the first N"]
@@ -497,8 +511,20 @@ def _scratch_jobs_report(sc) -> list[str]:
                      "when issue 20 was filed"), rows)
     lines += ["", "Per sample: " + "; ".join(
         f"{j['tasks']} tasks, seed {j.get('seed', '–')}: F1 {_f(j['test']['f1'], 3)}, {j['job_minutes']:.1f} min, "
-        f"{j['epochs_run']} epochs" for j in sc["jobs"]) + ".", ""]
+        f"{j['epochs_run']} epochs{_teacher_note(j)}" for j in sc["jobs"]) + ".", ""]
+    dated = sorted({f"{m['tasks']} tasks {m['measured']}" for m in sc.get("summary") or [] if m.get("measured")})
+    if dated:
+        lines += ["Sizes run apart from the others: " + "; ".join(dated) + ".", ""]
     return lines
+
+
+def _teacher_note(job) -> str:
+    """`` (teacher: N examples from M texts, PER → name)`` for a job whose version had LAC's teacher."""
+    t = job.get("teacher")
+    if not t:
+        return ""
+    mapped = ", ".join(f"{k} → {v}" for k, v in (t.get("mapped") or {}).items()) or "no type kept"
+    return f" (teacher: {t['examples']} examples from {t['texts']} texts, {mapped})"
 
 
 def _corrections_report(cor) -> list[str]:

@@ -548,20 +548,27 @@ def _served_f1(server, sentences, chunk=64, project="1"):
 
 
 SCRATCH_JOB_SEEDS = (1, 2, 3)
+# Pool sentences a project's /predict answers before its first job (Label Studio's "Retrieve
+# predictions" over the tasks not yet annotated): the texts a small project's teacher reads.
+UNANNOTATED = 1000
 
 
 def scratch_jobs(sizes=(50, 200, 1000), seeds=SCRATCH_JOB_SEEDS, compare_serving=True):
     """The server's own training jobs on a scratch model (UIE_MODEL=scratch, default job
     settings): for each size ``n`` and seed, ``n`` random pool sentences (``random.Random(seed)``)
-    sent as ANNOTATION_CREATED webhooks, START_TRAINING, then ``/predict`` on the held-out test
-    sentences; ``summary`` per size: mean and min over the seeds. With ``compare_serving``, the
-    last version is also served without its tagger (a scratch version's path before its
+    sent as ANNOTATION_CREATED webhooks after ``/predict`` answered ``UNANNOTATED`` other pool
+    sentences (``random.Random(seed + 1000)``), START_TRAINING, then ``/predict`` on the held-out
+    test sentences; ``summary`` per size: mean and min over the seeds. With ``compare_serving``,
+    the last version is also served without its tagger (a scratch version's path before its
     tagger: every label a prompt) and both are timed on the same texts."""
     pool, _, test_sentences = learning_data()
     rows, root = [], None
     for n in sizes:
         for seed in seeds:
-            root, row = _scratch_job(random.Random(seed).sample(pool, n), f"scratch-job-{n}-{seed}", test_sentences)
+            chosen = random.Random(seed).sample(pool, n)
+            taken = {s["text"] for s in chosen}
+            others = random.Random(seed + 1000).sample([s for s in pool if s["text"] not in taken], UNANNOTATED)
+            root, row = _scratch_job(chosen, f"scratch-job-{n}-{seed}", test_sentences, others)
             rows.append(dict(row, seed=seed))
             log(f"scratch job {n} tasks, seed {seed}: {rows[-1]}")
     out = {"jobs": rows, "summary": [_job_summary([r for r in rows if r["tasks"] == n]) for n in sizes],
@@ -581,14 +588,19 @@ def last_job_serving(jobs) -> dict:
     return dict(_compare_serving(version, learning_data()[2]), apart=True)
 
 
-def _scratch_job(sentences, name, test_sentences) -> tuple[Path, dict]:
-    """One project of ``sentences`` annotated, trained by START_TRAINING on a fresh scratch
-    server, its version scored on ``test_sentences``: ``(model root, row)``."""
+def _scratch_job(sentences, name, test_sentences, unannotated=()) -> tuple[Path, dict]:
+    """One project of ``sentences`` annotated (after ``/predict`` answered the ``unannotated``
+    ones), trained by START_TRAINING on a fresh scratch server, its version scored on
+    ``test_sentences``: ``(model root, row)``."""
     root = common.WORK / "serve" / name
     shutil.rmtree(root, ignore_errors=True)
     project = {"id": 1, "label_config": CLUENER_CONFIG}
     with deployment(EMBEDDED, {"UIE_MODEL": "scratch", "MODEL_DIR": str(root)}, name) as (a, b):
         post(a.url + "/setup", {"project": "1", "schema": CLUENER_CONFIG})
+        for first in range(0, len(unannotated), 100):
+            post(a.url + "/predict", {"project": "1", "label_config": CLUENER_CONFIG, "tasks": [
+                {"id": 100_000 + first + k, "data": {"text": s["text"]}}
+                for k, s in enumerate(unannotated[first:first + 100])]})
         for i, s in enumerate(sentences, 1):
             task, annotation = common.ls_task(i, s)
             post(b.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation,
@@ -602,7 +614,8 @@ def _scratch_job(sentences, name, test_sentences) -> tuple[Path, dict]:
     return root, {"tasks": len(sentences), "version": version, "job_minutes": round(done_s / 60, 2),
                   "served_minutes": round(served_s / 60, 2),
                   "train_minutes": round((meta.get("train_seconds") or 0) / 60, 2),
-                  "epochs_run": meta.get("epochs_run"), "test": scored}
+                  "epochs_run": meta.get("epochs_run"), "teacher": meta.get("teacher"),
+                  "unannotated": len(unannotated), "test": scored}
 
 
 def _job_summary(rows) -> dict:

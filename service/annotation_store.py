@@ -54,12 +54,14 @@ CREATE TABLE IF NOT EXISTS suggestions (
     model_version TEXT NOT NULL,
     regions_json TEXT NOT NULL,
     at REAL NOT NULL,
+    text TEXT,
     PRIMARY KEY (project, task_id, model_version)
 );
 CREATE INDEX IF NOT EXISTS suggestions_at ON suggestions (project, at);
 """
-# added after the first release: databases made before get the column on open
-MIGRATIONS = ("ALTER TABLE annotations ADD COLUMN updated REAL",)
+# added after the first release: databases made before get the columns on open
+MIGRATIONS = (("annotations", "updated", "ALTER TABLE annotations ADD COLUMN updated REAL"),
+              ("suggestions", "text", "ALTER TABLE suggestions ADD COLUMN text TEXT"))
 # What /predict suggested, per project: at most this many (task, model version) rows, the
 # oldest dropped first (``remember_suggestions``).
 MAX_SUGGESTIONS = 20_000
@@ -146,9 +148,8 @@ def _migrate(db) -> None:
     database's write lock: the workers of one server open the same file at once, and two
     that both saw the column missing would both add it."""
     db.execute("BEGIN IMMEDIATE")
-    columns = {row[1] for row in db.execute("PRAGMA table_info(annotations)")}
-    if "updated" not in columns:
-        for statement in MIGRATIONS:
+    for table, column, statement in MIGRATIONS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(statement)
     db.commit()
 
@@ -245,19 +246,20 @@ class AnnotationStore:
             db.execute("UPDATE projects SET changes = 0 WHERE project = ?", (project,))
 
     def remember_suggestions(self, project: str, model_version: str, suggestions) -> int:
-        """Keep what ``model_version`` suggested for tasks (``[(task id, regions)]``, regions as
-        ``suggested_items`` makes them), replacing what it suggested for them before, in one
-        short transaction; every ``PRUNE_EVERY`` rows (per process) it also drops the project's
-        oldest rows past ``MAX_SUGGESTIONS``. Returns how many were kept."""
+        """Keep what ``model_version`` suggested for tasks (``[(task id, regions[, text])]``,
+        regions as ``suggested_items`` makes them, the task's text if known), replacing what it
+        suggested for them before, in one short transaction; every ``PRUNE_EVERY`` rows (per
+        process) it also drops the project's oldest rows past ``MAX_SUGGESTIONS``. Returns how
+        many were kept."""
         now = time.time()
-        rows = [(project, _key(task_id), model_version, _dumps(regions), now)
-                for task_id, regions in suggestions if task_id is not None]
+        rows = [(project, _key(task_id), model_version, _dumps(regions), now, (text or [None])[0])
+                for task_id, regions, *text in suggestions if task_id is not None]
         if not rows:
             return 0
         written = self._unpruned.get(project, PRUNE_EVERY) + len(rows)   # a new process counts at once
         with self._suggestion_db() as db:
             db.executemany("INSERT OR REPLACE INTO suggestions (project, task_id, model_version, "
-                           "regions_json, at) VALUES (?, ?, ?, ?, ?)", rows)
+                           "regions_json, at, text) VALUES (?, ?, ?, ?, ?, ?)", rows)
             if written >= PRUNE_EVERY:
                 extra = db.execute("SELECT COUNT(*) FROM suggestions WHERE project = ?",
                                    (project,)).fetchone()[0] - MAX_SUGGESTIONS
@@ -280,6 +282,14 @@ class AnnotationStore:
             local.db.execute("PRAGMA synchronous=NORMAL")
             local.pid = os.getpid()
         return local.db
+
+    def texts(self, project: str, limit: int) -> list[str]:
+        """The texts of the project's remembered suggestions (``remember_suggestions``), each
+        once, the most recently suggested first, at most ``limit``."""
+        with self._db() as db:
+            rows = db.execute("SELECT text FROM suggestions WHERE project = ? AND text IS NOT NULL "
+                              "GROUP BY text ORDER BY MAX(at) DESC LIMIT ?", (project, limit)).fetchall()
+        return [row[0] for row in rows]
 
     def suggestions(self, project: str, task_ids=None) -> dict[str, list[dict]]:
         """``{task key: [{"model_version", "at", "regions"}, ...]}`` (newest first) of the

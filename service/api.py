@@ -146,15 +146,16 @@ def predict():
     results = model.predict(tasks, context=context)   # reads the store once
     regions = sum(len(r["result"]) for r in results)
     service.metrics.observe_prediction(project, len(tasks), regions)
-    _remember_suggestions(project, tasks, results, context)
+    _remember_suggestions(project, model, tasks, results, context)
     return jsonify(results=results, model_version=results[0]["model_version"] if results
                    else model.model_version)
 
 
-def _remember_suggestions(project: str, tasks: list, results: list[dict], context):
-    """Keep what ``/predict`` suggested for each task with an id, in one write
-    (``remember_suggestions``): a training job trains the regions an annotator deletes or
-    relabels as negatives (README, *Learning from corrections*). An interactive answer is
+def _remember_suggestions(project: str, model: UIEBackend, tasks: list, results: list[dict], context):
+    """Keep what ``/predict`` suggested for each task with an id, and the task's text, in one
+    write (``remember_suggestions``): a training job trains the regions an annotator deletes or
+    relabels as negatives (README, *Learning from corrections*), and a small scratch project's
+    job learns LAC's names on the texts (README, *Training a scratch model*). An interactive answer is
     partial and not kept. Never fails nor holds up the request: an error is logged; in the
     scale-out mode nothing is written while Redis is held to be down (the webhook spool's
     breaker, which an unreachable Redis here opens too)."""
@@ -167,7 +168,7 @@ def _remember_suggestions(project: str, tasks: list, results: list[dict], contex
     if spool is not None and spool.breaker.is_open():
         return
     try:
-        suggested = [(task.get("id"), suggested_items(result["result"]))
+        suggested = [(task.get("id"), suggested_items(result["result"]), model.text_of(task))
                      for task, result in zip(tasks, results) if isinstance(task, dict)]
         ext["annotations"].remember_suggestions(project, results[0]["model_version"], suggested)
     except Exception as exc:   # noqa: BLE001  a prediction never fails for it

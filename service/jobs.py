@@ -52,6 +52,7 @@ from label_config import LabelConfigError, parse_label_config
 from service.corrections import find_corrections
 from service.job_records import JobRecords, plain_text
 from train_job import RESULT, JobError, JobSpec, write_progress
+from training_examples import TEACHER_TEXTS
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]   # where train_job.py is
@@ -213,7 +214,8 @@ class JobRunner:
                        min_dev_tasks=s.train_min_dev_tasks, inference_engine=s.inference_engine,
                        inference_precision=s.inference_precision,
                        threads=self.threads or s.math_threads, devices=s.train_devices,
-                       schema_lang=s.schema_lang, corrections=self._corrections(project, tasks))
+                       schema_lang=s.schema_lang, corrections=self._corrections(project, tasks),
+                       texts=self._texts(project))
 
     def _corrections(self, project, tasks) -> list[dict]:
         """The regions of ``/predict``'s remembered suggestions that the annotations of
@@ -225,6 +227,17 @@ class JobRunner:
         except Exception:   # noqa: BLE001  corrections are worth less than the job
             log.warning("project %s: the remembered suggestions could not be read; training without "
                         "the annotators' corrections", project, exc_info=True)
+            return []
+
+    def _texts(self, project) -> list[str]:
+        """The texts ``/predict`` answered for the project, newest first (the annotation store's
+        ``texts``): a small scratch project's job learns LAC's names on those not annotated
+        (``train_job.teach``). None (logged) when they cannot be read."""
+        try:
+            return self.annotations.texts(project, TEACHER_TEXTS)
+        except Exception:   # noqa: BLE001  a teacher is worth less than the job
+            log.warning("project %s: the texts of /predict could not be read; training without them",
+                        project, exc_info=True)
             return []
 
     def _label_config(self, project, job_dir: Path) -> str:
@@ -273,7 +286,7 @@ class JobRunner:
                 "previous_metrics": meta["previous_dev"], "held_out": result["held_out"],
                 "per_label": meta["per_label"], "previous_per_label": meta["previous_per_label"],
                 "annotated_tasks": result["annotated_tasks"], "source": spec.source,
-                "int8": meta.get("int8"), "summary": summary}
+                "int8": meta.get("int8"), "teacher": meta.get("teacher"), "summary": summary}
 
     def _done(self, project, job_dir: Path, result: dict, started: float):
         self.records.update(job_dir, state="done", finished=time.time(), **result)
@@ -461,6 +474,9 @@ def _version_meta(project, job_id, spec: JobSpec, result: dict) -> dict:
         # the job's INT8 check (train_job._check_int8): INFERENCE_PRECISION=auto serves INT8
         # only where "served" is true (uie.int8.checked_reason)
         "int8": result.get("int8"),
+        # LAC's names a small scratch project's job trained on unannotated texts (train_job.teach):
+        # {"texts", "examples", "mapped": {LAC type: prompt}}, None without a teacher
+        "teacher": result.get("teacher"),
     }
 
 

@@ -125,20 +125,29 @@ class RedisAnnotationStore:
         self.conn.set(self._k(project, "changes"), 0)
 
     def remember_suggestions(self, project: str, model_version: str, suggestions) -> int:
-        """Keep what ``model_version`` suggested for tasks (``[(task id, regions)]``), replacing
-        what it suggested for them before, and drop the project's oldest past
+        """Keep what ``model_version`` suggested for tasks (``[(task id, regions[, text])]``),
+        replacing what it suggested for them before, and drop the project's oldest past
         ``MAX_SUGGESTIONS``: one atomic script. Returns how many were kept."""
         now = time.time()
         args = [repr(now), str(MAX_SUGGESTIONS)]
-        for task_id, regions in suggestions:
+        for task_id, regions, *text in suggestions:
             if task_id is not None:
                 key = _key(task_id)
                 args += [_dumps([key, model_version]),
-                         _dumps({"task_id": key, "model_version": model_version, "at": now, "regions": regions})]
+                         _dumps({"task_id": key, "model_version": model_version, "at": now, "regions": regions,
+                                 "text": (text or [None])[0]})]
         if len(args) == 2:
             return 0
         keys = [self._k(project, "suggested"), self._k(project, "suggested_at")]
         return int(self._remember(keys=keys, args=args))
+
+    def texts(self, project: str, limit: int) -> list[str]:
+        """The texts of the project's remembered suggestions, each once, the most recently
+        suggested first, at most ``limit``."""
+        rows = sorted((json.loads(raw) for raw in self.conn.hvals(self._k(project, "suggested"))),
+                      key=lambda r: -r["at"])
+        texts = dict.fromkeys(r["text"] for r in rows if isinstance(r.get("text"), str))
+        return list(texts)[:limit]
 
     def suggestions(self, project: str, task_ids=None) -> dict[str, list[dict]]:
         """``{task key: [{"model_version", "at", "regions"}, ...]}`` (newest first) of the

@@ -82,6 +82,21 @@ def test_a_database_of_the_first_release_is_migrated(tmp_path):
     assert texts(store) == [["Alice", "Acme Corp"]]
 
 
+def test_a_database_whose_suggestions_have_no_text_is_migrated(tmp_path):
+    """The suggestions of a store written before they kept their task's text get the column."""
+    path = tmp_path / "a.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE suggestions (project TEXT NOT NULL, task_id TEXT NOT NULL,
+                model_version TEXT NOT NULL, regions_json TEXT NOT NULL, at REAL NOT NULL,
+                PRIMARY KEY (project, task_id, model_version));""")
+        db.execute("INSERT INTO suggestions VALUES ('1', '7', 'v0', '[]', 1)")
+    store = AnnotationStore(path)
+    assert store.texts("1", 10) == [] and list(store.suggestions("1")) == ["7"]
+    store.remember_suggestions("1", "v1", [(8, [], "张三在北京")])
+    assert store.texts("1", 10) == ["张三在北京"]
+
+
 def _open_together(path, barrier, errors):
     barrier.wait()
     try:

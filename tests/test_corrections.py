@@ -82,6 +82,18 @@ def test_the_stores_keep_the_latest_suggestion_per_task_and_version(store):
     assert store.suggestions("3") == {}
 
 
+def test_the_stores_keep_each_suggested_tasks_text_newest_first(store):
+    """A suggestion may carry its task's text (``/predict``: a small scratch project's teacher
+    reads them, ``train_job.teach``); each text once, the most recently suggested first."""
+    store.remember_suggestions("1", "v0", [(1, [], "甲"), (2, [], "乙"), (3, []), (None, [], "丙")])
+    time.sleep(0.002)
+    store.remember_suggestions("1", "v1", [(1, [], "甲"), (4, [], "丁")])
+    store.remember_suggestions("2", "v0", [(1, [], "戊")])
+    assert store.texts("1", 10)[:2] in (["甲", "丁"], ["丁", "甲"]) and store.texts("1", 10)[2:] == ["乙"]
+    assert len(store.texts("1", 2)) == 2 and store.texts("2", 10) == ["戊"] and store.texts("3", 10) == []
+    assert [s["regions"] for s in store.suggestions("1")["3"]] == [[]]     # a suggestion without a text
+
+
 def test_the_stores_drop_the_oldest_suggestions_past_the_cap(store, monkeypatch):
     monkeypatch.setattr(service.annotation_store, "MAX_SUGGESTIONS", 3)
     monkeypatch.setattr(service.annotation_store, "PRUNE_EVERY", 1)

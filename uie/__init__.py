@@ -9,6 +9,7 @@
 - ``uie.predictor``: spans for many (text, prompts) queries at once.
 - ``uie.tagger`` and ``uie.lac``: the span tagger of scratch models, started from Baidu LAC's.
 - ``uie.augment``: a small project's training texts with their mentions swapped.
+- ``uie.teacher``: LAC's names on a small project's unannotated texts, as training examples.
 - ``uie.train_inputs``: UIE examples -> the UIE's and the tagger's training inputs and batches.
 
 Importing the package tunes the CPU environment before Paddle loads MKL; it does
