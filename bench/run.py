@@ -493,7 +493,11 @@ def _scratch_jobs_report(sc) -> list[str]:
     lines = ["**The server's own jobs** (`UIE_MODEL=scratch`, default job settings): N random sentences "
              f"of the pool (seeds {', '.join(str(x) for x in seeds)}: one project each) sent as "
              "ANNOTATION_CREATED webhooks, START_TRAINING, then `/predict` on the 1,075 **test** sentences "
-             "(micro F1, exact span and label). With 50 tasks or more a job holds 20 % of them out to choose "
+             "(micro F1, exact span and label). Before the webhooks `/predict` answers 1,000 other pool "
+             "sentences, as Label Studio's *Retrieve predictions* would, and below 100 tasks the job learns "
+             "LAC's names on them (the teacher; the 200- and 1,000-task rows were run before the project's "
+             "texts were predicted, which changes nothing at their sizes). With 50 tasks or more a job holds "
+             "20 % of them out to choose "
              "and check the model (`TRAIN_MIN_DEV_TASKS`); below 500 tasks a promoted candidate is then "
              "trained again on all of them (the refit: two trainings in the job's minutes). Goals (issue 20): "
              "≥ 0.40 / 0.60 / 0.72 after 50 / 200 / 1,000 tasks, a 1,000-task job within 5 minutes.", ""]
