@@ -66,17 +66,23 @@ def test_any_python_text_is_stored_as_sent(tmp_path):
         store.set_label_config("1", "<View>\ud800</View>")
 
 
-def test_a_database_of_the_first_release_is_migrated(tmp_path):
+def _older_store(tmp_path, schema: str, row: str) -> AnnotationStore:
+    """A store over a database an older release wrote: ``schema``, one ``row`` inserted."""
     path = tmp_path / "a.sqlite3"
     with sqlite3.connect(path) as db:
-        db.executescript("""
-            CREATE TABLE annotations (project TEXT NOT NULL, annotation_id TEXT NOT NULL,
-                task_id TEXT NOT NULL, task_json TEXT NOT NULL, annotation_json TEXT NOT NULL,
-                received REAL NOT NULL, PRIMARY KEY (project, annotation_id));
-            CREATE TABLE projects (project TEXT PRIMARY KEY, label_config TEXT,
-                changes INTEGER NOT NULL DEFAULT 0);""")
-        db.execute("INSERT INTO annotations VALUES ('1', '1', '1', '{\"data\": {}}', '{\"id\": 1, \"result\": []}', 0)")
-    store = AnnotationStore(path)
+        db.executescript(schema)
+        db.execute(row)
+    return AnnotationStore(path)
+
+
+def test_a_database_of_the_first_release_is_migrated(tmp_path):
+    store = _older_store(tmp_path, """
+        CREATE TABLE annotations (project TEXT NOT NULL, annotation_id TEXT NOT NULL,
+            task_id TEXT NOT NULL, task_json TEXT NOT NULL, annotation_json TEXT NOT NULL,
+            received REAL NOT NULL, PRIMARY KEY (project, annotation_id));
+        CREATE TABLE projects (project TEXT PRIMARY KEY, label_config TEXT,
+            changes INTEGER NOT NULL DEFAULT 0);""",
+        "INSERT INTO annotations VALUES ('1', '1', '1', '{\"data\": {}}', '{\"id\": 1, \"result\": []}', 0)")
     assert store.count("1") == 1
     assert store.upsert("1", UPDATED["task"], UPDATED["annotation"])   # an untimed row is replaced
     assert texts(store) == [["Alice", "Acme Corp"]]
@@ -84,14 +90,11 @@ def test_a_database_of_the_first_release_is_migrated(tmp_path):
 
 def test_a_database_whose_suggestions_have_no_text_is_migrated(tmp_path):
     """The suggestions of a store written before they kept their task's text get the column."""
-    path = tmp_path / "a.sqlite3"
-    with sqlite3.connect(path) as db:
-        db.executescript("""
-            CREATE TABLE suggestions (project TEXT NOT NULL, task_id TEXT NOT NULL,
-                model_version TEXT NOT NULL, regions_json TEXT NOT NULL, at REAL NOT NULL,
-                PRIMARY KEY (project, task_id, model_version));""")
-        db.execute("INSERT INTO suggestions VALUES ('1', '7', 'v0', '[]', 1)")
-    store = AnnotationStore(path)
+    store = _older_store(tmp_path, """
+        CREATE TABLE suggestions (project TEXT NOT NULL, task_id TEXT NOT NULL,
+            model_version TEXT NOT NULL, regions_json TEXT NOT NULL, at REAL NOT NULL,
+            PRIMARY KEY (project, task_id, model_version));""",
+        "INSERT INTO suggestions VALUES ('1', '7', 'v0', '[]', 1)")
     assert store.texts("1", 10) == [] and list(store.suggestions("1")) == ["7"]
     store.remember_suggestions("1", "v1", [(8, [], "张三在北京")])
     assert store.texts("1", 10) == ["张三在北京"]
