@@ -258,7 +258,11 @@ def teach(spec: JobSpec, examples: Examples) -> dict | None:
     lac = uie.lac.tagger(spec.threads or 1)
     if lac is None:
         return {"texts": 0, "examples": 0, "mapped": {}, "reason": "LAC is not installed"}
-    record = add_teacher_examples(examples, spec.tasks, spec.label_config, lac, spec.texts)
+    try:
+        record = add_teacher_examples(examples, spec.tasks, spec.label_config, lac, spec.texts)
+    except Exception as exc:   # noqa: BLE001  (a teacher is worth less than the job; examples untouched)
+        log.warning("LAC's names are not trained: %s: %s", type(exc).__name__, exc)
+        return {"texts": 0, "examples": 0, "mapped": {}, "reason": f"LAC failed: {type(exc).__name__}: {exc}"}
     log.info("LAC's names on %d unannotated texts: %d training examples (%s)", record["texts"],
              record["examples"], ", ".join(f"{k} -> {v}" for k, v in record["mapped"].items()) or "no type kept")
     return record

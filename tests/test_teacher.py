@@ -136,3 +136,23 @@ def test_a_small_projects_job_learns_lacs_names_on_the_texts_predict_answered(ma
     assert teacher["examples"] > 0
     [version] = client.get("/versions?project=5").json["projects"]["5"]["versions"]
     assert version["teacher"] == teacher
+
+
+def test_a_teacher_that_fails_leaves_the_job_its_own_examples(scratch_small, monkeypatch):
+    import uie.lac
+    import train_job
+    import training_examples
+
+    class Broken:
+        def spans(self, texts, batch=64):
+            raise RuntimeError("LAC's program did not run")
+
+    monkeypatch.setattr(uie.lac, "tagger", lambda threads=1: Broken())
+    tasks = cluener_tasks(30) + unannotated(cluener_tasks(10, start=30))
+    examples = training_examples.build_examples(tasks, CLUENER_CONFIG, 20)
+    before = list(examples.train)
+    spec = train_job.JobSpec(project="1", label_config=CLUENER_CONFIG, tasks=tasks, source="test",
+                             model_path=str(scratch_small), model_version="base")
+    record = train_job.teach(spec, examples)
+    assert record["examples"] == 0 and "LAC's program did not run" in record["reason"]
+    assert examples.train == before
