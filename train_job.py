@@ -63,8 +63,9 @@ class JobSpec:
     schema_lang: str | None = None               # relation prompts (None: SCHEMA_LANG of the environment)
     # suggested regions the annotations deleted or relabelled (service.corrections.find_corrections)
     corrections: list = field(default_factory=list)
-    # texts /predict answered for the project (the annotation store's ``texts``): a teacher's
-    # unannotated texts (``teach``), beside the unannotated tasks of ``tasks``
+    # a teacher's unannotated texts (``teach``), beside the unannotated tasks of ``tasks``: with
+    # LABEL_STUDIO_URL those of the project's tasks unannotated there, then the texts /predict
+    # answered for the project (service.jobs.JobRunner._texts); none for a job without a teacher
     texts: list = field(default_factory=list)
 
     def write(self, job_dir: Path):
@@ -246,12 +247,18 @@ def refits(spec: JobSpec, examples: Examples) -> bool:
 TEACHER_BELOW = 150
 
 
+def teaches(annotated_tasks: int, model_path) -> bool:
+    """Whether a job with ``annotated_tasks`` on the model at ``model_path`` learns LAC's
+    names (``teach``): a scratch model's, below ``TEACHER_BELOW``."""
+    return annotated_tasks < TEACHER_BELOW and _is_scratch(model_path)
+
+
 def teach(spec: JobSpec, examples: Examples) -> dict | None:
     """Add LAC's names on the job's unannotated texts (its tasks without an annotation and the
     texts ``/predict`` answered for the project, ``spec.texts``) to ``examples``: a scratch
     model's job with fewer than ``TEACHER_BELOW`` annotated tasks. Returns the record
     (``result.json``'s ``teacher``), None when the job has no teacher."""
-    if examples.records >= TEACHER_BELOW or not _is_scratch(spec.model_path):
+    if not teaches(examples.records, spec.model_path):
         return None
     import uie.lac
 

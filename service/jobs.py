@@ -48,10 +48,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from convert import select_annotation
 from label_config import LabelConfigError, parse_label_config
 from service.corrections import find_corrections
 from service.job_records import JobRecords, plain_text
-from train_job import RESULT, JobError, JobSpec, write_progress
+from service.label_studio_api import export_annotated_tasks, unannotated_texts
+from train_job import RESULT, JobError, JobSpec, teaches, write_progress
 from training_examples import TEACHER_TEXTS
 
 log = logging.getLogger(__name__)
@@ -215,7 +217,7 @@ class JobRunner:
                        inference_precision=s.inference_precision,
                        threads=self.threads or s.math_threads, devices=s.train_devices,
                        schema_lang=s.schema_lang, corrections=self._corrections(project, tasks),
-                       texts=self._texts(project))
+                       texts=self._texts(project, tasks, label_config, live.path))
 
     def _corrections(self, project, tasks) -> list[dict]:
         """The regions of ``/predict``'s remembered suggestions that the annotations of
@@ -229,10 +231,32 @@ class JobRunner:
                         "the annotators' corrections", project, exc_info=True)
             return []
 
-    def _texts(self, project) -> list[str]:
-        """The texts ``/predict`` answered for the project, newest first (the annotation store's
-        ``texts``): a small scratch project's job learns LAC's names on those not annotated
-        (``train_job.teach``). None (logged) when they cannot be read."""
+    def _texts(self, project, tasks, label_config: str, model_path) -> list[str]:
+        """The unannotated texts a small scratch project's job learns LAC's names on
+        (``train_job.teaches``); none for other jobs. With ``LABEL_STUDIO_URL``, first those of
+        the project's tasks without an annotation there; then those ``/predict`` answered for
+        the project, newest first (the annotation store's ``texts``)."""
+        annotated = sum(select_annotation(t) is not None for t in tasks if isinstance(t, dict))
+        if not teaches(annotated, model_path):
+            return []
+        return self._label_studio_texts(project, label_config) + self._predicted_texts(project)
+
+    def _label_studio_texts(self, project, label_config: str) -> list[str]:
+        """``label_studio_api.unannotated_texts`` of the first ``<Labels>``' text, with
+        ``LABEL_STUDIO_URL`` and a key; none (logged) when they cannot be read."""
+        s, controls = self.settings, parse_label_config(label_config)
+        if not (s.label_studio_url and s.label_studio_api_key and controls):
+            return []
+        try:
+            return unannotated_texts(s.label_studio_url, s.label_studio_api_key, project,
+                                     controls[0].data_key, TEACHER_TEXTS)
+        except JobError as exc:     # a teacher is worth less than the job
+            log.warning("project %s: training without its unannotated tasks: %s", project, exc)
+            return []
+
+    def _predicted_texts(self, project) -> list[str]:
+        """The texts ``/predict`` answered for the project, newest first; none (logged) when
+        they cannot be read."""
         try:
             return self.annotations.texts(project, TEACHER_TEXTS)
         except Exception:   # noqa: BLE001  a teacher is worth less than the job
@@ -258,7 +282,7 @@ class JobRunner:
             return json.loads(request_tasks.read_text(encoding="utf-8")), "train request"
         s = self.settings
         if s.label_studio_url and s.label_studio_api_key:
-            tasks = fetch_label_studio_tasks(s.label_studio_url, s.label_studio_api_key, project)
+            tasks = export_annotated_tasks(s.label_studio_url, s.label_studio_api_key, project)
             return tasks, "Label Studio API"
         return self.annotations.tasks(project), "webhooks"
 
@@ -528,20 +552,3 @@ def stop_job_process(pid, job_dir: Path, grace=10.0) -> bool:
         if not _is_job_process(pid, job_dir):
             return True
     return True
-
-
-def fetch_label_studio_tasks(url: str, api_key: str, project: str) -> list[dict]:
-    """All annotated tasks of a project, through label-studio-sdk (legacy token or PAT)."""
-    from label_studio_sdk import LabelStudio
-
-    if not project.isdigit():
-        raise JobError(f"project {project!r} is not a Label Studio project id")
-    client = LabelStudio(base_url=url, api_key=api_key)
-    try:
-        raw = b"".join(client.projects.exports.download_sync(id=int(project), export_type="JSON"))
-    except Exception as exc:
-        raise JobError(f"could not export project {project} from {url}: {exc}") from None
-    tasks = json.loads(raw)
-    if not isinstance(tasks, list):
-        raise JobError(f"Label Studio's export of project {project} is not a task list")
-    return tasks

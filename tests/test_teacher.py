@@ -156,3 +156,18 @@ def test_a_teacher_that_fails_leaves_the_job_its_own_examples(scratch_small, mon
     record = train_job.teach(spec, examples)
     assert record["examples"] == 0 and "LAC's program did not run" in record["reason"]
     assert examples.train == before
+
+
+def test_label_studios_unannotated_texts_fail_with_a_job_error_that_names_the_project():
+    """What the job reads from Label Studio (``service.label_studio_api``; read from a real Label
+    Studio in tests/e2e, round 2): an unreachable Label Studio or a project that is no Label
+    Studio id is a ``JobError``, which the job logs before training without those texts."""
+    from harness.gunicorn_process import free_port
+    from service.label_studio_api import unannotated_texts
+    from train_job import JobError
+
+    url = f"http://127.0.0.1:{free_port()}"         # nothing listens there
+    with pytest.raises(JobError, match="could not list the tasks of project 7"):
+        unannotated_texts(url, "token", "7", "text", 10)
+    with pytest.raises(JobError, match="not a Label Studio project id"):
+        unannotated_texts(url, "token", "my-project", "text", 10)

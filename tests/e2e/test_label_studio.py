@@ -9,7 +9,8 @@ annotations.
 * Round 1: the backend knows no Label Studio URL; annotations reach it only
   through Label Studio's webhooks.
 * Round 2: a second backend with ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``
-  and a fresh ``MODEL_DIR`` reads the annotations through Label Studio's API.
+  and a fresh ``MODEL_DIR`` reads the annotations through Label Studio's API, and the
+  texts of the project's unannotated tasks (its small scratch job's teacher learns on them).
 * Relations: a project whose config has ``<Relations>`` (Label Studio's own
   relation template, without name or toName): annotations with relations
   (drawn right and left) train a new version, whose predictions Label Studio
@@ -87,6 +88,9 @@ CASES = [
     ("周杰伦下个月在台北开演唱会，门票880元起，那天可能下雪。",
      [(PERSON, "周杰伦"), (TIME, "下个月"), (PLACE, "台北"), (PRICE, "880元"), (WEATHER, "下雪")]),
 ]
+
+# Tasks imported into round 2's project and never annotated.
+UNANNOTATED = ["王芳和刘洋上周去了西安。", "赵磊在南京的一家银行上班。", "陈静明年打算去成都读书。"]
 
 
 def _gold(text, spans):
@@ -346,7 +350,7 @@ def train_and_check(ls, backend, project, ml_id, task_ids, *, base_version, sour
     assert backend.get("/health")["model_version"] == base_version   # the base is unchanged
 
     reply, predict_seconds = retrieve_predictions(ls, project)
-    assert reply["processed_items"] == len(CASES), reply
+    assert reply["processed_items"] == len(list_tasks(ls, project)), reply
     ml_state = ls.api("GET", f"/api/ml/{ml_id}")
     assert ml_state["state"] == "CO" and ml_state["model_version"] == version, ml_state
     preds = predictions_by_task(ls, task_ids.values())
@@ -465,9 +469,15 @@ def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
     ml_id, ml_state = connect_backend(ls, project, backend, "UIE (Label Studio API)")
     assert ml_state["model_version"] == base_version, ml_state
 
+    # tasks nobody annotated yet, which no /predict has seen either: the job reads their texts
+    # from Label Studio and learns LAC's names on them (a scratch project this small has a teacher)
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t in UNANNOTATED])
+
     version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
                                  source="Label Studio API", round_name="round 2 (Label Studio API)")
     assert version.startswith("v1-")
+    job = backend.get("/jobs", project=project)["jobs"][-1]
+    assert job["teacher"]["texts"] == len(UNANNOTATED), job["teacher"]
 
 
 # ---------------------------------------------------------------------------
