@@ -7,7 +7,8 @@ kept as a tombstone that later webhooks for it cannot bring back. Each
 project's label config and its count of annotation changes since the last
 training trigger live here too, and what ``/predict`` suggested per task and model version
 (``remember_suggestions``; ``service.corrections`` compares it with the annotations made
-from it). Any Python text is stored as sent (JSON
+from it), and the texts of the tasks Label Studio created (``remember_texts``: with those
+``/predict`` answered, a small scratch project's teacher reads them). Any Python text is stored as sent (JSON
 with ASCII escapes, so even a lone surrogate survives). Safe for several
 threads and several gunicorn workers (one short transaction per call).
 """
@@ -58,6 +59,13 @@ CREATE TABLE IF NOT EXISTS suggestions (
     PRIMARY KEY (project, task_id, model_version)
 );
 CREATE INDEX IF NOT EXISTS suggestions_at ON suggestions (project, at);
+CREATE TABLE IF NOT EXISTS imported (
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (project, task_id)
+);
 """
 # added after the first release: databases made before get the columns on open
 MIGRATIONS = (("annotations", "updated", "ALTER TABLE annotations ADD COLUMN updated REAL"),
@@ -65,6 +73,10 @@ MIGRATIONS = (("annotations", "updated", "ALTER TABLE annotations ADD COLUMN upd
 # What /predict suggested, per project: at most this many (task, model version) rows, the
 # oldest dropped first (``remember_suggestions``).
 MAX_SUGGESTIONS = 20_000
+# The texts of tasks Label Studio created (its TASKS_CREATED webhook), per project: at most
+# this many, the oldest dropped first (``remember_texts``). A small scratch project's job
+# reads 1,000 unannotated texts (``training_examples.TEACHER_TEXTS``), annotated ones aside.
+MAX_IMPORTED_TEXTS = 5_000
 # Seconds ``remember_suggestions`` waits for another writer (then it fails, and /predict logs it).
 SUGGESTION_WAIT = 1.0
 # The SQLite store counts a project's suggestions (and drops the oldest past MAX_SUGGESTIONS)
@@ -283,12 +295,27 @@ class AnnotationStore:
             local.pid = os.getpid()
         return local.db
 
-    def texts(self, project: str, limit: int) -> list[str]:
-        """The texts of the project's remembered suggestions (``remember_suggestions``), each
-        once, the most recently suggested first, at most ``limit``."""
+    def remember_texts(self, project: str, texts) -> int:
+        """Keep the texts of tasks Label Studio created (``[(task id, text)]``), replacing a
+        task's earlier one, and drop the project's oldest past ``MAX_IMPORTED_TEXTS``, in one
+        transaction. Returns how many were kept."""
+        now = time.time()
+        rows = [(project, _key(task_id), text, now) for task_id, text in texts if task_id is not None]
+        if not rows:
+            return 0
         with self._db() as db:
-            rows = db.execute("SELECT text FROM suggestions WHERE project = ? AND text IS NOT NULL "
-                              "GROUP BY text ORDER BY MAX(at) DESC LIMIT ?", (project, limit)).fetchall()
+            db.executemany("INSERT OR REPLACE INTO imported (project, task_id, text, at) VALUES (?, ?, ?, ?)", rows)
+            db.execute("DELETE FROM imported WHERE rowid IN (SELECT rowid FROM imported WHERE project = ? "
+                       "ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)", (project, MAX_IMPORTED_TEXTS))
+        return len(rows)
+
+    def texts(self, project: str, limit: int) -> list[str]:
+        """The texts of the project's remembered suggestions (``remember_suggestions``) and
+        created tasks (``remember_texts``), each once, the most recent first, at most ``limit``."""
+        with self._db() as db:
+            rows = db.execute("SELECT text FROM (SELECT text, at FROM suggestions WHERE project = ? AND "
+                              "text IS NOT NULL UNION ALL SELECT text, at FROM imported WHERE project = ?) "
+                              "GROUP BY text ORDER BY MAX(at) DESC LIMIT ?", (project, project, limit)).fetchall()
         return [row[0] for row in rows]
 
     def suggestions(self, project: str, task_ids=None) -> dict[str, list[dict]]:

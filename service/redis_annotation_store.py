@@ -20,6 +20,8 @@ Keys, per project ``P`` (``{P}`` is a Redis Cluster hash tag: one slot per proje
     uie:ann:{P}:changes   integer  annotation changes since the last TRAIN_EVERY_N trigger
     uie:ann:{P}:suggested     hash  [task id, model version] -> what /predict suggested (JSON)
     uie:ann:{P}:suggested_at  zset  [task id, model version] by when (the oldest dropped first)
+    uie:ann:{P}:imported      hash  task id -> the text of a task Label Studio created (JSON)
+    uie:ann:{P}:imported_at   zset  task id by when (the oldest dropped first)
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from __future__ import annotations
 import json
 import time
 
-from service.annotation_store import (MAX_SUGGESTIONS, _dumps, _key, check_label_config_text, group_tasks,
-                                      incoming)
+from service.annotation_store import (MAX_IMPORTED_TEXTS, MAX_SUGGESTIONS, _dumps, _key, check_label_config_text,
+                                      group_tasks, incoming)
 
 PREFIX = "uie:ann:"
 
@@ -43,7 +45,8 @@ redis.call('HSET', KEYS[3], ARGV[1], redis.call('INCR', KEYS[5]))
 return 1
 """
 
-# KEYS: suggested, suggested_at. ARGV: now, cap, then field, record JSON, field, record JSON, ...
+# KEYS: a hash and its zset by time (suggested and suggested_at, or imported and imported_at).
+# ARGV: now, cap, then field, record JSON, field, record JSON, ...
 REMEMBER = """
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -141,12 +144,26 @@ class RedisAnnotationStore:
         keys = [self._k(project, "suggested"), self._k(project, "suggested_at")]
         return int(self._remember(keys=keys, args=args))
 
+    def remember_texts(self, project: str, texts) -> int:
+        """Keep the texts of tasks Label Studio created (``[(task id, text)]``), replacing a
+        task's earlier one, and drop the project's oldest past ``MAX_IMPORTED_TEXTS``: one
+        atomic script. Returns how many were kept."""
+        now = time.time()
+        args = [repr(now), str(MAX_IMPORTED_TEXTS)]
+        for task_id, text in texts:
+            if task_id is not None:
+                args += [_dumps(_key(task_id)), _dumps({"text": text, "at": now})]
+        if len(args) == 2:
+            return 0
+        return int(self._remember(keys=[self._k(project, "imported"), self._k(project, "imported_at")], args=args))
+
     def texts(self, project: str, limit: int) -> list[str]:
-        """The texts of the project's remembered suggestions, each once, the most recently
-        suggested first, at most ``limit``."""
-        rows = sorted((json.loads(raw) for raw in self.conn.hvals(self._k(project, "suggested"))),
-                      key=lambda r: -r["at"])
-        texts = dict.fromkeys(r["text"] for r in rows if isinstance(r.get("text"), str))
+        """The texts of the project's remembered suggestions and created tasks, each once, the
+        most recent first, at most ``limit``."""
+        rows = [json.loads(raw) for what in ("suggested", "imported")
+                for raw in self.conn.hvals(self._k(project, what))]
+        texts = dict.fromkeys(r["text"] for r in sorted(rows, key=lambda r: -r["at"])
+                              if isinstance(r.get("text"), str))
         return list(texts)[:limit]
 
     def suggestions(self, project: str, task_ids=None) -> dict[str, list[dict]]:

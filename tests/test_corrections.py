@@ -94,6 +94,24 @@ def test_the_stores_keep_each_suggested_tasks_text_newest_first(store):
     assert [s["regions"] for s in store.suggestions("1")["3"]] == [[]]     # a suggestion without a text
 
 
+def test_the_stores_keep_the_texts_of_created_tasks_beside_the_suggested_ones(store, monkeypatch):
+    """Label Studio's TASKS_CREATED brings new tasks' texts (``remember_texts``); ``texts`` reads
+    them with the suggested ones, the most recent first; a task's new text replaces its old one,
+    and the oldest go past ``MAX_IMPORTED_TEXTS``."""
+    monkeypatch.setattr(service.annotation_store, "MAX_IMPORTED_TEXTS", 3)
+    monkeypatch.setattr(service.redis_annotation_store, "MAX_IMPORTED_TEXTS", 3)
+    store.remember_suggestions("1", "v0", [(1, [], "甲")])
+    time.sleep(0.002)
+    assert store.remember_texts("1", [(2, "乙"), (3, "丙"), (None, "无")]) == 2
+    assert store.texts("1", 10)[2:] == ["甲"] and sorted(store.texts("1", 10)[:2]) == ["丙", "乙"]
+    time.sleep(0.002)
+    assert store.remember_texts("1", [(2, "乙二"), (4, "丁"), (5, "戊")]) == 3
+    store.remember_texts("2", [(1, "己")])
+    assert store.remember_texts("2", []) == 0
+    assert sorted(store.texts("1", 10)[:3]) == ["丁", "乙二", "戊"] and store.texts("1", 10)[3:] == ["甲"]
+    assert store.texts("2", 10) == ["己"] and len(store.texts("1", 2)) == 2
+
+
 def test_the_stores_drop_the_oldest_suggestions_past_the_cap(store, monkeypatch):
     monkeypatch.setattr(service.annotation_store, "MAX_SUGGESTIONS", 3)
     monkeypatch.setattr(service.annotation_store, "PRUNE_EVERY", 1)

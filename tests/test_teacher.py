@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from helpers import CLUENER_CONFIG, cluener_tasks
+from helpers import CLUENER_CONFIG, cluener_tasks, load_request
 
 TEXT = "北京大学的张三在上海市浦东新区工作了三年"
 
@@ -171,3 +171,19 @@ def test_label_studios_unannotated_texts_fail_with_a_job_error_that_names_the_pr
         unannotated_texts(url, "token", "7", "text", 10)
     with pytest.raises(JobError, match="not a Label Studio project id"):
         unannotated_texts(url, "token", "my-project", "text", 10)
+
+
+def test_label_studios_tasks_created_webhook_keeps_the_new_tasks_texts(make_app, scratch_small):
+    """Label Studio posts TASKS_CREATED to the backend's webhook when tasks are imported (a real
+    request of Label Studio 1.23.2): their texts join the project's texts, which a small scratch
+    project's job learns LAC's names on; a TASKS_CREATED without a task list is a 400."""
+    app = make_app(uie_model=str(scratch_small))
+    client = app.test_client()
+    body = load_request("post_webhook_tasks_created.json")["body"]
+    project = str(body["project"]["id"])
+    answer = client.post("/webhook", json=body)
+    assert answer.status_code == 200 and answer.json["status"] == "ok", answer.json
+    texts = app.extensions["uie"]["annotations"].texts(project, 100)
+    assert texts == [t["data"]["text"] for t in body["tasks"]] == ["Zoe flew to Rome in June."]
+    bad = client.post("/webhook", json=dict(body, tasks={"id": 7}))
+    assert bad.status_code == 400 and "'tasks' list" in bad.json["error"], bad.json

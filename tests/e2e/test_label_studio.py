@@ -7,7 +7,7 @@ Training", and check that the trained version is served and reproduces the
 annotations.
 
 * Round 1: the backend knows no Label Studio URL; annotations reach it only
-  through Label Studio's webhooks.
+  through Label Studio's webhooks, and so do the texts of tasks imported later.
 * Round 2: a second backend with ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``
   and a fresh ``MODEL_DIR`` reads the annotations through Label Studio's API, and the
   texts of the project's unannotated tasks (its small scratch job's teacher learns on them).
@@ -89,7 +89,7 @@ CASES = [
      [(PERSON, "周杰伦"), (TIME, "下个月"), (PLACE, "台北"), (PRICE, "880元"), (WEATHER, "下雪")]),
 ]
 
-# Tasks imported into round 2's project and never annotated.
+# Tasks imported into the rounds' projects and never annotated.
 UNANNOTATED = ["王芳和刘洋上周去了西安。", "赵磊在南京的一家银行上班。", "陈静明年打算去成都读书。"]
 
 
@@ -427,11 +427,22 @@ def test_round1_predict_annotate_and_train_from_webhooks(label_studio, start_bac
     tasks = list_tasks(ls, project)
     assert all(t["total_annotations"] == 1 for t in tasks), tasks
     assert backend.get("/jobs", project=project)["jobs"] == []   # TRAIN_EVERY_N is off
+    # tasks imported now, which no /predict has seen: Label Studio's TASKS_CREATED webhook brings
+    # their texts, and the job (a scratch project this small has a teacher) learns LAC's names on them
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t in UNANNOTATED])
 
     version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
                                  source="webhooks", round_name="round 1 (webhooks)")
     assert version.startswith("v1-")
+    assert teacher_texts(backend, project) == len(UNANNOTATED)
     check_interactive(ls, project, ml_id, version)
+
+
+def teacher_texts(backend, project) -> int:
+    """How many unannotated texts the project's last job learned LAC's names on."""
+    job = backend.get("/jobs", project=project)["jobs"][-1]
+    assert job["teacher"] is not None, job
+    return job["teacher"]["texts"]
 
 
 def check_interactive(ls, project, ml_id, version):
@@ -462,6 +473,9 @@ def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
     # annotated before any backend is connected: no webhook ever carries these annotations
     project, task_ids = create_project(ls, "UIE e2e round 2 (Label Studio API)")
     annotate_all(ls, task_ids)
+    # tasks nobody annotated, imported before the backend was connected (so no webhook brought
+    # them) and never predicted: the job reads their texts from Label Studio's task list
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t in UNANNOTATED])
 
     backend = start_backend("ls-api", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=ls.token,
                             **TRAIN_ENV)
@@ -469,15 +483,10 @@ def test_round2_train_from_the_label_studio_api(label_studio, start_backend):
     ml_id, ml_state = connect_backend(ls, project, backend, "UIE (Label Studio API)")
     assert ml_state["model_version"] == base_version, ml_state
 
-    # tasks nobody annotated yet, which no /predict has seen either: the job reads their texts
-    # from Label Studio and learns LAC's names on them (a scratch project this small has a teacher)
-    ls.api("POST", f"/api/projects/{project}/import", json=[{"text": t} for t in UNANNOTATED])
-
     version, _ = train_and_check(ls, backend, project, ml_id, task_ids, base_version=base_version,
                                  source="Label Studio API", round_name="round 2 (Label Studio API)")
     assert version.startswith("v1-")
-    job = backend.get("/jobs", project=project)["jobs"][-1]
-    assert job["teacher"]["texts"] == len(UNANNOTATED), job["teacher"]
+    assert teacher_texts(backend, project) == len(UNANNOTATED)
 
 
 # ---------------------------------------------------------------------------
