@@ -242,9 +242,9 @@ def refits(spec: JobSpec, examples: Examples) -> bool:
 
 # A scratch project with fewer annotated tasks than this also learns from LAC's names on its
 # unannotated tasks (``training_examples.add_teacher_examples``, ``uie.teacher``): on CLUENER's
-# selection split +8 F1 points after 50 tasks, +4.5 after 100, nothing after 200 (bench/notes.md);
-# 150 lies between the last two and was not measured.
-TEACHER_BELOW = 150
+# selection split +8 F1 points after 50 tasks, +4.5 after 100, +2.2 after 150, +0.5 after 200
+# (bench/notes.md), while it adds 1.5-2.5 minutes to a job.
+TEACHER_BELOW = 200
 
 
 def teaches(annotated_tasks: int, model_path) -> bool:

@@ -494,7 +494,7 @@ def _scratch_jobs_report(sc) -> list[str]:
              f"of the pool (seeds {', '.join(str(x) for x in seeds)}: one project each) sent as "
              "ANNOTATION_CREATED webhooks, START_TRAINING, then `/predict` on the 1,075 **test** sentences "
              "(micro F1, exact span and label). Before the webhooks `/predict` answers 1,000 other pool "
-             "sentences, as Label Studio's *Retrieve predictions* would, and below 150 tasks the job learns "
+             "sentences, as Label Studio's *Retrieve predictions* would, and below 200 tasks the job learns "
              "LAC's names on them (the teacher; the 200- and 1,000-task rows were run before the project's "
              "texts were predicted, which changes nothing at their sizes). With 50 tasks or more a job holds "
              "20 % of them out to choose "
