@@ -166,6 +166,15 @@ def _migrate(db) -> None:
     db.commit()
 
 
+def _delete_annotations(db, project: str, keys: list[str]) -> int:
+    """Tombstone the annotation ``keys`` of ``project`` and delete them; how many were stored."""
+    now = time.time()
+    db.executemany("INSERT OR REPLACE INTO deleted VALUES (?, ?, ?)", [(project, k, now) for k in keys])
+    cur = db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?",
+                         [(project, k) for k in keys])
+    return cur.rowcount
+
+
 class AnnotationStore:
     def __init__(self, path):
         self.path = Path(path)
@@ -210,12 +219,25 @@ class AnnotationStore:
 
     def delete(self, project: str, annotation_ids) -> int:
         """Delete annotations for good: later webhooks for these ids are ignored."""
-        keys = [(project, _key(i)) for i in annotation_ids if i is not None]
         with self._db() as db:
-            db.executemany("INSERT OR REPLACE INTO deleted VALUES (?, ?, ?)",
-                           [(p, k, time.time()) for p, k in keys])
-            cur = db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?", keys)
-            return cur.rowcount
+            return _delete_annotations(db, project, [_key(i) for i in annotation_ids if i is not None])
+
+    def delete_tasks(self, project: str, task_ids) -> int:
+        """Forget tasks Label Studio deleted (its TASKS_DELETED webhook, which comes without an
+        ANNOTATIONS_DELETED): their annotations are deleted for good (``delete``), their texts and
+        remembered suggestions dropped, in one transaction. Returns how many annotations went."""
+        keys = sorted({_key(t) for t in task_ids if t is not None})
+        deleted = 0
+        with self._db() as db:
+            for first in range(0, len(keys), 500):
+                part = keys[first:first + 500]
+                where = f"project = ? AND task_id IN ({','.join('?' * len(part))})"
+                ids = [row[0] for row in db.execute(f"SELECT annotation_id FROM annotations WHERE {where}",
+                                                    (project, *part))]
+                deleted += _delete_annotations(db, project, ids)
+                for table in ("imported", "suggestions"):
+                    db.execute(f"DELETE FROM {table} WHERE {where}", (project, *part))
+        return deleted
 
     def tasks(self, project: str) -> list[dict]:
         """The project's tasks, each with the annotations received for it."""

@@ -98,6 +98,26 @@ class RedisAnnotationStore:
             pipe.hdel(self._k(project, "order"), *keys)
             return pipe.execute()[1]
 
+    def delete_tasks(self, project: str, task_ids) -> int:
+        """Forget tasks Label Studio deleted (TASKS_DELETED): their annotations are deleted for
+        good (``delete``), their texts and remembered suggestions dropped. Returns how many
+        annotations went."""
+        wanted = {_key(t) for t in task_ids if t is not None}
+        if not wanted:
+            return 0
+        records = self.conn.hgetall(self._k(project, "records"))
+        ids = [field.decode("utf-8") for field, raw in records.items() if json.loads(raw)["task_id"] in wanted]
+        imported = [_dumps(key) for key in wanted]
+        suggested = [field for field in self.conn.hkeys(self._k(project, "suggested"))
+                     if json.loads(field)[0] in wanted]
+        with self.conn.pipeline(transaction=True) as pipe:
+            for what, fields in (("imported", imported), ("suggested", suggested)):
+                if fields:
+                    pipe.hdel(self._k(project, what), *fields)
+                    pipe.zrem(self._k(project, f"{what}_at"), *fields)
+            pipe.execute()
+        return self.delete(project, ids)
+
     def tasks(self, project: str) -> list[dict]:
         """The project's tasks, each with the annotations received for it (in the order
         they were last written; the newest copy of a task wins)."""

@@ -3,7 +3,7 @@
 An event is checked first (400 for a bad one, before anything is kept), then applied:
 the label config it carries is kept, and its action's handler stores or deletes
 annotations (which may start a job every ``TRAIN_EVERY_N`` of them), keeps the texts of
-created tasks, or starts training.
+created tasks, forgets deleted tasks (their annotations too), or starts training.
 In the scale-out mode, while Redis is unreachable (or older events wait in the spool),
 the event is kept durably under ``MODEL_DIR/_spool`` and answered 200 ``"status":
 "spooled"``: Label Studio never sends a webhook twice. ``replay_webhook`` applies a
@@ -120,7 +120,7 @@ def _annotations_deleted(project: str, action: str, body: dict):
     return ext["jobs"].annotation_changed(project, len(ids))
 
 
-def _check_tasks_created(action: str, body: dict):
+def _check_tasks_list(action: str, body: dict):
     if not isinstance(body.get("tasks"), list):
         raise BadRequest(f"{action} needs a 'tasks' list")
 
@@ -128,12 +128,22 @@ def _check_tasks_created(action: str, body: dict):
 def _tasks_created(project: str, action: str, body: dict):
     """Keep the new tasks' texts (``UIEBackend.text_of``): a small scratch project's job learns
     LAC's names on those nobody annotated (``train_job.teach``)."""
-    _check_tasks_created(action, body)
+    _check_tasks_list(action, body)
     model = backend_for(project)
     texts = [(task.get("id"), text) for task in body["tasks"]
              if isinstance(task, dict) and (text := model.text_of(task)) is not None]
     parts()["annotations"].remember_texts(project, texts)
     return None
+
+
+def _tasks_deleted(project: str, action: str, body: dict):
+    """Forget the deleted tasks: Label Studio sends no ANNOTATIONS_DELETED for their annotations,
+    and a job must not train on them."""
+    _check_tasks_list(action, body)
+    ids = [task.get("id") for task in body["tasks"] if isinstance(task, dict)]
+    ext = parts()
+    deleted = ext["annotations"].delete_tasks(project, ids)
+    return ext["jobs"].annotation_changed(project, deleted)
 
 
 def _start_training(project: str, action: str, body: dict):
@@ -144,8 +154,10 @@ WEBHOOK_HANDLERS = {"ANNOTATION_CREATED": _annotation_changed,
                     "ANNOTATION_UPDATED": _annotation_changed,
                     "ANNOTATIONS_DELETED": _annotations_deleted,
                     "TASKS_CREATED": _tasks_created,
+                    "TASKS_DELETED": _tasks_deleted,
                     "START_TRAINING": _start_training}
 WEBHOOK_CHECKS = {"ANNOTATION_CREATED": _check_annotation_changed,
                   "ANNOTATION_UPDATED": _check_annotation_changed,
                   "ANNOTATIONS_DELETED": _check_annotations_deleted,
-                  "TASKS_CREATED": _check_tasks_created}
+                  "TASKS_CREATED": _check_tasks_list,
+                  "TASKS_DELETED": _check_tasks_list}

@@ -112,6 +112,25 @@ def test_the_stores_keep_the_texts_of_created_tasks_beside_the_suggested_ones(st
     assert store.texts("2", 10) == ["己"] and len(store.texts("1", 2)) == 2
 
 
+def test_the_stores_forget_a_deleted_task_its_annotations_text_and_suggestions(store):
+    """Label Studio's TASKS_DELETED (no ANNOTATIONS_DELETED comes with it): the task's annotations
+    are deleted for good, its text and suggestions dropped; other tasks and projects keep theirs."""
+    def annotation(aid, task):
+        return {"id": aid, "task": task, "result": [], "was_cancelled": False, "updated_at": "2026-12-04T10:00:00Z"}
+
+    for project in ("1", "2"):
+        for aid, task in ((11, 1), (12, 1), (21, 2)):
+            assert store.upsert(project, {"id": task, "data": {"text": f"文{task}"}}, annotation(aid, task))
+        store.remember_texts(project, [(1, "文1"), (2, "文2")])
+        store.remember_suggestions(project, "v0", [(1, [], "文1"), (2, [], "文2")])
+    assert store.delete_tasks("1", [1, None, 99]) == 2
+    assert [t["id"] for t in store.tasks("1")] == [2] and store.texts("1", 10) == ["文2"]
+    assert list(store.suggestions("1")) == ["2"]
+    assert not store.upsert("1", {"id": 1, "data": {"text": "文1"}}, dict(annotation(12, 1), updated_at="2026-12-05T10:00:00Z"))
+    assert sorted(t["id"] for t in store.tasks("2")) == [1, 2] and sorted(store.texts("2", 10)) == ["文1", "文2"]
+    assert store.delete_tasks("1", []) == 0
+
+
 def test_the_stores_drop_the_oldest_suggestions_past_the_cap(store, monkeypatch):
     monkeypatch.setattr(service.annotation_store, "MAX_SUGGESTIONS", 3)
     monkeypatch.setattr(service.annotation_store, "PRUNE_EVERY", 1)

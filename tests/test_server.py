@@ -268,3 +268,25 @@ def test_a_checkpoint_path_that_does_not_exist_is_a_startup_error(make_app, tmp_
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(uie.checkpoint.ModelLoadError, match="missing model_state.pdparams"):
         make_app(uie_model=str(tmp_path / "half"))
+
+
+def test_label_studios_tasks_deleted_webhook_forgets_the_tasks_annotations(make_app, scratch_small):
+    """Deleting a task in Label Studio 1.23.2 posts TASKS_DELETED (a real request) and no
+    ANNOTATIONS_DELETED: the backend drops the task's annotations, so no job trains on them."""
+    app = make_app(uie_model=str(scratch_small))
+    client = app.test_client()
+    body = load_request("post_webhook_tasks_deleted.json")["body"]
+    project, [deleted] = body["project"], body["tasks"]
+    for task_id in (deleted["id"], deleted["id"] + 1):
+        task = {"id": task_id, "data": {"text": "张三来了。"}}
+        annotation = {"id": 100 + task_id, "task": task_id, "was_cancelled": False, "result": [
+            {"from_name": "label", "to_name": "text", "type": "labels",
+             "value": {"start": 0, "end": 2, "text": "张三", "labels": ["人名"]}}]}
+        hook = {"action": "ANNOTATION_CREATED", "task": task, "annotation": annotation, "project": project}
+        assert client.post("/webhook", json=hook).status_code == 200
+    store = app.extensions["uie"]["annotations"]
+    assert len(store.tasks(str(project["id"]))) == 2
+    answer = client.post("/webhook", json=body)
+    assert answer.status_code == 200 and answer.json["status"] == "ok", answer.json
+    assert [t["id"] for t in store.tasks(str(project["id"]))] == [deleted["id"] + 1]
+    assert client.post("/webhook", json=dict(body, tasks=None)).status_code == 400

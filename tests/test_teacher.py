@@ -187,3 +187,4 @@ def test_label_studios_tasks_created_webhook_keeps_the_new_tasks_texts(make_app,
     assert texts == [t["data"]["text"] for t in body["tasks"]] == ["Zoe flew to Rome in June."]
     bad = client.post("/webhook", json=dict(body, tasks={"id": 7}))
     assert bad.status_code == 400 and "'tasks' list" in bad.json["error"], bad.json
+
