@@ -7,7 +7,8 @@ Training", and check that the trained version is served and reproduces the
 annotations.
 
 * Round 1: the backend knows no Label Studio URL; annotations reach it only
-  through Label Studio's webhooks, and so do the texts of tasks imported later.
+  through Label Studio's webhooks, and so do the texts of tasks imported later and
+  the deletion of a task.
 * Round 2: a second backend with ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``
   and a fresh ``MODEL_DIR`` reads the annotations through Label Studio's API, and the
   texts of the project's unannotated tasks (its small scratch job's teacher learns on them).
@@ -436,6 +437,13 @@ def test_round1_predict_annotate_and_train_from_webhooks(label_studio, start_bac
     assert version.startswith("v1-")
     assert teacher_texts(backend, project) == len(UNANNOTATED)
     check_interactive(ls, project, ml_id, version)
+
+    # deleting an annotated task sends TASKS_DELETED (and no ANNOTATIONS_DELETED): the next job
+    # leaves its annotation out
+    ls.api("DELETE", f"/api/tasks/{task_ids[CASES[0][0]]}/", expect=(200, 204))
+    start_training(ls, ml_id, backend)
+    job = wait_for_job(backend, project)[-1]
+    assert job["annotated_tasks"] == len(CASES) - 1, job
 
 
 def last_job(backend, project) -> dict:
