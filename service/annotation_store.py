@@ -3,7 +3,8 @@
 Annotations are kept per project. Webhooks may arrive out of order, so an
 annotation is replaced only by a copy at least as new (its ``updated_at``,
 else ``created_at``), and a deleted annotation stays deleted: its id is
-kept as a tombstone that later webhooks for it cannot bring back. Each
+kept as a tombstone that later webhooks for it cannot bring back, and so is
+a deleted task's id (Label Studio never reuses one). Each
 project's label config and its count of annotation changes since the last
 training trigger live here too, and what ``/predict`` suggested per task and model version
 (``remember_suggestions``; ``service.corrections`` compares it with the annotations made
@@ -43,6 +44,12 @@ CREATE TABLE IF NOT EXISTS deleted (
     annotation_id TEXT NOT NULL,
     deleted REAL NOT NULL,
     PRIMARY KEY (project, annotation_id)
+);
+CREATE TABLE IF NOT EXISTS deleted_tasks (
+    project TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    deleted REAL NOT NULL,
+    PRIMARY KEY (project, task_id)
 );
 CREATE TABLE IF NOT EXISTS projects (
     project TEXT PRIMARY KEY,
@@ -198,12 +205,14 @@ class AnnotationStore:
     def upsert(self, project: str, task: dict, annotation: dict) -> bool:
         """Store one annotation with its task, unless a newer copy is stored or it was deleted.
 
-        Returns whether it was stored. A copy without a time counts as new.
+        Returns whether it was stored. A copy without a time counts as new. An annotation of a
+        deleted task is not stored, even one that arrives after the task's TASKS_DELETED.
         """
         new = incoming(task, annotation)
         with self._db() as db:
-            if db.execute("SELECT 1 FROM deleted WHERE project = ? AND annotation_id = ?",
-                          (project, new.key)).fetchone():
+            if db.execute("SELECT 1 FROM deleted WHERE project = ? AND annotation_id = ? UNION ALL "
+                          "SELECT 1 FROM deleted_tasks WHERE project = ? AND task_id = ?",
+                          (project, new.key, project, new.task_key)).fetchone():
                 return False
             cur = db.execute(
                 "INSERT INTO annotations (project, annotation_id, task_id, task_json, annotation_json,"
@@ -224,11 +233,14 @@ class AnnotationStore:
 
     def delete_tasks(self, project: str, task_ids) -> int:
         """Forget tasks Label Studio deleted (its TASKS_DELETED webhook, which comes without an
-        ANNOTATIONS_DELETED): their annotations are deleted for good (``delete``), their texts and
-        remembered suggestions dropped, in one transaction. Returns how many annotations went."""
+        ANNOTATIONS_DELETED): their annotations are deleted for good (``delete``), and so are the
+        tasks (a later annotation of one is ignored); their texts and remembered suggestions are
+        dropped, in one transaction. Returns how many annotations went."""
         keys = sorted({_key(t) for t in task_ids if t is not None})
         deleted = 0
         with self._db() as db:
+            now = time.time()
+            db.executemany("INSERT OR REPLACE INTO deleted_tasks VALUES (?, ?, ?)", [(project, k, now) for k in keys])
             for first in range(0, len(keys), 500):
                 part = keys[first:first + 500]
                 where = f"project = ? AND task_id IN ({','.join('?' * len(part))})"

@@ -5,7 +5,7 @@ configs and change counts, whichever replica a webhook reached. Same
 interface and rules as ``service.annotation_store.AnnotationStore`` (SQLite, one
 machine): an annotation is replaced only by a copy at least as new (its
 ``updated_at``, else ``created_at``; a copy without a time counts as new),
-and a deleted annotation stays deleted (a tombstone per project). Each check
+and a deleted annotation or task stays deleted (tombstones per project). Each check
 and write is one atomic Lua script or transaction, so concurrent webhooks on
 several replicas cannot interleave. Texts are stored as JSON with ASCII
 escapes, so any Python text survives, a lone surrogate too.
@@ -16,6 +16,7 @@ Keys, per project ``P`` (``{P}`` is a Redis Cluster hash tag: one slot per proje
     uie:ann:{P}:updated   hash  annotation id -> its time (epoch seconds, "" if none)
     uie:ann:{P}:order     hash  annotation id -> sequence number of its last write
     uie:ann:{P}:deleted   hash  annotation id -> when it was deleted (tombstones)
+    uie:ann:{P}:deleted_tasks  hash  task id -> when Label Studio deleted the task (tombstones)
     uie:ann:{P}:config    string  the project's label config
     uie:ann:{P}:changes   integer  annotation changes since the last TRAIN_EVERY_N trigger
     uie:ann:{P}:suggested     hash  [task id, model version] -> what /predict suggested (JSON)
@@ -34,9 +35,11 @@ from service.annotation_store import (MAX_IMPORTED_TEXTS, MAX_SUGGESTIONS, _dump
 
 PREFIX = "uie:ann:"
 
-# KEYS: records, updated, order, deleted, sequence. ARGV: id, time ("" = none), record JSON.
+# KEYS: records, updated, order, deleted, sequence, deleted_tasks.
+# ARGV: id, time ("" = none), record JSON, task id.
 UPSERT = """
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[6], ARGV[4]) == 1 then return 0 end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old and old ~= '' and ARGV[2] ~= '' and tonumber(ARGV[2]) < tonumber(old) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -81,9 +84,9 @@ class RedisAnnotationStore:
         """
         new = incoming(task, annotation)
         record = _dumps({"task_id": new.task_key, "task": new.task, "annotation": new.annotation})
-        keys = [self._k(project, w) for w in ("records", "updated", "order", "deleted", "sequence")]
+        keys = [self._k(project, w) for w in ("records", "updated", "order", "deleted", "sequence", "deleted_tasks")]
         updated = "" if new.updated is None else repr(new.updated)
-        return bool(self._upsert(keys=keys, args=[new.key, updated, record]))
+        return bool(self._upsert(keys=keys, args=[new.key, updated, record, new.task_key]))
 
     def delete(self, project: str, annotation_ids) -> int:
         """Delete annotations for good: later webhooks for these ids are ignored."""
@@ -100,11 +103,14 @@ class RedisAnnotationStore:
 
     def delete_tasks(self, project: str, task_ids) -> int:
         """Forget tasks Label Studio deleted (TASKS_DELETED): their annotations are deleted for
-        good (``delete``), their texts and remembered suggestions dropped. Returns how many
-        annotations went."""
+        good (``delete``), and so are the tasks; their texts and remembered suggestions are
+        dropped. Returns how many annotations went. The tasks' tombstones are written first, so
+        an annotation that races this call is either refused or found and deleted."""
         wanted = {_key(t) for t in task_ids if t is not None}
         if not wanted:
             return 0
+        now = repr(time.time())
+        self.conn.hset(self._k(project, "deleted_tasks"), mapping={k: now for k in wanted})
         records = self.conn.hgetall(self._k(project, "records"))
         ids = [field.decode("utf-8") for field, raw in records.items() if json.loads(raw)["task_id"] in wanted]
         imported = [_dumps(key) for key in wanted]

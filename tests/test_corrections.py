@@ -114,7 +114,8 @@ def test_the_stores_keep_the_texts_of_created_tasks_beside_the_suggested_ones(st
 
 def test_the_stores_forget_a_deleted_task_its_annotations_text_and_suggestions(store):
     """Label Studio's TASKS_DELETED (no ANNOTATIONS_DELETED comes with it): the task's annotations
-    are deleted for good, its text and suggestions dropped; other tasks and projects keep theirs."""
+    are deleted for good, and so is the task (an annotation of it arriving late is not stored);
+    its text and suggestions are dropped; other tasks and projects keep theirs."""
     def annotation(aid, task):
         return {"id": aid, "task": task, "result": [], "was_cancelled": False, "updated_at": "2026-12-04T10:00:00Z"}
 
@@ -127,6 +128,9 @@ def test_the_stores_forget_a_deleted_task_its_annotations_text_and_suggestions(s
     assert [t["id"] for t in store.tasks("1")] == [2] and store.texts("1", 10) == ["文2"]
     assert list(store.suggestions("1")) == ["2"]
     assert not store.upsert("1", {"id": 1, "data": {"text": "文1"}}, dict(annotation(12, 1), updated_at="2026-12-05T10:00:00Z"))
+    # out of order: an annotation of the deleted task that Label Studio sent before TASKS_DELETED
+    assert not store.upsert("1", {"id": 1, "data": {"text": "文1"}}, annotation(13, 1))
+    assert [t["id"] for t in store.tasks("1")] == [2] and store.upsert("2", {"id": 1, "data": {"text": "文1"}}, annotation(13, 1))
     assert sorted(t["id"] for t in store.tasks("2")) == [1, 2] and sorted(store.texts("2", 10)) == ["文1", "文2"]
     assert store.delete_tasks("1", []) == 0
 
