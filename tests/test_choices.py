@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (FOUNDER, ORG, PERSON, RELATION_CASES, TOPIC_CASES, TOPICS, annotation_result, wait_job)
-from uie import train_inputs
+from uie import data_parallel, train_inputs
 
 CHOICES_CONFIG = ('<View><Text name="text" value="$text"/>'
                   '<Choices name="topic" toName="text" predicted_values="主题">'
@@ -420,6 +420,6 @@ def test_a_control_declared_multiple_is_multiple_before_any_task_chooses_two(mon
                              model_path="unused", model_version="v1")
     train_job._finetune(spec, examples, Path("unused"))
     assert passed["multiple_choice"] == declared == ["标签[国内,国外,人物]"]
-    assert finetune.launch_flags(finetune.TrainingOptions(
+    assert data_parallel.launch_flags(finetune.TrainingOptions(
         None, None, 16, 64, 1, 10, 0, "cpu", None, 0.01, 0.06, None, None, None, None, None, None,
         multiple_choice=tuple(declared)))[-2:] == ["--multiple_choice", declared[0]]

@@ -22,7 +22,7 @@ def write(examples, path):
 
 
 def test_shards_are_equal_and_disjoint():
-    from finetune import Distributed
+    from uie.data_parallel import Distributed
 
     batches = [[i] for i in range(7)]
     shards = [Distributed(rank, 3).shard(batches) for rank in range(3)]
