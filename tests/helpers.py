@@ -163,6 +163,14 @@ def wait_job(get, project, job_id, timeout=600):
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {jobs}")
 
 
+def wait_until(check, timeout=60, interval=0.2):
+    """``check()``'s first true value within ``timeout`` seconds; its last value if none."""
+    deadline = time.time() + timeout
+    while not (value := check()) and time.time() < deadline:
+        time.sleep(interval)
+    return value
+
+
 def cluener_texts(n):
     """The first ``n`` CLUENER sentences of the sample."""
     with open(CLUENER_SAMPLE, encoding="utf-8") as f:

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from helpers import EDGE_CASES, LABEL_CONFIG, PERSON, load_request, spans_of, tasks_for
+from helpers import EDGE_CASES, LABEL_CONFIG, PERSON, load_request, spans_of, tasks_for, wait_until
 
 SURROGATE = "\ud800"
 
@@ -318,9 +318,10 @@ def test_a_job_folder_without_a_state_is_listed_failed_and_pruned(scratch_app, t
     error = jobs[job["id"]]["error"]
     assert "\x1b" not in error and "\x07" not in error, error
     assert "Error: out of memory" in error and "W1202 16:00:00.1 init.cc:1] a warning" in error
-    # the failed job was pruned with KEEP_JOBS=1: the folder without a state went first
-    assert not broken.exists() and young.exists()
-    assert list(jobs) == [job["id"]]
+    # the failed job was pruned with KEEP_JOBS=1 (right after its state said failed): the folder
+    # without a state went first
+    assert wait_until(lambda: not broken.exists()) and young.exists()
+    assert [j["id"] for j in client.get("/jobs", query_string={"project": "7"}).json["jobs"]] == [job["id"]]
 
 
 def test_job_errors_are_stored_and_shown_without_escape_sequences(scratch_app):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from helpers import EDGE_CASES, LABEL_CONFIG, SEQ_LEN, annotated_tasks, wait_job
+from helpers import EDGE_CASES, LABEL_CONFIG, SEQ_LEN, annotated_tasks, wait_job, wait_until
 
 
 def test_label_values_are_never_parsed_as_options(make_app, scratch_small, tmp_path):
@@ -60,13 +59,10 @@ def test_old_job_directories_are_pruned(make_app, scratch_small):
         finished.append(wait_job(lambda p: client.get(p).json, "13", job["id"]))
         assert finished[-1]["state"] == "done", finished[-1]
     # a job prunes the old ones right after its state says done: wait for that, not longer
-    def listed():
-        return [j["id"] for j in client.get("/jobs?project=13").json["jobs"]]
+    def pruned():
+        return [j["id"] for j in client.get("/jobs?project=13").json["jobs"]] == [j["id"] for j in finished[1:]]
 
-    deadline = time.time() + 60
-    while listed() != [j["id"] for j in finished[1:]] and time.time() < deadline:
-        time.sleep(0.2)
-    assert listed() == [j["id"] for j in finished[1:]]
+    assert wait_until(pruned)
     job_dirs = [Path(j["log"]).parent for j in finished]
     assert not job_dirs[0].exists() and all(d.is_dir() for d in job_dirs[1:])
 
