@@ -8,7 +8,10 @@ from helpers import CLUENER_CONFIG, RELATION_CASES, RELATION_CONFIG, cluener_tas
 def test_copies_shrink_as_a_project_grows():
     from uie.augment import copies_for
 
-    assert [copies_for(n, up_to=800) for n in (0, 40, 160, 300, 400, 799, 800, 5000)] == [0, 3, 3, 2, 1, 1, 0, 0]
+    assert [copies_for(n, up_to=800) for n in (0, 40, 160, 300, 400, 401, 800, 5000)] == [0, 3, 3, 1, 1, 0, 0, 0]
+    # the default: a 1,000-task job (about 800 training texts) gets one copy of each, 1,500 tasks none
+    assert [copies_for(n) for n in (160, 500, 600, 800, 850, 1000, 1001, 1600)] == [3, 3, 2, 1, 1, 1, 0, 0]
+    assert all(n * (1 + copies_for(n)) <= max(n, 2000) for n in range(1, 3000))
 
 
 def test_a_copy_swaps_each_mention_for_another_of_its_label_with_exact_offsets():

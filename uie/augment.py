@@ -6,9 +6,12 @@ the tagger learns those mentions more than what surrounds them. Mention replacem
 is swapped for another mention of the same label from the project's training texts: new
 (context, mention) pairs with exact spans. On CLUENER, three copies per text took the
 server's scratch jobs from 0.107 to 0.128 selection F1 after 50 tasks and from 0.314 to
-0.338 after 200 (``bench/notes.md``). A job adds them for scratch models only, to the
-training split only (never to the texts it holds out), and fewer as the project grows
-(``copies_for``): at ``AUGMENT_UP_TO`` training texts and beyond, none.
+0.338 after 200, and one copy per text from 0.554 to 0.565 after 1,000 (``bench/notes.md``).
+A job adds them for scratch models only, to the training split only (never to the texts it
+holds out), and fewer as the project grows (``copies_for``): the copies bring the set up to
+``AUGMENT_UP_TO`` texts, never past it. A scratch job trains about ``finetune.SCRATCH_STEPS``
+steps, 20 epochs at least, so copies add steps only past 1,600 texts (batch 16), and at most a
+quarter more (2,000 texts).
 
 Records are doccano records (``convert.task_to_doccano``). A copy keeps its entities'
 ids, so its relations still hold; records with overlapping entities or with choices
@@ -22,17 +25,17 @@ import os
 import random
 
 MAX_COPIES = 3
-# Training texts past which a job writes no copies: copies cost training time in
-# proportion, and with this many texts the mentions are varied already.
-AUGMENT_UP_TO = int(os.environ.get("AUGMENT_UP_TO") or 800)
+# The training texts (originals and copies) a job's copies bring the set up to. Past the
+# 1,600 texts of a scratch job's 20 epochs of 100 steps, each text lengthens training.
+AUGMENT_UP_TO = int(os.environ.get("AUGMENT_UP_TO") or 2000)
 
 
 def copies_for(n_records: int, up_to: int = AUGMENT_UP_TO) -> int:
-    """Copies to write of each of ``n_records`` training texts: enough to bring the set
-    near ``up_to`` texts, at most ``MAX_COPIES``; 0 from ``up_to`` on."""
-    if n_records <= 0 or n_records >= up_to:
+    """Copies to write of each of ``n_records`` training texts: as many as keep the set
+    within ``up_to`` texts, at most ``MAX_COPIES``; 0 from half of ``up_to`` on."""
+    if n_records <= 0:
         return 0
-    return min(MAX_COPIES, math.ceil(up_to / n_records) - 1)
+    return max(0, min(MAX_COPIES, math.floor(up_to / n_records) - 1))
 
 
 def swap_mentions(records: list[dict], copies: int, seed: int = 0) -> list[dict]:
